@@ -1,0 +1,196 @@
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/textproto"
+	"syscall"
+	"time"
+)
+
+// progress is how far an attempt got, as measured by httptrace. The zero
+// value means "unknown": classification then relies on the error alone.
+type progress struct {
+	known     bool // the fields below were measured
+	connected bool // a connection (TCP, and TLS if any) was obtained
+	sent      bool // request headers were written (they may have reached the upstream)
+	responded bool // at least one response byte arrived
+}
+
+// Classify returns the class of err, an error returned by an
+// http.RoundTripper or recorded by a proxy. It never panics; a nil or
+// unrecognised error is [ClassInternal]. A *Failure in the chain keeps its
+// class.
+//
+// Classify sees only the error. [Transport] classifies more precisely
+// because it also knows how far the request got (connected, sent,
+// response started).
+func Classify(err error) Class { return classify(err, progress{}) }
+
+// ClassifyError returns a Failure for err with the given upstream (host:port)
+// and sent flag. If err already is or wraps a *Failure, that Failure is
+// returned unchanged.
+func ClassifyError(err error, upstream string, sent bool) *Failure {
+	var f *Failure
+	if errors.As(err, &f) {
+		return f
+	}
+	return newFailure(err, upstream, progress{sent: sent})
+}
+
+func newFailure(err error, upstream string, p progress) *Failure {
+	c := classify(err, p)
+	sent := p.sent
+	if !p.known {
+		sent = true // unknown: assume the worst
+	}
+	switch c {
+	case ClassDNS, ClassRefused, ClassUnreachable, ClassConnectTimeout, ClassTLS:
+		// These happen before a connection exists: nothing can have been sent.
+		sent = false
+	}
+	return &Failure{Class: c, Status: c.Status(), Upstream: upstream, Sent: sent, Err: err}
+}
+
+func classify(err error, p progress) Class {
+	if err == nil {
+		return ClassInternal
+	}
+	var f *Failure
+	if errors.As(err, &f) {
+		return f.Class
+	}
+	if errors.Is(err, context.Canceled) {
+		return ClassCanceled
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return ClassDNS
+	}
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return ClassRefused
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH),
+		errors.Is(err, syscall.EHOSTDOWN), errors.Is(err, syscall.ENETDOWN):
+		return ClassUnreachable
+	}
+	var op *net.OpError
+	dialErr := errors.As(err, &op) && op.Op == "dial"
+	if isTimeout(err) {
+		// A timeout before a connection existed (dial, TLS handshake, waiting
+		// for a pooled connection) is a connect timeout: nothing was sent.
+		if dialErr || (p.known && !p.connected) {
+			return ClassConnectTimeout
+		}
+		return ClassTimeout
+	}
+	if isTLSError(err) {
+		return ClassTLS
+	}
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNABORTED) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+		return ClassReset
+	}
+	var proto *textproto.ProtocolError
+	if errors.As(err, &proto) {
+		return ClassMalformed
+	}
+	// The upstream sent bytes, and the failure was neither a reset nor a
+	// timeout: what it sent was not an HTTP response the transport accepts.
+	if p.responded {
+		return ClassMalformed
+	}
+	if dialErr {
+		return ClassUnreachable
+	}
+	return ClassInternal
+}
+
+// isTimeout reports a deadline or an I/O timeout anywhere in the chain.
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, syscall.ETIMEDOUT) {
+		return true
+	}
+	// net.Error's Timeout, and http's unexported timeout errors (response
+	// header timeout, TLS handshake timeout) all implement Timeout() bool.
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if t, ok := e.(interface{ Timeout() bool }); ok && t.Timeout() {
+			return true
+		}
+	}
+	return false
+}
+
+func isTLSError(err error) bool {
+	// crypto/tls reports alerts it sends or receives as *net.OpError with
+	// these operations.
+	var op *net.OpError
+	if errors.As(err, &op) && (op.Op == "local error" || op.Op == "remote error") {
+		return true
+	}
+	var (
+		rh   tls.RecordHeaderError
+		al   tls.AlertError
+		cv   *tls.CertificateVerificationError
+		ua   x509.UnknownAuthorityError
+		he   x509.HostnameError
+		ci   x509.CertificateInvalidError
+		ech  *tls.ECHRejectionError
+		sysr x509.SystemRootsError
+	)
+	return errors.As(err, &rh) || errors.As(err, &al) || errors.As(err, &cv) ||
+		errors.As(err, &ua) || errors.As(err, &he) || errors.As(err, &ci) ||
+		errors.As(err, &ech) || errors.As(err, &sysr)
+}
+
+// ClassifyStatus returns a Failure for an upstream response with the given
+// status and header, or nil if the status is not a gateway failure. Only
+// 502, 503 and 504 count: other 5xx are the application's own errors and
+// pass through. Retry-After (seconds or HTTP-date, relative to now) is
+// parsed into the Failure.
+func ClassifyStatus(status int, h http.Header, upstream string, now time.Time) *Failure {
+	switch status {
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+	default:
+		return nil
+	}
+	f := &Failure{Class: ClassUpstreamStatus, Status: status, Upstream: upstream, Sent: true}
+	if d, ok := ParseRetryAfter(h.Get("Retry-After"), now); ok {
+		f.RetryAfter = d
+	}
+	return f
+}
+
+// ClassifyResponse is ClassifyStatus for a response from a RoundTripper; the
+// upstream is taken from res.Request when set.
+func ClassifyResponse(res *http.Response, now time.Time) *Failure {
+	up := ""
+	if res.Request != nil && res.Request.URL != nil {
+		up = hostPort(res.Request.URL.Scheme, res.Request.URL.Host)
+	}
+	return ClassifyStatus(res.StatusCode, res.Header, up, now)
+}
+
+// hostPort returns host with the scheme's default port added when it has none.
+func hostPort(scheme, host string) string {
+	if host == "" {
+		return ""
+	}
+	if _, port, err := net.SplitHostPort(host); err == nil && port != "" {
+		return host
+	}
+	port := "80"
+	if scheme == "https" || scheme == "wss" {
+		port = "443"
+	}
+	if len(host) > 1 && host[0] == '[' && host[len(host)-1] == ']' {
+		host = host[1 : len(host)-1]
+	}
+	return net.JoinHostPort(host, port)
+}

@@ -1,0 +1,81 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+)
+
+// ErrorHandler is an httputil.ReverseProxy ErrorHandler that logs to
+// slog.Default(). See [NewErrorHandler].
+func ErrorHandler(w http.ResponseWriter, r *http.Request, err error) {
+	handleError(nil, w, r, err)
+}
+
+// NewErrorHandler returns an httputil.ReverseProxy ErrorHandler that
+// classifies err into a *Failure and:
+//
+//   - hands it to the nearest enclosing [FailureRecorder] (a retry or
+//     errorpage layer), which decides what the client finally gets;
+//   - for a client that went away, writes nothing (there is nobody to read
+//     it) and logs at debug level with status 499, instead of the stock
+//     ReverseProxy's 502 and "proxy error: context canceled" line;
+//   - otherwise writes the class's status (Retry-After when known) with a
+//     short plain-text body built from the class's explanation: never the
+//     error text or the upstream address;
+//   - logs one line at warn level when no enclosing layer took the Failure
+//     (that layer logs the final outcome instead, so a retried request does
+//     not produce a line per attempt), and at debug level otherwise.
+//
+// A nil logger means slog.Default() at the time of each call.
+func NewErrorHandler(logger *slog.Logger) func(http.ResponseWriter, *http.Request, error) {
+	return func(w http.ResponseWriter, r *http.Request, err error) {
+		handleError(logger, w, r, err)
+	}
+}
+
+func handleError(logger *slog.Logger, w http.ResponseWriter, r *http.Request, err error) {
+	var up string
+	if r.URL != nil {
+		up = hostPort(r.URL.Scheme, r.URL.Host)
+	}
+	f := ClassifyError(err, up, true)
+	if f.Class != ClassCanceled && errors.Is(r.Context().Err(), context.Canceled) {
+		// The client left; whatever broke afterwards is a consequence.
+		c := *f
+		c.Class, c.Status = ClassCanceled, ClassCanceled.Status()
+		f = &c
+	}
+	outer := RecordFailure(w, f)
+	if f.Class != ClassCanceled {
+		WriteFailure(w, r, f)
+	}
+	if outer {
+		logFailure(logger, slog.LevelDebug, r, f, 0)
+	} else {
+		LogFailure(logger, r, f, 0)
+	}
+}
+
+// WriteFailure writes a minimal response for f: its status, Retry-After
+// when known, and a one-line plain-text body with the class's explanation.
+// It reveals no address and no error text. errorpage writes richer pages;
+// this is the floor when it is not in use. HEAD requests get no body.
+func WriteFailure(w http.ResponseWriter, r *http.Request, f *Failure) {
+	status := f.StatusCode()
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Cache-Control", "no-store")
+	if f.RetryAfter > 0 {
+		h.Set("Retry-After", RetryAfterSeconds(f.RetryAfter))
+	}
+	body := strconv.Itoa(status) + " " + http.StatusText(status) + ": " + f.Explanation() + "\n"
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	if r == nil || r.Method != http.MethodHead {
+		_, _ = w.Write([]byte(body))
+	}
+}

@@ -1,0 +1,62 @@
+package gateway
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// LogFailure writes the one log line for a failed request: at warn level,
+// or at debug level for a client that went away (not a fault). Attributes:
+// class, status, upstream, sent, attempts, method, path, request_id,
+// duration (when elapsed > 0) and error. The error text is for operators
+// and never reaches a client. A nil logger means slog.Default().
+func LogFailure(logger *slog.Logger, r *http.Request, f *Failure, elapsed time.Duration) {
+	level := slog.LevelWarn
+	if f.Class == ClassCanceled {
+		level = slog.LevelDebug
+	}
+	logFailure(logger, level, r, f, elapsed)
+}
+
+func logFailure(logger *slog.Logger, level slog.Level, r *http.Request, f *Failure, elapsed time.Duration) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	ctx := context.Background()
+	if r != nil {
+		ctx = r.Context()
+	}
+	if !logger.Enabled(ctx, level) {
+		return
+	}
+	attempts := f.Attempts
+	if attempts == 0 {
+		attempts = 1
+	}
+	attrs := make([]slog.Attr, 0, 11)
+	attrs = append(attrs,
+		slog.String("class", f.Class.String()),
+		slog.Int("status", f.StatusCode()),
+		slog.String("upstream", f.Upstream),
+		slog.Bool("sent", f.Sent),
+		slog.Int("attempts", attempts),
+	)
+	if r != nil {
+		attrs = append(attrs, slog.String("method", r.Method))
+		if r.URL != nil {
+			attrs = append(attrs, slog.String("path", r.URL.Path))
+		}
+		if id := RequestIDOf(r); id != "" {
+			attrs = append(attrs, slog.String("request_id", id))
+		}
+	}
+	if elapsed > 0 {
+		attrs = append(attrs, slog.Duration("duration", elapsed))
+	}
+	if f.Err != nil {
+		attrs = append(attrs, slog.String("error", f.Err.Error()))
+	}
+	logger.LogAttrs(ctx, level, "proxy: upstream failure", attrs...)
+}

@@ -1,0 +1,70 @@
+package gateway
+
+import (
+	"crypto/rand"
+	"net/http"
+)
+
+// RequestIDHeader is the header that carries a request's ID, inbound,
+// upstream and back to the client.
+const RequestIDHeader = "X-Request-Id" // canonical form of X-Request-ID
+
+// MaxRequestIDLen is the longest inbound request ID that is kept; a longer
+// one is replaced.
+const MaxRequestIDLen = 128
+
+// RequestID returns middleware that gives every request an ID: a valid
+// inbound X-Request-ID is kept (see [ValidRequestID]); otherwise a new one
+// is minted and replaces whatever the client sent. The ID is set on the
+// request's header, so that a ReverseProxy forwards it upstream and every
+// layer can read it with [RequestIDOf], and on the response's header, so
+// that the client can quote it. It costs no allocation when the client's ID
+// is kept.
+//
+// The middleware sets r.Header in place rather than cloning the request: a
+// clone would copy every header of every request.
+func RequestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		vals := r.Header[RequestIDHeader]
+		if len(vals) != 1 || !ValidRequestID(vals[0]) {
+			vals = []string{NewRequestID()}
+			r.Header[RequestIDHeader] = vals
+		}
+		w.Header()[RequestIDHeader] = vals
+		next.ServeHTTP(w, r)
+	})
+}
+
+// RequestIDOf returns r's request ID, or "" if it has none or an invalid
+// one. Behind [RequestID] it is never "".
+func RequestIDOf(r *http.Request) string {
+	vals := r.Header[RequestIDHeader]
+	if len(vals) != 1 || !ValidRequestID(vals[0]) {
+		return ""
+	}
+	return vals[0]
+}
+
+// ValidRequestID reports whether id is safe to keep, log and show: 1 to
+// MaxRequestIDLen bytes of ASCII letters, digits and "-_.:+/=@". This admits
+// UUIDs, ULIDs, base32/base64 IDs and W3C trace IDs, and nothing that needs
+// escaping in a header or a log line.
+func ValidRequestID(id string) bool {
+	if len(id) == 0 || len(id) > MaxRequestIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '-', c == '_', c == '.', c == ':', c == '+', c == '/', c == '=', c == '@':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// NewRequestID returns a new random request ID: 26 characters of base32,
+// 128 bits from crypto/rand.
+func NewRequestID() string { return rand.Text() }

@@ -1,0 +1,116 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptrace"
+	"sync"
+	"sync/atomic"
+)
+
+// Transport is an http.RoundTripper that measures how far each request got
+// and turns every error into a classified *Failure.
+//
+// It attaches an httptrace.ClientTrace to each request (composed with any
+// trace already on the context, such as ReverseProxy's own) and records
+// whether a connection was obtained, whether request headers were written
+// (Failure.Sent) and whether a response byte arrived. Responses pass through
+// unchanged, whatever their status; classifying an upstream's own 502/503/504
+// is left to the layers that see the response (see [ClassifyResponse]).
+//
+// A Transport must not be copied after first use.
+type Transport struct {
+	// Base performs the requests. Nil means http.DefaultTransport; prefer
+	// [NewHTTPTransport], whose connection pool is sized for a proxy.
+	Base http.RoundTripper
+
+	trackers sync.Pool // of *tracker
+}
+
+// NewTransport returns a Transport over a new [NewHTTPTransport].
+func NewTransport() *Transport {
+	return &Transport{Base: NewHTTPTransport()}
+}
+
+// RoundTrip implements http.RoundTripper. A non-nil error is always a
+// *Failure wrapping the Base's error.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	tr, _ := t.trackers.Get().(*tracker)
+	if tr == nil {
+		tr = newTracker()
+	}
+	tr.reset()
+	// The trace is new per request: WithClientTrace composes hooks into it.
+	trace := &httptrace.ClientTrace{
+		GotConn:              tr.gotConn,
+		WroteHeaders:         tr.wroteHeaders,
+		GotFirstResponseByte: tr.gotFirstByte,
+	}
+	base := t.Base
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	res, err := base.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	p := tr.progress()
+	if p.sent {
+		// Hooks fire only while RoundTrip runs, and WroteHeaders (the last
+		// one we set that precedes the response) already did: no hook can
+		// touch the tracker again, so it can serve another request. If it
+		// did not fire, a late writer could still call it; let GC have it.
+		t.trackers.Put(tr)
+	}
+	if err != nil {
+		f := newFailure(err, hostPort(req.URL.Scheme, req.URL.Host), p)
+		if cerr := req.Context().Err(); errors.Is(cerr, context.Canceled) {
+			f.Class, f.Status = ClassCanceled, ClassCanceled.Status()
+		}
+		return nil, f
+	}
+	res.Request = req // the caller's request, not our traced copy
+	return res, nil
+}
+
+// CloseIdleConnections closes idle connections of the Base, if it can.
+func (t *Transport) CloseIdleConnections() {
+	type closeIdler interface{ CloseIdleConnections() }
+	if c, ok := t.Base.(closeIdler); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// tracker records one request's progress. It sets no TLS or dial hooks on
+// purpose: the transport may run those from a background dial after
+// RoundTrip returned, when the tracker already serves another request.
+// Its hook funcs are bound once, at
+// creation, so that reusing a tracker costs no closure allocations.
+type tracker struct {
+	connected, sent, responded atomic.Bool
+
+	gotConn      func(httptrace.GotConnInfo)
+	wroteHeaders func()
+	gotFirstByte func()
+}
+
+func newTracker() *tracker {
+	tr := new(tracker)
+	tr.gotConn = func(httptrace.GotConnInfo) { tr.connected.Store(true) }
+	tr.wroteHeaders = func() { tr.sent.Store(true) }
+	tr.gotFirstByte = func() { tr.responded.Store(true) }
+	return tr
+}
+
+func (tr *tracker) reset() {
+	tr.connected.Store(false)
+	tr.sent.Store(false)
+	tr.responded.Store(false)
+}
+
+func (tr *tracker) progress() progress {
+	return progress{
+		known:     true,
+		connected: tr.connected.Load(),
+		sent:      tr.sent.Load(),
+		responded: tr.responded.Load(),
+	}
+}
