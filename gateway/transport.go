@@ -41,23 +41,17 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		tr = newTracker()
 	}
 	tr.reset()
-	// The trace is new per request: WithClientTrace composes hooks into it.
-	trace := &httptrace.ClientTrace{
-		GotConn:              tr.gotConn,
-		WroteHeaders:         tr.wroteHeaders,
-		GotFirstResponseByte: tr.gotFirstByte,
-	}
 	base := t.Base
 	if base == nil {
 		base = http.DefaultTransport
 	}
-	res, err := base.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	res, err := base.RoundTrip(req.WithContext(tr.attach(req.Context())))
 	p := tr.progress()
 	if p.sent {
-		// Hooks fire only while RoundTrip runs, and WroteHeaders (the last
-		// one we set that precedes the response) already did: no hook can
-		// touch the tracker again, so it can serve another request. If it
-		// did not fire, a late writer could still call it; let GC have it.
+		// Our hooks fire only while RoundTrip runs, and WroteHeaders (which
+		// precedes the response) already did: no hook can touch the tracker
+		// again, so it can serve another request. If it did not fire, a late
+		// writer could still call it; let GC have it.
 		t.trackers.Put(tr)
 	}
 	if err != nil {
@@ -98,6 +92,61 @@ func newTracker() *tracker {
 	tr.wroteHeaders = func() { tr.sent.Store(true) }
 	tr.gotFirstByte = func() { tr.responded.Store(true) }
 	return tr
+}
+
+// attach returns ctx with tr's hooks added to its ClientTrace.
+//
+// httptrace.WithClientTrace composes a new trace with the one already on
+// the context (ReverseProxy always sets one) by reflecting over every hook,
+// which cost more than everything else here together. So when a trace is
+// present, attach copies it, adds tr's hooks to the copy (chaining any hook
+// both set), and returns a context that answers the lookup of the old trace
+// with the copy: one allocation, no reflection.
+func (tr *tracker) attach(ctx context.Context) context.Context {
+	old := httptrace.ContextClientTrace(ctx)
+	if old == nil {
+		trace := &httptrace.ClientTrace{}
+		tr.install(trace)
+		return httptrace.WithClientTrace(ctx, trace)
+	}
+	c := &tracedContext{Context: ctx, old: old, trace: *old}
+	tr.install(&c.trace)
+	return c
+}
+
+func (tr *tracker) install(t *httptrace.ClientTrace) {
+	if prev := t.GotConn; prev != nil {
+		t.GotConn = func(i httptrace.GotConnInfo) { tr.gotConn(i); prev(i) }
+	} else {
+		t.GotConn = tr.gotConn
+	}
+	if prev := t.WroteHeaders; prev != nil {
+		t.WroteHeaders = func() { tr.wroteHeaders(); prev() }
+	} else {
+		t.WroteHeaders = tr.wroteHeaders
+	}
+	if prev := t.GotFirstResponseByte; prev != nil {
+		t.GotFirstResponseByte = func() { tr.gotFirstByte(); prev() }
+	} else {
+		t.GotFirstResponseByte = tr.gotFirstByte
+	}
+}
+
+// tracedContext substitutes trace for the ClientTrace old that its parent
+// carries. Only that exact trace is substituted; every other value, and
+// cancellation, come from the parent.
+type tracedContext struct {
+	context.Context
+	old   *httptrace.ClientTrace
+	trace httptrace.ClientTrace
+}
+
+func (c *tracedContext) Value(key any) any {
+	v := c.Context.Value(key)
+	if t, ok := v.(*httptrace.ClientTrace); ok && t == c.old {
+		return &c.trace
+	}
+	return v
 }
 
 func (tr *tracker) reset() {

@@ -1,0 +1,30 @@
+// Package gateway is proxykit's shared vocabulary and the glue to
+// net/http/httputil.ReverseProxy.
+//
+// Every upstream failure is classified into a [Class] (dns, refused,
+// unreachable, connect_timeout, tls, reset, malformed, timeout,
+// upstream_status, open, no_upstream, canceled, internal) and carried as a
+// [*Failure], which wraps the original error, knows the client status, the
+// upstream, whether the request was sent, and explains itself in plain words
+// for visitors ([Failure.Explanation]) and with a hint for operators
+// ([Failure.Hint]).
+//
+// The pieces:
+//
+//   - [Transport] wraps any http.RoundTripper, measures with httptrace
+//     whether each request was sent, and returns classified failures;
+//     [NewHTTPTransport] is an http.Transport tuned for proxies.
+//   - [ErrorHandler] is a ReverseProxy ErrorHandler: it hands the Failure to
+//     the enclosing layer, writes an honest status without error text, and
+//     logs one line; a client that went away is logged as 499, not as a 502.
+//   - [Interceptor] holds a response's status back until a [Decider] has
+//     seen it, then passes or discards it: the mechanism behind the retry
+//     and errorpage packages. Failures travel outward along the
+//     ResponseWriter chain ([RecordFailure]), so layers never parse errors.
+//   - [RequestID] keeps or mints an X-Request-ID and forwards it upstream.
+//   - [Trail] records which upstreams a request tried, so that a balancer
+//     can send a retry elsewhere.
+//   - [BufferPool] bounds ReverseProxy's copy buffers.
+//
+// Package gatewaytest has fault-injecting upstreams for tests.
+package gateway

@@ -1,0 +1,114 @@
+package gateway
+
+import "context"
+
+// A Trail records which upstreams one client request has tried, across the
+// attempts of a retry layer, so that a balancer can send the next attempt
+// elsewhere. It is carried in the request's context; see [TrailFrom].
+//
+// A Trail is used by one request at a time: attempts run one after another.
+// Its zero value is empty and ready.
+type Trail struct {
+	inline [4]string
+	n      int
+	more   []string
+}
+
+// Add records that upstream (host:port) was tried.
+func (t *Trail) Add(upstream string) {
+	if t.n < len(t.inline) {
+		t.inline[t.n] = upstream
+		t.n++
+		return
+	}
+	t.more = append(t.more, upstream)
+}
+
+// Tried reports whether upstream was tried already.
+func (t *Trail) Tried(upstream string) bool {
+	if t == nil {
+		return false
+	}
+	for _, u := range t.inline[:t.n] {
+		if u == upstream {
+			return true
+		}
+	}
+	for _, u := range t.more {
+		if u == upstream {
+			return true
+		}
+	}
+	return false
+}
+
+// Len returns how many upstreams were recorded, repeats included.
+func (t *Trail) Len() int {
+	if t == nil {
+		return 0
+	}
+	return t.n + len(t.more)
+}
+
+// Last returns the upstream recorded last, or "".
+func (t *Trail) Last() string {
+	switch {
+	case t == nil || t.n == 0:
+		return ""
+	case len(t.more) > 0:
+		return t.more[len(t.more)-1]
+	}
+	return t.inline[t.n-1]
+}
+
+// Reset empties the Trail.
+func (t *Trail) Reset() {
+	clear(t.inline[:])
+	t.n, t.more = 0, t.more[:0]
+}
+
+type trailKey struct{}
+
+// TrailFrom returns the Trail carried by ctx, or nil.
+func TrailFrom(ctx context.Context) *Trail {
+	t, _ := ctx.Value(trailKey{}).(*Trail)
+	return t
+}
+
+// WithTrail returns a context carrying t.
+func WithTrail(parent context.Context, t *Trail) context.Context {
+	return &TrailContext{Context: parent, trail: t}
+}
+
+// TrailContext is a context.Context carrying a Trail. A layer that already
+// allocates per-request state can embed a TrailContext (by value) and pass
+// its address to Request.WithContext, carrying the Trail without a further
+// allocation:
+//
+//	st.tc.Init(r.Context())
+//	r = r.WithContext(&st.tc)
+//
+// Cancellation and deadlines are the parent's.
+type TrailContext struct {
+	context.Context
+	trail *Trail
+	own   Trail
+}
+
+// Init sets the parent context and an empty Trail owned by c.
+func (c *TrailContext) Init(parent context.Context) {
+	c.Context = parent
+	c.own.Reset()
+	c.trail = &c.own
+}
+
+// Trail returns the Trail c carries.
+func (c *TrailContext) Trail() *Trail { return c.trail }
+
+// Value returns the Trail for TrailFrom, and defers to the parent otherwise.
+func (c *TrailContext) Value(key any) any {
+	if _, ok := key.(trailKey); ok {
+		return c.trail
+	}
+	return c.Context.Value(key)
+}
