@@ -1,0 +1,156 @@
+package gateway
+
+import (
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Monitor is middleware for the outermost position of a proxy stack. It
+// sees every request's final outcome, counts outcomes by status and failure
+// class, counts retries (wire [Monitor.ObserveRetry] into the retry
+// layer's hook), and writes the one log line for each failed request:
+// failures travel outward along the ResponseWriter chain ([RecordFailure]),
+// so the inner layers leave logging to it.
+//
+// An upstream's own 502/503/504 that reaches the client is counted and
+// logged as upstream_status. A client that went away is logged at debug
+// level as 499.
+//
+// The zero value is ready to use. A Monitor must not be copied after first
+// use. It is safe for concurrent use.
+type Monitor struct {
+	// Logger receives the failure lines. Nil means slog.Default().
+	Logger *slog.Logger
+
+	// OnFailure, if set, is called once per failed request, after logging,
+	// with the final Failure and the time the request took. It must be safe
+	// for concurrent use and should return quickly (a metrics counter).
+	OnFailure func(r *http.Request, f *Failure, elapsed time.Duration)
+
+	// Now returns the current time. Nil means time.Now.
+	Now func() time.Time
+
+	startOnce sync.Once
+	start     time.Time
+
+	requests atomic.Int64
+	inFlight atomic.Int64
+	retries  atomic.Int64
+	byStatus [6]atomic.Int64 // index status/100; 0 holds "nothing written"
+	byClass  [numClasses]atomic.Int64
+
+	states sync.Pool // of *monitorState
+}
+
+type monitorState struct {
+	i Interceptor
+}
+
+func (m *Monitor) now() time.Time {
+	if m.Now != nil {
+		return m.Now()
+	}
+	return time.Now()
+}
+
+// Wrap returns next observed by m.
+func (m *Monitor) Wrap(next http.Handler) http.Handler {
+	m.startOnce.Do(func() { m.start = m.now() })
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		st, _ := m.states.Get().(*monitorState)
+		if st == nil {
+			st = new(monitorState)
+		}
+		st.i.Reset(w, nil) // a nil Decider passes everything through
+		m.requests.Add(1)
+		m.inFlight.Add(1)
+		start := m.now()
+		next.ServeHTTP(&st.i, r)
+		m.inFlight.Add(-1)
+		m.finish(r, &st.i, start)
+		st.i = Interceptor{} // drop references to the request's writer
+		m.states.Put(st)
+	})
+}
+
+func (m *Monitor) finish(r *http.Request, i *Interceptor, start time.Time) {
+	status := i.Status()
+	f := i.Failure()
+	if f == nil && status != 0 {
+		f = ClassifyStatus(status, i.Header(), "", start)
+	}
+	if f != nil && f.Class == ClassCanceled {
+		status = 0 // nothing reached the client
+	}
+	switch {
+	case i.Hijacked():
+		status = http.StatusSwitchingProtocols // ReverseProxy hijacks only to upgrade
+	case f == nil && status == 0:
+		status = http.StatusOK // net/http's implicit 200
+	}
+	if s := status / 100; s >= 1 && s <= 5 {
+		m.byStatus[s].Add(1)
+	} else {
+		m.byStatus[0].Add(1)
+	}
+	if f == nil {
+		return
+	}
+	cls := f.Class
+	if cls >= numClasses {
+		cls = ClassInternal
+	}
+	m.byClass[cls].Add(1)
+	elapsed := m.now().Sub(start)
+	LogFailure(m.Logger, r, f, elapsed)
+	if m.OnFailure != nil {
+		m.OnFailure(r, f, elapsed)
+	}
+}
+
+// ObserveRetry counts one retry. Its signature fits the retry layer's
+// OnRetry hook: attempt is the attempt about to run (2 for the first
+// retry), f the failure that caused it, delay the backoff before it.
+func (m *Monitor) ObserveRetry(attempt int, f *Failure, delay time.Duration) {
+	m.retries.Add(1)
+}
+
+// MonitorSnapshot is a Monitor's counters at one moment.
+type MonitorSnapshot struct {
+	// Since is when the Monitor first wrapped a handler.
+	Since time.Time `json:"since"`
+	// Requests counts requests started; InFlight those not finished.
+	Requests int64 `json:"requests"`
+	InFlight int64 `json:"in_flight"`
+	// Retries counts retries reported through ObserveRetry.
+	Retries int64 `json:"retries"`
+	// ByStatus counts finished requests by status family: "2xx", "5xx", …,
+	// and "none" for requests where nothing was written (client gone).
+	ByStatus map[string]int64 `json:"by_status"`
+	// Failures counts failed requests by class name; every class is
+	// present, with zero counts included.
+	Failures map[string]int64 `json:"failures"`
+}
+
+// Snapshot returns the current counters.
+func (m *Monitor) Snapshot() MonitorSnapshot {
+	s := MonitorSnapshot{
+		Since:    m.start,
+		Requests: m.requests.Load(),
+		InFlight: m.inFlight.Load(),
+		Retries:  m.retries.Load(),
+		ByStatus: make(map[string]int64, 6),
+		Failures: make(map[string]int64, numClasses),
+	}
+	families := [...]string{"none", "1xx", "2xx", "3xx", "4xx", "5xx"}
+	for k := range m.byStatus {
+		s.ByStatus[families[k]] = m.byStatus[k].Load()
+	}
+	for c := range m.byClass {
+		s.Failures[Class(c).String()] = m.byClass[c].Load()
+	}
+	return s
+}

@@ -1,0 +1,160 @@
+package gateway_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/gatewaytest"
+)
+
+// TestMonitorCountsAndLogsOnce: behind a Monitor, a failed request is
+// logged exactly once (by the Monitor, with its duration), the ErrorHandler
+// stays quiet, and outcomes are counted by status family and class.
+func TestMonitorCountsAndLogsOnce(t *testing.T) {
+	refused := gatewaytest.NewServer(gatewaytest.Refused)
+	defer refused.Close()
+	busy := gatewaytest.NewStatus(503, "5")
+	defer busy.Close()
+	ok := gatewaytest.NewHealthy(nil)
+	defer ok.Close()
+
+	var mu sync.Mutex
+	var logs bytes.Buffer
+	logger := slog.New(slog.NewJSONHandler(lockedWriter{&mu, &logs}, nil)) // info and up
+	targets := map[string]string{"/refused": refused.URL, "/busy": busy.URL, "/ok": ok.URL}
+	base := gateway.NewHTTPTransport()
+	defer base.CloseIdleConnections()
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			u, _ := url.Parse(targets[pr.In.URL.Path])
+			pr.SetURL(u)
+		},
+		Transport:    &gateway.Transport{Base: base},
+		ErrorHandler: gateway.NewErrorHandler(logger),
+	}
+	var hooked atomic.Int32
+	m := &gateway.Monitor{Logger: logger, OnFailure: func(r *http.Request, f *gateway.Failure, d time.Duration) {
+		hooked.Add(1)
+		assert.Positive(t, d)
+	}}
+	front := httptest.NewServer(gateway.RequestID(m.Wrap(proxy)))
+	defer front.Close()
+
+	for _, p := range []string{"/refused", "/busy", "/ok", "/ok"} {
+		res, err := front.Client().Get(front.URL + p)
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	m.ObserveRetry(2, nil, time.Millisecond)
+
+	s := m.Snapshot()
+	assert.EqualValues(t, 4, s.Requests)
+	assert.EqualValues(t, 0, s.InFlight)
+	assert.EqualValues(t, 1, s.Retries)
+	assert.EqualValues(t, 2, s.ByStatus["2xx"])
+	assert.EqualValues(t, 2, s.ByStatus["5xx"])
+	assert.EqualValues(t, 1, s.Failures["refused"])
+	assert.EqualValues(t, 1, s.Failures["upstream_status"])
+	assert.EqualValues(t, 0, s.Failures["dns"])
+	assert.Len(t, s.Failures, 13)
+	assert.EqualValues(t, 2, hooked.Load())
+
+	mu.Lock()
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	mu.Unlock()
+	require.Len(t, lines, 2, "one line per failed request: %v", lines)
+	var first map[string]any
+	require.NoError(t, json.Unmarshal([]byte(lines[0]), &first))
+	assert.Equal(t, "refused", first["class"])
+	assert.Equal(t, "WARN", first["level"])
+	assert.Contains(t, first, "duration")
+	assert.Contains(t, first, "request_id")
+	assert.Equal(t, refused.Addr, first["upstream"])
+}
+
+func TestMonitorNoAllocsWhenHealthy(t *testing.T) {
+	m := &gateway.Monitor{}
+	h := m.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(204) }))
+	req := httptest.NewRequest("GET", "/", nil)
+	w := &discardWriter{h: http.Header{}}
+	h.ServeHTTP(w, req) // warm the pool
+	allocs := testing.AllocsPerRun(200, func() { h.ServeHTTP(w, req) })
+	assert.LessOrEqual(t, allocs, 0.1)
+}
+
+func TestStatusView(t *testing.T) {
+	m := &gateway.Monitor{}
+	h := m.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
+	until := time.Date(2026, 11, 22, 12, 0, 10, 0, time.UTC)
+	v := &gateway.StatusView{
+		Monitor: m,
+		Upstreams: func() []gateway.UpstreamStatus {
+			return []gateway.UpstreamStatus{
+				{Upstream: "10.0.0.5:8080", State: "ok", Healthy: true, Latency: 3 * time.Millisecond, Requests: 10},
+				{Upstream: "10.0.0.6:8080", State: "resting", Until: until, Failures: 4},
+			}
+		},
+		Breakers: func() []gateway.BreakerStatus {
+			return []gateway.BreakerStatus{{Name: "10.0.0.6:8080", State: "open", ConsecutiveFailures: 5, OpenUntil: until}}
+		},
+	}
+
+	rec := httptest.NewRecorder()
+	v.ServeHTTP(rec, httptest.NewRequest("GET", "/status", nil))
+	assert.Equal(t, "application/json", rec.Header().Get("Content-Type"))
+	var rep gateway.StatusReport
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &rep))
+	require.NotNil(t, rep.Traffic)
+	assert.EqualValues(t, 1, rep.Traffic.Requests)
+	assert.Len(t, rep.Upstreams, 2)
+	assert.Equal(t, "open", rep.Breakers[0].State)
+	assert.Equal(t, until, rep.Breakers[0].OpenUntil)
+
+	req := httptest.NewRequest("GET", "/status", nil)
+	req.Header.Set("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+	rec = httptest.NewRecorder()
+	v.ServeHTTP(rec, req)
+	body := rec.Body.String()
+	assert.Equal(t, "text/html; charset=utf-8", rec.Header().Get("Content-Type"))
+	assert.Contains(t, rec.Header().Get("Content-Security-Policy"), "default-src 'none'")
+	for _, s := range []string{"10.0.0.5:8080", "resting", "3.0 ms", "connect_timeout", "12:00:10Z", `lang="en"`} {
+		assert.Contains(t, body, s)
+	}
+	assert.NotContains(t, body, "<script")
+
+	req.URL.RawQuery = "format=json"
+	rec = httptest.NewRecorder()
+	v.ServeHTTP(rec, req)
+	assert.Equal(t, "application/json", rec.Header().Get("Content-Type"))
+
+	empty := &gateway.StatusView{}
+	rec = httptest.NewRecorder()
+	empty.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	assert.JSONEq(t, `{"time":"`+rep.Time.Format(time.RFC3339Nano)+`","upstreams":[],"breakers":[]}`,
+		strings.Replace(rec.Body.String(), extractTime(rec.Body.String()), rep.Time.Format(time.RFC3339Nano), 1))
+}
+
+func extractTime(doc string) string {
+	var v struct {
+		Time string `json:"time"`
+	}
+	_ = json.Unmarshal([]byte(doc), &v)
+	return v.Time
+}
