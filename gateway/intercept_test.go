@@ -26,7 +26,9 @@ import (
 
 type deciderFunc func(int, http.Header, *gateway.Failure) gateway.Decision
 
-func (d deciderFunc) Decide(s int, h http.Header, f *gateway.Failure) gateway.Decision { return d(s, h, f) }
+func (d deciderFunc) Decide(s int, h http.Header, f *gateway.Failure) gateway.Decision {
+	return d(s, h, f)
+}
 
 var (
 	passAll    = deciderFunc(func(int, http.Header, *gateway.Failure) gateway.Decision { return gateway.Pass })
