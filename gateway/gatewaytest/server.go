@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
@@ -84,12 +85,19 @@ type Server struct {
 	StatusCode int
 	// RetryAfter is the Retry-After value of the Status fault; "" for none.
 	RetryAfter string
+	// OnRequest, if set, is called for every request the server reads,
+	// whatever its fault, before the fault applies; the body is not read
+	// yet. Set it before the first request. It must be safe for concurrent
+	// use. Load tests use it to find requests delivered twice.
+	OnRequest func(r *http.Request)
 
 	tlsConfig *tls.Config // nil: plain HTTP
 	port      int
 
-	mu      sync.Mutex
-	fault   Fault
+	mu         sync.Mutex
+	fault      Fault
+	flaky      Fault   // applied to a share of Healthy traffic
+	flakyRatio float64 // that share, 0..1
 	ln      net.Listener // nil while Refused
 	blocker *reservation // holds the port while Refused
 	silent  []net.Conn   // connections held by Silent
@@ -209,11 +217,37 @@ func (s *Server) SetFault(f Fault) error {
 	return nil
 }
 
+// SetFlaky makes a Healthy server apply fault f to a random share ratio
+// (0 to 1) of requests, or of connections for ResetOnAccept and Silent;
+// the rest are served normally. SetFlaky(Healthy, 0) turns it off. Refused
+// cannot be applied to a share: the kernel refuses, not the server.
+func (s *Server) SetFlaky(f Fault, ratio float64) error {
+	if f == Refused || ratio < 0 || ratio > 1 {
+		return fmt.Errorf("gatewaytest: SetFlaky(%v, %v): want a fault other than refused and a ratio in [0, 1]", f, ratio)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.flaky, s.flakyRatio = f, ratio
+	return nil
+}
+
 // Fault returns the current fault.
 func (s *Server) Fault() Fault {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.fault
+}
+
+// effective returns the fault to apply now: the current one, or for a
+// flaky healthy server, the flaky fault with its probability.
+func (s *Server) effective() Fault {
+	s.mu.Lock()
+	f, flaky, ratio := s.fault, s.flaky, s.flakyRatio
+	s.mu.Unlock()
+	if f == Healthy && ratio > 0 && rand.Float64() < ratio {
+		return flaky
+	}
+	return f
 }
 
 // Requests returns how many requests the server read (headers complete),
@@ -258,7 +292,7 @@ func (l *faultListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		l.s.accepts.Add(1)
-		switch l.s.Fault() {
+		switch l.s.effectiveConn() {
 		case ResetOnAccept:
 			reset(c)
 			continue
@@ -270,6 +304,30 @@ func (l *faultListener) Accept() (net.Conn, error) {
 		}
 		return c, nil
 	}
+}
+
+// effectiveConn is the fault for a new connection: only connection-level
+// faults are drawn here, so that a flaky request-level fault is drawn once,
+// per request.
+func (s *Server) effectiveConn() Fault {
+	s.mu.Lock()
+	f, flaky := s.fault, s.flaky
+	s.mu.Unlock()
+	if f == Healthy && (flaky == ResetOnAccept || flaky == Silent) {
+		return s.effective()
+	}
+	return f
+}
+
+// effectiveRequest is the fault for a request read on a connection.
+func (s *Server) effectiveRequest() Fault {
+	s.mu.Lock()
+	f, flaky := s.fault, s.flaky
+	s.mu.Unlock()
+	if f == Healthy && (flaky == ResetOnAccept || flaky == Silent) {
+		return Healthy // drawn per connection instead
+	}
+	return s.effective()
 }
 
 // hold keeps c open, untouched, until Close. It reports false if the
@@ -296,7 +354,10 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	s.wg.Add(1)
 	defer s.wg.Done()
 	s.requests.Add(1)
-	switch s.Fault() {
+	if s.OnRequest != nil {
+		s.OnRequest(r)
+	}
+	switch s.effectiveRequest() {
 	case Healthy:
 		s.handler().ServeHTTP(w, r)
 	case SlowHeaders:

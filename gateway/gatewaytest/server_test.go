@@ -120,3 +120,29 @@ func TestBlackholeDialTimesOut(t *testing.T) {
 	require.ErrorAs(t, err, &ne)
 	assert.True(t, ne.Timeout())
 }
+
+func TestFlaky(t *testing.T) {
+	s := gatewaytest.NewServer(gatewaytest.Healthy)
+	defer s.Close()
+	require.NoError(t, s.SetFlaky(gatewaytest.Status, 0.3))
+	assert.Error(t, s.SetFlaky(gatewaytest.Refused, 0.3))
+	assert.Error(t, s.SetFlaky(gatewaytest.Status, 1.5))
+	c := client()
+	failed := 0
+	const n = 400
+	for i := 0; i < n; i++ {
+		res, err := c.Get(s.URL)
+		require.NoError(t, err)
+		res.Body.Close()
+		if res.StatusCode == 503 {
+			failed++
+		}
+	}
+	// 30% of 400: the binomial standard deviation is about 9; allow 5 of them.
+	assert.InDelta(t, 120, failed, 46)
+	require.NoError(t, s.SetFlaky(gatewaytest.Healthy, 0))
+	res, err := c.Get(s.URL)
+	require.NoError(t, err)
+	res.Body.Close()
+	assert.Equal(t, 200, res.StatusCode)
+}
