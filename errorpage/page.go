@@ -1,0 +1,343 @@
+package errorpage
+
+import (
+	"errors"
+	"html/template"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/proxykit/proxykit/gateway"
+)
+
+// Page is what a template renders: everything about one failure that may be
+// shown to the client, already cleaned. Custom templates (see
+// [Options.Templates]) receive a *Page; its fields and methods are the
+// template API.
+//
+// Everything in Page except Operator is safe to show anyone: no upstream
+// address, no error text.
+type Page struct {
+	// Status is the HTTP status, e.g. 502; StatusText its reason phrase,
+	// "Bad Gateway".
+	Status     int
+	StatusText string
+	// Title is the visitor-facing headline for the failure, e.g. "The
+	// service isn't accepting connections".
+	Title string
+	// Detail says what happened, in plain words, for the failure's class.
+	Detail string
+	// Class is the failure class's name ("refused", "open", …), as in logs
+	// and problem documents.
+	Class string
+	// Transient reports whether failures of this class usually clear by
+	// themselves (a refused connection during a deploy) rather than needing
+	// an operator (a bad certificate).
+	Transient bool
+	// GatewayFault reports that the gateway itself declined to go on: no
+	// upstream was available, or its retry budget was spent. The chain then
+	// marks the gateway hop.
+	GatewayFault bool
+
+	// RetryAfter is the number of seconds after which trying again makes
+	// sense; 0 when unknown.
+	RetryAfter int
+	// Reload reports that the page reloads itself after RetryAfter seconds:
+	// the delay is known and the method is GET or HEAD, so reloading
+	// repeats nothing that should not be repeated.
+	Reload bool
+	// Retryable reports that the request was a GET or HEAD: offering a
+	// "reload" link is safe.
+	Retryable bool
+	// MaybeApplied reports that the request was not a GET, HEAD or OPTIONS
+	// and may have reached the service: a visitor should check whether,
+	// say, a form went through before sending it again.
+	MaybeApplied bool
+	// Where says, in one sentence, where along the chain the request
+	// stopped.
+	Where string
+
+	// RequestID identifies the request in logs; the client should quote it.
+	RequestID string
+	// Time is when the failure was rendered, in UTC.
+	Time time.Time
+
+	// Method, Host and Path describe the request, truncated to a few hundred
+	// bytes. They come from the client: templates must not mark them safe.
+	Method string
+	Host   string
+	Path   string
+
+	// Brand is the handler's brand, with defaults filled in.
+	Brand Brand
+	// Hops is the chain the request travelled: the client, the gateway, the
+	// service, each with its state.
+	Hops []Hop
+	// Operator holds details for the operator. It is nil unless debug mode
+	// is on or the request is trusted (see [Options.Trusted]).
+	Operator *Operator
+
+	// Style is the built-in page's stylesheet (colours from the Brand), for
+	// custom templates that want the built-in look: <style>{{.Style}}</style>.
+	Style template.CSS
+
+	logo   template.URL
+	mailto template.URL
+}
+
+// Hop is one step of the chain from the client to the service.
+type Hop struct {
+	// Name is what the hop is: "Your browser", the brand name, "Service".
+	Name string
+	// Role is the hop's generic role: "You", "Gateway" or "Upstream"
+	// (the built-in page shows only Name).
+	Role string
+	// State is the hop's state.
+	State HopState
+	// Note is a few words about the hop's state: "Working", "Refused".
+	Note string
+}
+
+// HopState is the state of one hop of the chain. Its value doubles as a CSS
+// class name.
+type HopState string
+
+// The hop states.
+const (
+	HopOK     HopState = "ok"     // the hop did its part
+	HopFailed HopState = "failed" // the request stopped here
+	HopIdle   HopState = "idle"   // the request never got this far
+)
+
+// Failed reports whether the hop is where the request stopped.
+func (h Hop) Failed() bool { return h.State == HopFailed }
+
+// Operator holds the details only an operator should see.
+type Operator struct {
+	// Hint is the failure class's advice for the operator, naming the
+	// upstream.
+	Hint string
+	// Upstream is the upstream's host:port, or "" when none was chosen.
+	Upstream string
+	// Attempts is how many attempts the request took (at least 1).
+	Attempts int
+	// Sent reports whether the request may have reached the upstream.
+	Sent bool
+	// Error is the underlying error's text, or "".
+	Error string
+}
+
+// TimeText returns Time as "2006-01-02 15:04:05 UTC".
+func (p *Page) TimeText() string { return p.Time.Format("2006-01-02 15:04:05 UTC") }
+
+// TimeISO returns Time in RFC 3339, for a <time datetime> attribute.
+func (p *Page) TimeISO() string { return p.Time.Format(time.RFC3339) }
+
+// RetryText returns RetryAfter in words: "30 seconds", "5 minutes",
+// "2 hours"; "" when unknown. Minutes and hours are rounded up.
+func (p *Page) RetryText() string { return durationText(p.RetryAfter) }
+
+// LogoURL returns the brand's logo URL, marked safe for a src attribute
+// (html/template would otherwise reject a data: URI). It was validated when
+// the Handler was built.
+func (p *Page) LogoURL() template.URL { return p.logo }
+
+// SupportMailto returns a mailto: URL for the brand's support e-mail with a
+// subject quoting the status and request ID, or "" if none is configured.
+func (p *Page) SupportMailto() template.URL { return p.mailto }
+
+// Reference returns the lines a visitor should quote to support: request
+// ID, time and error, one per line.
+func (p *Page) Reference() string {
+	return "Request ID: " + p.RequestID + "\nTime:       " + p.TimeText() +
+		"\nError:      " + strconv.Itoa(p.Status) + " " + p.Class
+}
+
+// durationText renders seconds for people, rounding up.
+func durationText(s int) string {
+	switch {
+	case s <= 0:
+		return ""
+	case s == 1:
+		return "1 second"
+	case s < 120:
+		return strconv.Itoa(s) + " seconds"
+	case s < 2*3600:
+		return strconv.Itoa((s+59)/60) + " minutes"
+	}
+	return strconv.Itoa((s+3599)/3600) + " hours"
+}
+
+// classCopy is the visitor-facing wording for one failure class.
+type classCopy struct {
+	title     string // the page's headline
+	note      string // the failing hop's note
+	transient bool   // usually clears by itself
+}
+
+var classCopies = map[gateway.Class]classCopy{
+	gateway.ClassInternal:       {"Something went wrong on our side", "Error", true},
+	gateway.ClassDNS:            {"We can't reach the service right now", "Not found", false},
+	gateway.ClassRefused:        {"We can't reach the service right now", "Refused", true},
+	gateway.ClassUnreachable:    {"We can't reach the service right now", "Unreachable", true},
+	gateway.ClassConnectTimeout: {"We can't reach the service right now", "No answer", true},
+	gateway.ClassTLS:            {"We can't connect to the service securely", "Not secure", false},
+	gateway.ClassReset:          {"The connection to the service broke", "Dropped", true},
+	gateway.ClassMalformed:      {"The service gave an answer we can't use", "Bad answer", false},
+	gateway.ClassTimeout:        {"This is taking longer than it should", "Too slow", true},
+	gateway.ClassUpstreamStatus: {"The service ran into a problem", "Error", true},
+	gateway.ClassOpen:           {"The service is recovering", "Resting", true},
+	gateway.ClassNoUpstream:     {"No server can take your request right now", "Unavailable", true},
+	gateway.ClassCanceled:       {"The request was canceled", "Canceled", true},
+}
+
+// upstreamStatusCopy refines ClassUpstreamStatus by the upstream's status.
+var upstreamStatusCopy = map[int]classCopy{
+	http.StatusServiceUnavailable: {"The service is temporarily unavailable", "Unavailable", true},
+	http.StatusGatewayTimeout:     {"The service ran out of time", "Timed out", true},
+}
+
+func copyFor(f *gateway.Failure, status int) classCopy {
+	if f.Class == gateway.ClassUpstreamStatus {
+		if c, ok := upstreamStatusCopy[status]; ok {
+			return c
+		}
+	}
+	if c, ok := classCopies[f.Class]; ok {
+		return c
+	}
+	return classCopies[gateway.ClassInternal]
+}
+
+// A GatewayFault error marks a Failure as the gateway's own decision rather
+// than the upstream's breakdown. errorpage looks for one in a Failure's
+// error chain (errors.As); a retry layer whose budget is spent can wrap
+// such an error into Failure.Err, and the page then marks the gateway hop
+// and says the gateway stopped retrying. [gateway.ClassNoUpstream] is
+// always a gateway fault.
+type GatewayFault interface {
+	error
+	GatewayFault() bool
+}
+
+func isGatewayFault(f *gateway.Failure) bool {
+	if f.Class == gateway.ClassNoUpstream {
+		return true
+	}
+	var g GatewayFault
+	return f.Err != nil && errors.As(f.Err, &g) && g.GatewayFault()
+}
+
+// hops builds the chain for a failure.
+func hops(dst []Hop, f *gateway.Failure, c classCopy, gatewayName string, gatewayFault bool) []Hop {
+	client := Hop{Name: "Your browser", Role: "You", State: HopOK, Note: "Working"}
+	gw := Hop{Name: gatewayName, Role: "Gateway", State: HopOK, Note: "Working"}
+	svc := Hop{Name: "Service", Role: "Upstream", State: HopFailed, Note: c.note}
+	if gatewayFault {
+		gw.State, svc.State = HopFailed, HopIdle
+		if f.Class == gateway.ClassNoUpstream {
+			gw.Note, svc.Note = "No server", "Not contacted"
+		} else {
+			gw.Note, svc.Note = "Stopped retrying", "Not retried"
+		}
+	}
+	return append(dst, client, gw, svc)
+}
+
+// where says where along the chain the request stopped.
+func where(f *gateway.Failure, brand string, gatewayFault bool) string {
+	const ok = "Your browser and connection are working. "
+	gw := brand
+	if gw == "" {
+		gw = "the gateway"
+	}
+	switch {
+	case f.Class == gateway.ClassNoUpstream:
+		return ok + upperFirst(gw) + " has no server available to pass your request to."
+	case gatewayFault:
+		return ok + upperFirst(gw) + " stopped retrying so that the service can recover."
+	case f.Class == gateway.ClassOpen:
+		return ok + upperFirst(gw) + " is holding requests back while the service recovers."
+	}
+	return ok + "The problem is between " + gw + " and the service."
+}
+
+func upperFirst(s string) string {
+	if s != "" && 'a' <= s[0] && s[0] <= 'z' {
+		return string(s[0]-'a'+'A') + s[1:]
+	}
+	return s
+}
+
+// clip bounds a string from the request for display.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	// Cut on a rune boundary so the result stays valid UTF-8.
+	for n > 0 && s[n]&0xC0 == 0x80 {
+		n--
+	}
+	return s[:n] + "…"
+}
+
+const (
+	maxShown      = 256            // bytes of host or path shown
+	maxRetryAfter = 24 * time.Hour // as gateway.ParseRetryAfter caps it
+)
+
+// buildPage fills p for f, as seen by request r.
+func (h *Handler) buildPage(p *Page, r *http.Request, f *gateway.Failure, status int, id string, trusted bool) {
+	c := copyFor(f, status)
+	gf := isGatewayFault(f)
+	*p = Page{
+		Status:       status,
+		StatusText:   http.StatusText(status),
+		Title:        c.title,
+		Detail:       f.Explanation(),
+		Class:        f.Class.String(),
+		Transient:    c.transient,
+		GatewayFault: gf,
+		RequestID:    id,
+		Time:         h.now().UTC().Truncate(time.Second),
+		Brand:        h.brand.Brand,
+		Hops:         hops(p.Hops[:0], f, c, h.brand.gatewayName, gf),
+		Style:        h.brand.style,
+		logo:         h.brand.logo,
+	}
+	if p.StatusText == "" {
+		p.StatusText = "Error"
+	}
+	if gf && f.Class != gateway.ClassNoUpstream {
+		p.Title = "The service is struggling right now"
+		p.Detail += " The gateway stopped retrying to give it room to recover."
+	}
+	if f.RetryAfter > 0 {
+		p.RetryAfter, _ = strconv.Atoi(gateway.RetryAfterSeconds(min(f.RetryAfter, maxRetryAfter)))
+	}
+	if r != nil {
+		p.Method = clip(r.Method, 16)
+		p.Host = clip(r.Host, maxShown)
+		if r.URL != nil {
+			p.Path = clip(r.URL.EscapedPath(), maxShown)
+		}
+		p.Retryable = r.Method == http.MethodGet || r.Method == http.MethodHead || r.Method == ""
+	}
+	p.Reload = p.Retryable && p.RetryAfter > 0
+	p.MaybeApplied = f.Sent && !p.Retryable && p.Method != http.MethodOptions
+	p.Where = where(f, h.brand.Name, gf)
+	if h.brand.SupportEmail != "" {
+		p.mailto = mailto(h.brand.SupportEmail, "Error "+strconv.Itoa(status)+", request ID "+id)
+	}
+	if trusted {
+		attempts := f.Attempts
+		if attempts < 1 {
+			attempts = 1
+		}
+		op := &Operator{Hint: f.Hint(), Upstream: f.Upstream, Attempts: attempts, Sent: f.Sent}
+		if f.Err != nil {
+			op.Error = f.Err.Error()
+		}
+		p.Operator = op
+	}
+}
