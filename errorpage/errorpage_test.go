@@ -478,16 +478,11 @@ func TestChain(t *testing.T) {
 	assert.Equal(t, "Service", failingHop(failure(gateway.ClassOpen)))
 	assert.Equal(t, "Acme", failingHop(failure(gateway.ClassNoUpstream)))
 
-	budget := gateway.NewFailure(gateway.ClassRefused, secretUpstream, errors.Join(errors.New("refused"), budgetSpent{}))
+	budget := gateway.NewFailure(gateway.ClassRefused, secretUpstream, fmt.Errorf("%w; %w", errors.New("refused"), gateway.ErrRetryBudget))
 	assert.Equal(t, "Acme", failingHop(budget))
 	body := serve(h.Wrap(fail(budget)), "GET", "/", acceptChrome).Body.String()
 	assert.Contains(t, body, "stopped retrying")
 }
-
-type budgetSpent struct{}
-
-func (budgetSpent) Error() string      { return "retry budget exhausted" }
-func (budgetSpent) GatewayFault() bool { return true }
 
 // TestRecordedUnwritten: a failure recorded by an inner layer that then
 // writes nothing is still answered.

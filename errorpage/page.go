@@ -209,23 +209,11 @@ func copyFor(f *gateway.Failure, status int) classCopy {
 	return classCopies[gateway.ClassInternal]
 }
 
-// A GatewayFault error marks a Failure as the gateway's own decision rather
-// than the upstream's breakdown. errorpage looks for one in a Failure's
-// error chain (errors.As); a retry layer whose budget is spent can wrap
-// such an error into Failure.Err, and the page then marks the gateway hop
-// and says the gateway stopped retrying. [gateway.ClassNoUpstream] is
-// always a gateway fault.
-type GatewayFault interface {
-	error
-	GatewayFault() bool
-}
-
+// isGatewayFault reports whether the gateway itself declined to go on: no
+// upstream was left, or the retry budget was spent
+// ([gateway.ErrRetryBudget]). The page then marks the gateway hop.
 func isGatewayFault(f *gateway.Failure) bool {
-	if f.Class == gateway.ClassNoUpstream {
-		return true
-	}
-	var g GatewayFault
-	return f.Err != nil && errors.As(f.Err, &g) && g.GatewayFault()
+	return f.Class == gateway.ClassNoUpstream || errors.Is(f, gateway.ErrRetryBudget)
 }
 
 // hops builds the chain for a failure.

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -93,6 +94,11 @@ func (f *Failure) StatusCode() int {
 	}
 	return f.Class.Status()
 }
+
+// ErrRetryBudget is joined into a Failure's Err when a retry layer would
+// have retried the failure but its retry budget was spent: the gateway, not
+// the upstream, decided to stop. Test for it with errors.Is.
+var ErrRetryBudget = errors.New("retry budget exhausted")
 
 // NewFailure returns a Failure of class c with the class's status. It is for
 // layers that create failures themselves (a breaker that is open, a pool

@@ -80,15 +80,19 @@ func WithTrail(parent context.Context, t *Trail) context.Context {
 	return &TrailContext{Context: parent, trail: t}
 }
 
-// TrailContext is a context.Context carrying a Trail. A layer that already
-// allocates per-request state can embed a TrailContext (by value) and pass
-// its address to Request.WithContext, carrying the Trail without a further
-// allocation:
+// TrailContext is a context.Context carrying a Trail. Allocating one per
+// request (or embedding it in per-request state that is not reused)
+// carries the Trail in one allocation:
 //
-//	st.tc.Init(r.Context())
-//	r = r.WithContext(&st.tc)
+//	tc := new(gateway.TrailContext)
+//	tc.Init(r.Context())
+//	r = r.WithContext(tc)
 //
-// Cancellation and deadlines are the parent's.
+// Do not recycle a TrailContext (for instance in a sync.Pool) once a
+// request used it: http.Transport may keep the request's context after the
+// handler returned (a dial finishing in the background reads its values),
+// so a recycled one would be read and written at once. Cancellation and
+// deadlines are the parent's.
 type TrailContext struct {
 	context.Context
 	trail *Trail

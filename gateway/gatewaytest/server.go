@@ -96,15 +96,15 @@ type Server struct {
 
 	mu         sync.Mutex
 	fault      Fault
-	flaky      Fault   // applied to a share of Healthy traffic
-	flakyRatio float64 // that share, 0..1
-	ln      net.Listener // nil while Refused
-	blocker *reservation // holds the port while Refused
-	silent  []net.Conn   // connections held by Silent
-	srv     *http.Server
-	closed  bool
-	done    chan struct{}
-	wg      sync.WaitGroup // handler and serve goroutines
+	flaky      Fault        // applied to a share of Healthy traffic
+	flakyRatio float64      // that share, 0..1
+	ln         net.Listener // nil while Refused
+	blocker    *reservation // holds the port while Refused
+	silent     []net.Conn   // connections held by Silent
+	srv        *http.Server
+	closed     bool
+	done       chan struct{}
+	wg         sync.WaitGroup // handler and serve goroutines
 
 	accepts  atomic.Int64
 	requests atomic.Int64

@@ -1,0 +1,189 @@
+package retry
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/proxykit/proxykit/gateway"
+)
+
+// Defaults used for the zero fields of [Options].
+const (
+	// DefaultAttempts is the number of attempts per request, the first one
+	// included: 1 try + 2 retries, the SRE book's per-request cap.
+	DefaultAttempts = 3
+	// DefaultBaseDelay is the base of the exponential backoff (Envoy's
+	// default).
+	DefaultBaseDelay = 25 * time.Millisecond
+	// DefaultMaxDelay caps the exponential backoff (Envoy's default).
+	DefaultMaxDelay = 250 * time.Millisecond
+	// DefaultMaxRetryAfter is the longest upstream Retry-After that is
+	// waited out before a retry. A longer one sends the response to the
+	// client as it is: a proxy should not hold a request for long.
+	DefaultMaxRetryAfter = 1 * time.Second
+	// DefaultMaxReplayBytes is how much of a request body is kept for
+	// replay: 1 MiB.
+	DefaultMaxReplayBytes = 1 << 20
+	// DefaultBudgetRatio is the share of extra load retries may add over
+	// [BudgetWindow]: 20%.
+	DefaultBudgetRatio = 0.2
+	// DefaultBudgetMinPerSecond is the floor of the retry budget, in
+	// retries per second, so that a quiet service can still retry.
+	DefaultBudgetMinPerSecond = 10.0
+)
+
+// BudgetWindow is the sliding window over which the retry budget compares
+// retries with requests. It is kept in ten one-second buckets.
+const BudgetWindow = budgetBuckets * time.Second
+
+// IdempotencyKeyHeader is the request header that, when
+// [Options.TrustIdempotencyKey] is set, makes a non-idempotent request
+// retryable after it may have been sent.
+const IdempotencyKeyHeader = "Idempotency-Key"
+
+// Options configures a [Retry]. The zero value is ready to use: every zero
+// field means its documented default, and New(Options{}) never fails.
+// Negative values are errors.
+type Options struct {
+	// Attempts is the most attempts per request, the first one included.
+	// 0 means DefaultAttempts (3). 1 disables retrying: Wrap returns the
+	// handler unchanged.
+	Attempts int
+
+	// BaseDelay and MaxDelay shape the full-jitter backoff before retry n
+	// (n = 0 for the first retry): a uniform random delay in
+	// [0, min(MaxDelay, BaseDelay·2ⁿ)). 0 means DefaultBaseDelay (25 ms)
+	// and DefaultMaxDelay (250 ms). BaseDelay must not exceed MaxDelay.
+	BaseDelay time.Duration
+	MaxDelay  time.Duration
+
+	// PerTryTimeout bounds each attempt until its response is passed to
+	// the client (status and headers decided); a streamed body after that
+	// is bounded only by the inbound request's context. An attempt that
+	// times out fails as gateway.ClassTimeout (or ClassConnectTimeout when
+	// no connection was made) and may be retried. 0 means no per-try
+	// timeout: attempts are bounded by the inbound context alone.
+	PerTryTimeout time.Duration
+
+	// MaxRetryAfter is the longest Retry-After on an upstream's 503 or 429
+	// that is waited out before retrying. A longer one, or one that does
+	// not fit before the inbound deadline, sends the upstream's response to
+	// the client as it is. 0 means DefaultMaxRetryAfter (1 s).
+	MaxRetryAfter time.Duration
+
+	// MaxReplayBytes is how many bytes of a request body are kept, as the
+	// upstream reads them, so that a retry can replay them. A body longer
+	// than this is retried only when no byte of it was read. 0 means
+	// DefaultMaxReplayBytes (1 MiB). Bodies of requests that could only be
+	// retried unread (non-idempotent methods) are never buffered.
+	MaxReplayBytes int
+
+	// TrustIdempotencyKey treats a non-idempotent request (POST, PATCH …)
+	// that carries an Idempotency-Key header as idempotent, so that it may
+	// be retried after it was sent. Enable it only if the upstream
+	// deduplicates on that key. Default false.
+	TrustIdempotencyKey bool
+
+	// BudgetRatio is how much extra load retries may add, as a share of
+	// the requests over [BudgetWindow]: 0.2 allows one retry per five
+	// requests. 0 means DefaultBudgetRatio (0.2); math.Inf(1) disables the
+	// budget. Retries beyond the budget are not made; the failure goes to
+	// the client and a "budget exhausted" line is logged.
+	BudgetRatio float64
+
+	// BudgetMinPerSecond is the budget's floor: this many retries per
+	// second are allowed whatever the ratio (a token bucket of the same
+	// size), so that low-traffic services can retry at all. 0 means
+	// DefaultBudgetMinPerSecond (10).
+	BudgetMinPerSecond float64
+
+	// AttemptHeader, when not "", is a request header set to the attempt
+	// number ("1", "2" …) on every attempt, replacing any value the client
+	// sent. Default "" (off).
+	AttemptHeader string
+
+	// OnRetry, if not nil, is called before each retry, on the request's
+	// goroutine: attempt is the number of the attempt about to start (2
+	// for the first retry), f the failure of the previous attempt (a copy,
+	// with Attempts set, that the hook may keep), delay the wait before
+	// the retry. It must be safe for concurrent use and quick: the request
+	// waits for it.
+	OnRetry func(attempt int, f *gateway.Failure, delay time.Duration)
+
+	// Logger receives a debug line per retry, a warn line (at most one a
+	// second) when the budget is exhausted, and the one line for a failed
+	// request when no enclosing layer took the failure. Nil means
+	// slog.Default() at the time of each call.
+	Logger *slog.Logger
+}
+
+// config is Options with the defaults applied.
+type config struct {
+	attempts      int
+	base, cap     time.Duration
+	perTry        time.Duration
+	maxRetryAfter time.Duration
+	maxReplay     int
+	trustKey      bool
+	ratio, floor  float64
+	attemptHeader string
+	onRetry       func(int, *gateway.Failure, time.Duration)
+	logger        *slog.Logger
+}
+
+// resolve validates o and applies the defaults. Every invalid field is
+// reported, each error naming it.
+func (o Options) resolve() (config, error) {
+	var errs []error
+	c := config{
+		attempts:      orDefault(&errs, "Attempts", o.Attempts, DefaultAttempts),
+		base:          orDefault(&errs, "BaseDelay", o.BaseDelay, DefaultBaseDelay),
+		cap:           orDefault(&errs, "MaxDelay", o.MaxDelay, DefaultMaxDelay),
+		perTry:        orDefault(&errs, "PerTryTimeout", o.PerTryTimeout, 0),
+		maxRetryAfter: orDefault(&errs, "MaxRetryAfter", o.MaxRetryAfter, DefaultMaxRetryAfter),
+		maxReplay:     orDefault(&errs, "MaxReplayBytes", o.MaxReplayBytes, DefaultMaxReplayBytes),
+		trustKey:      o.TrustIdempotencyKey,
+		ratio:         orDefault(&errs, "BudgetRatio", o.BudgetRatio, DefaultBudgetRatio),
+		floor:         orDefault(&errs, "BudgetMinPerSecond", o.BudgetMinPerSecond, DefaultBudgetMinPerSecond),
+		attemptHeader: http.CanonicalHeaderKey(o.AttemptHeader),
+		onRetry:       o.OnRetry,
+		logger:        o.Logger,
+	}
+	if o.BaseDelay >= 0 && o.MaxDelay >= 0 && c.base > c.cap {
+		errs = append(errs, fmt.Errorf("retry: Options.BaseDelay (%v) exceeds MaxDelay (%v)", c.base, c.cap))
+	}
+	if !validHeaderName(o.AttemptHeader) {
+		errs = append(errs, fmt.Errorf("retry: Options.AttemptHeader %q is not a valid header name", o.AttemptHeader))
+	}
+	return c, errors.Join(errs...)
+}
+
+// orDefault returns v, or def when v is zero; a negative v (or NaN) is
+// recorded as an error naming the field.
+func orDefault[T int | float64 | time.Duration](errs *[]error, field string, v, def T) T {
+	switch {
+	case v < 0 || v != v: // v != v: NaN
+		*errs = append(*errs, fmt.Errorf("retry: Options.%s must not be negative, got %v", field, v))
+	case v == 0:
+		return def
+	}
+	return v
+}
+
+// validHeaderName reports whether s is "" or an RFC 9110 token.
+func validHeaderName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case c == '!', c == '#', c == '$', c == '%', c == '&', c == '\'', c == '*',
+			c == '+', c == '-', c == '.', c == '^', c == '_', c == '`', c == '|', c == '~':
+		default:
+			return false
+		}
+	}
+	return true
+}

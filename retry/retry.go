@@ -1,0 +1,253 @@
+// Package retry is http.Handler middleware that re-runs the handler it wraps
+// (an httputil.ReverseProxy, whose Rewrite may pick another upstream each
+// time) when an attempt failed in a way that is safe and useful to retry,
+// and passes everything else through untouched.
+//
+// # What is retried
+//
+// An attempt's outcome is read from the *gateway.Failure that the proxy's
+// gateway ErrorHandler records, or, for an upstream's own 502, 503, 504 or
+// 429, from the status and headers. Following RFC 9110 §9.2.2 and the
+// gateway's failure taxonomy:
+//
+//   - A failure where the request was certainly not sent (dns, refused,
+//     unreachable, connect_timeout, tls, open, and reset or internal when
+//     the transport measured that nothing was written) is retried for every
+//     method: nothing can have been applied. An open breaker is retried so
+//     that the balancer picks another host.
+//   - A failure after the request may have been sent (reset, malformed,
+//     timeout, internal, and an upstream's 502/503/504) is retried only for
+//     idempotent methods: GET, HEAD, OPTIONS, TRACE, PUT, DELETE; and for
+//     other methods carrying an Idempotency-Key header when
+//     Options.TrustIdempotencyKey is set.
+//   - no_upstream (nothing left to try) and canceled (the client went away)
+//     are never retried; nor is anything once a response byte reached the
+//     client, a connection was upgraded or hijacked, or the request's
+//     context is done.
+//   - An upstream's 503 or 429 with a Retry-After is retried after that
+//     delay only if it is at most Options.MaxRetryAfter and fits before the
+//     request's deadline; otherwise the response goes to the client as it
+//     is. A 429 without Retry-After is passed through.
+//
+// Every retry also needs an attempt left (Options.Attempts), a request body
+// that can be replayed, time before the inbound deadline for the backoff
+// and for an attempt as long as the last one, and room in the retry budget.
+//
+// # Request bodies
+//
+// Bodies are streamed, never read up front. The first attempt keeps what
+// the upstream reads, up to Options.MaxReplayBytes (1 MiB); a retry replays
+// that, then reads on from the client. A body longer than that is retried
+// only if no byte of it was read. Each attempt reads through its own
+// reader, detached when the attempt ends, so that a transport still
+// reading after RoundTrip returned cannot take bytes meant for the next
+// attempt. The client's body is never closed here and never truncated.
+//
+// # Budget
+//
+// Retries may add at most Options.BudgetRatio (20%) to the requests seen
+// over BudgetWindow (10 s), plus Options.BudgetMinPerSecond (10) retries a
+// second, per Retry. Under a total outage the upstreams therefore see at
+// most about 1.2× the client requests. A retry the budget refuses is not
+// made: the failure goes to the client, and "retry: budget exhausted" is
+// logged (warn, at most once a second; debug otherwise).
+//
+// # Composition
+//
+// Place retry outside a breaker and inside an error page layer:
+// errorpage → retry → breaker → ReverseProxy. Each attempt runs with a
+// context carrying a gateway.Trail, so a balancer can skip the upstreams
+// this request already tried. Responses of failed attempts are held back
+// and discarded with the gateway.Interceptor; the final outcome's Failure
+// (with Attempts set) is handed to the enclosing layer, or logged once here
+// when there is none. gateway.Monitor's ObserveRetry fits Options.OnRetry.
+package retry
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/proxykit/proxykit/gateway"
+)
+
+// Retry is retry middleware configured once by [New]. It is safe for
+// concurrent use; one Retry may wrap several handlers, which then share its
+// retry budget.
+type Retry struct {
+	cfg     config
+	backoff backoff
+	budget  *budget
+	states  sync.Pool // of *state
+
+	retries   atomic.Int64 // retries made, since New
+	exhausted atomic.Int64 // retries the budget denied, since New
+	lastWarn  atomic.Int64 // UnixNano of the last budget warning
+}
+
+// New returns a Retry configured by o. The zero Options is valid and gives
+// the defaults documented on each field; an invalid field (a negative count
+// or duration, BaseDelay above MaxDelay, a bad header name) is an error
+// naming it.
+func New(o Options) (*Retry, error) {
+	cfg, err := o.resolve()
+	if err != nil {
+		return nil, err
+	}
+	rt := &Retry{
+		cfg:     cfg,
+		backoff: backoff{base: cfg.base, cap: cfg.cap},
+		budget:  newBudget(cfg.ratio, cfg.floor, time.Now()),
+	}
+	rt.states.New = func() any { return new(state) }
+	return rt, nil
+}
+
+// Wrap returns next wrapped with retries. With Options.Attempts = 1 it
+// returns next unchanged.
+func (rt *Retry) Wrap(next http.Handler) http.Handler {
+	if rt.cfg.attempts <= 1 {
+		return next
+	}
+	return &handler{rt: rt, next: next}
+}
+
+// Stats are a Retry's counters, for a status page.
+type Stats struct {
+	// Requests and Retries are the client requests and the retries counted
+	// in the budget's current window (the last BudgetWindow).
+	Requests, Retries int64
+	// TotalRetries is how many retries were made since New.
+	TotalRetries int64
+	// BudgetExhausted is how many retries the budget denied since New.
+	BudgetExhausted int64
+}
+
+// Stats returns the current counters.
+func (rt *Retry) Stats() Stats {
+	req, ret := rt.budget.windowAt(time.Now())
+	return Stats{
+		Requests:        req,
+		Retries:         ret,
+		TotalRetries:    rt.retries.Load(),
+		BudgetExhausted: rt.exhausted.Load(),
+	}
+}
+
+// since returns the time since the Retry was made, from the monotonic
+// clock: one clock read, where time.Now takes two (wall and monotonic).
+func (rt *Retry) since() time.Duration { return time.Since(rt.budget.epoch) }
+
+func (rt *Retry) logger() *slog.Logger {
+	if rt.cfg.logger != nil {
+		return rt.cfg.logger
+	}
+	return slog.Default()
+}
+
+// denied records a retry the budget refused, and says so: one warn line a
+// second at most (under an outage every request is refused), debug lines
+// otherwise.
+func (rt *Retry) denied(r *http.Request, f *gateway.Failure, now time.Time) {
+	total := rt.exhausted.Add(1)
+	level := slog.LevelDebug
+	last := rt.lastWarn.Load()
+	if now.UnixNano()-last >= int64(time.Second) && rt.lastWarn.CompareAndSwap(last, now.UnixNano()) {
+		level = slog.LevelWarn
+	}
+	l := rt.logger()
+	ctx := r.Context()
+	if !l.Enabled(ctx, level) {
+		return
+	}
+	requests, retries := rt.budget.windowAt(now)
+	attrs := make([]slog.Attr, 0, 10)
+	attrs = append(attrs,
+		slog.String("class", f.Class.String()),
+		slog.Int("status", f.StatusCode()),
+		slog.String("upstream", f.Upstream),
+		slog.Int64("window_requests", requests),
+		slog.Int64("window_retries", retries),
+		slog.Int64("denied_total", total),
+		slog.String("method", r.Method),
+	)
+	l.LogAttrs(ctx, level, "retry: budget exhausted, not retrying", requestAttrs(attrs, r)...)
+}
+
+// logRetry writes the debug line for a retry about to start.
+func (rt *Retry) logRetry(r *http.Request, f *gateway.Failure, attempt int, delay time.Duration) {
+	l := rt.logger()
+	ctx := r.Context()
+	if !l.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	attrs := make([]slog.Attr, 0, 10)
+	attrs = append(attrs,
+		slog.Int("attempt", attempt),
+		slog.Duration("delay", delay),
+		slog.String("class", f.Class.String()),
+		slog.Int("status", f.StatusCode()),
+		slog.String("upstream", f.Upstream),
+		slog.Bool("sent", f.Sent),
+		slog.String("method", r.Method),
+	)
+	l.LogAttrs(ctx, slog.LevelDebug, "retry: retrying", requestAttrs(attrs, r)...)
+}
+
+// requestAttrs appends the request's path and ID, when known.
+func requestAttrs(attrs []slog.Attr, r *http.Request) []slog.Attr {
+	if r.URL != nil {
+		attrs = append(attrs, slog.String("path", r.URL.Path))
+	}
+	if id := gateway.RequestIDOf(r); id != "" {
+		attrs = append(attrs, slog.String("request_id", id))
+	}
+	return attrs
+}
+
+// handler is the middleware wrapping one http.Handler.
+type handler struct {
+	rt   *Retry
+	next http.Handler
+}
+
+// ServeHTTP runs attempts of h.next until one is passed to the client.
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rt := h.rt
+	st := rt.states.Get().(*state)
+	defer rt.release(st)
+	st.serve(rt, h.next, w, r)
+}
+
+// release cleans up after a request and recycles its state when nothing can
+// still reach it: not after a panic, not while a detached body reader is
+// still reading.
+func (rt *Retry) release(st *state) {
+	st.cleanup()
+	if !st.finished {
+		return // a panic is on its way up; let the state go
+	}
+	if st.hasBody && !st.body.release() {
+		return
+	}
+	st.clear()
+	rt.states.Put(st)
+}
+
+// sleep waits d, or until ctx is done; it reports whether d elapsed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
