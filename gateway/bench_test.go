@@ -6,49 +6,13 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
-	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
-	"strings"
 	"testing"
 
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/gatewaytest"
 )
-
-// fakeUpstream is an in-memory RoundTripper that behaves, as far as the
-// proxy can tell, like a transport that reached a healthy upstream: it
-// fires the trace hooks a real transport fires and returns a small 200.
-// It keeps the network out of the measurement, so the proxy's own cost
-// dominates.
-type fakeUpstream struct{ body string }
-
-func (f fakeUpstream) RoundTrip(req *http.Request) (*http.Response, error) {
-	if tr := httptrace.ContextClientTrace(req.Context()); tr != nil {
-		if tr.GotConn != nil {
-			tr.GotConn(httptrace.GotConnInfo{Reused: true})
-		}
-		if tr.WroteHeaders != nil {
-			tr.WroteHeaders()
-		}
-		if tr.GotFirstResponseByte != nil {
-			tr.GotFirstResponseByte()
-		}
-	}
-	if req.Body != nil {
-		_, _ = io.Copy(io.Discard, req.Body)
-		_ = req.Body.Close()
-	}
-	return &http.Response{
-		StatusCode:    200,
-		Proto:         "HTTP/1.1",
-		ProtoMajor:    1,
-		ProtoMinor:    1,
-		Header:        http.Header{"Content-Type": {"text/plain"}},
-		Body:          io.NopCloser(strings.NewReader(f.body)),
-		ContentLength: int64(len(f.body)),
-		Request:       req,
-	}, nil
-}
 
 // discardWriter is a reusable ResponseWriter, so that the recorder's own
 // allocations do not blur the comparison.
@@ -76,7 +40,7 @@ func benchProxy(b *testing.B, h http.Handler) {
 //	go test -run '^$' -bench BenchmarkProxy -benchmem ./gateway/
 func BenchmarkProxy(b *testing.B) {
 	u, _ := url.Parse("http://upstream.test")
-	up := fakeUpstream{body: "ok\n"}
+	up := gatewaytest.InMemory{Body: "ok\n"}
 	quiet := log.New(io.Discard, "", 0)
 	// Both proxies share a BufferPool, so that ReverseProxy's 32 KiB copy
 	// buffer per request does not drown the difference in GC noise.

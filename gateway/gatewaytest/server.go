@@ -266,7 +266,6 @@ func (s *Server) Close() {
 		return
 	}
 	s.closed = true
-	close(s.done)
 	if s.blocker != nil {
 		s.blocker.close()
 	}
@@ -275,7 +274,10 @@ func (s *Server) Close() {
 	}
 	s.silent = nil
 	s.mu.Unlock()
+	// Close connections first, then release hanging handlers: a handler
+	// released while its connection is open would answer an implicit 200.
 	_ = s.srv.Close()
+	close(s.done)
 	s.wg.Wait()
 }
 

@@ -155,8 +155,9 @@ func Run(ctx context.Context, url string, opts Options) Result {
 		}(c)
 	}
 	if opts.Progress != nil {
-		stop := make(chan struct{})
+		stop, stopped := make(chan struct{}), make(chan struct{})
 		go func() {
+			defer close(stopped)
 			t := time.NewTicker(200 * time.Millisecond)
 			defer t.Stop()
 			for {
@@ -168,7 +169,7 @@ func Run(ctx context.Context, url string, opts Options) Result {
 				}
 			}
 		}()
-		defer close(stop)
+		defer func() { close(stop); <-stopped }() // no Progress call after Run returns
 	}
 	wg.Wait()
 

@@ -1,0 +1,141 @@
+package breaker
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+
+	"github.com/proxykit/proxykit/gateway"
+)
+
+// Breaker is the handler seat: middleware that guards the handler it wraps
+// (usually a ReverseProxy) with one circuit breaker, or one per
+// [Settings.Key]. It is safe for concurrent use.
+type Breaker struct {
+	set     *set
+	key     func(*http.Request) string
+	onError func(http.ResponseWriter, *http.Request, error)
+	pool    sync.Pool // of *observer
+}
+
+// New returns a Breaker with settings s, or an error if s is invalid.
+func New(s Settings) (*Breaker, error) {
+	c, err := s.normalize()
+	if err != nil {
+		return nil, err
+	}
+	return &Breaker{
+		set:     newSet(c, s.Key != nil),
+		key:     s.Key,
+		onError: gateway.NewErrorHandler(c.Logger),
+	}, nil
+}
+
+// Wrap returns next guarded by b. While the request's breaker is open,
+// next is not called: the client gets the [gateway.ClassOpen] failure (503,
+// Retry-After), handed first to any enclosing [gateway.FailureRecorder]
+// (a retry or errorpage layer) as [gateway.ErrorHandler] does.
+//
+// The outcome is observed through a [gateway.Interceptor] that passes
+// every response: a [gateway.Failure] recorded below (by the proxy's
+// ErrorHandler) decides by its class; otherwise the status does (502, 503,
+// 504 fail; 500 and 501 if Settings.CountServerErrors). A handler that
+// panics counts as a failure, unless the client went away (excluded), and
+// the panic goes on; a ReverseProxy panics with http.ErrAbortHandler when
+// an upstream's body breaks midway, so that failure is counted too.
+func (b *Breaker) Wrap(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := ""
+		if b.key != nil {
+			key = b.key(r)
+		}
+		e := b.set.get(key)
+		done, f := e.allow("")
+		if f != nil {
+			b.onError(w, r, f)
+			return
+		}
+		o, _ := b.pool.Get().(*observer)
+		if o == nil {
+			o = new(observer)
+		}
+		o.status = 0
+		o.i.Reset(w, o)
+		finished := false
+		defer func() {
+			if !finished { // next panicked
+				outcome := errFailure
+				if clientGone(r) {
+					outcome = errExcluded
+				}
+				e.finish(done, outcome)
+			}
+		}()
+		next.ServeHTTP(&o.i, r)
+		finished = true
+		e.finish(done, b.outcome(o, r))
+		o.i = gateway.Interceptor{} // drop references to this request
+		b.pool.Put(o)
+	})
+}
+
+// observer is the per-request state of Wrap: the Interceptor, and the
+// Decider that watches it.
+type observer struct {
+	i      gateway.Interceptor
+	status int
+}
+
+// Decide implements gateway.Decider: it notes the status and passes.
+func (o *observer) Decide(status int, _ http.Header, _ *gateway.Failure) gateway.Decision {
+	o.status = status
+	return gateway.Pass
+}
+
+func (b *Breaker) outcome(o *observer, r *http.Request) error {
+	if f := o.i.Failure(); f != nil {
+		return failureOutcome(f)
+	}
+	if o.status == 0 && clientGone(r) {
+		return errExcluded // nothing written, client gone
+	}
+	return statusOutcome(o.status, b.set.c.CountServerErrors)
+}
+
+// clientGone reports a request whose client went away. A deadline (the
+// inbound one, or a retry layer's per-try timeout) is not that: an upstream
+// too slow for it has failed.
+func clientGone(r *http.Request) bool {
+	return errors.Is(r.Context().Err(), context.Canceled)
+}
+
+// failureOutcome maps a classified failure to a breaker outcome.
+func failureOutcome(f *gateway.Failure) error {
+	if f.Class.CountsAsFailure() {
+		return errFailure
+	}
+	return errExcluded // canceled, open, no_upstream: not this upstream's fault
+}
+
+// statusOutcome maps a response status to a breaker outcome.
+func statusOutcome(status int, serverErrors bool) error {
+	switch status {
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return errFailure
+	case http.StatusInternalServerError, http.StatusNotImplemented:
+		if serverErrors {
+			return errFailure
+		}
+	}
+	return nil
+}
+
+// States returns the state of every breaker, sorted by key; with a Key
+// function the overflow breaker comes last.
+func (b *Breaker) States() []Status { return b.set.states() }
+
+// BreakerStatus returns States in the shape of a [gateway.StatusView]:
+// StatusView.Breakers = b.BreakerStatus. A single breaker is named after
+// Settings.Name.
+func (b *Breaker) BreakerStatus() []gateway.BreakerStatus { return b.set.gatewayStatus() }

@@ -1,0 +1,102 @@
+package breaker_test
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/proxykit/proxykit/breaker"
+	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/retry"
+)
+
+// TestRetryPoolFailover: the recommended stack — retry outside a
+// ReverseProxy whose pool skips tried hosts and hosts with an open breaker —
+// over [healthy, refused, healthy]. Every GET succeeds; once the refused
+// host's breaker trips, that host gets no request until its open period
+// ends, and after it, probes bring it back.
+//
+// The pool is round robin with passive health off, so that the refused
+// host is picked every third request and its breaker trips promptly
+// (peak EWMA and resting would avoid it on their own: that is tested in
+// package gateway).
+func TestRetryPoolFailover(t *testing.T) {
+	a, r, c := gatewaytest.NewHealthy(nil), gatewaytest.NewServer(gatewaytest.Refused), gatewaytest.NewHealthy(nil)
+	t.Cleanup(a.Close)
+	t.Cleanup(r.Close)
+	t.Cleanup(c.Close)
+	const open = time.Second
+	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet, Timeout: open})
+	require.NoError(t, err)
+	var targets []*url.URL
+	for _, s := range []*gatewaytest.Server{a, r, c} {
+		u, err := url.Parse(s.URL)
+		require.NoError(t, err)
+		targets = append(targets, u)
+	}
+	pool, err := gateway.NewPool(targets...)
+	require.NoError(t, err)
+	pool.Policy, pool.Passive.RestAfter, pool.Logger = gateway.RoundRobin, -1, quiet
+	pool.Healthy, pool.RetryAfter = hosts.Allows, hosts.OpenFor
+	base := gateway.NewHTTPTransport()
+	t.Cleanup(base.CloseIdleConnections)
+	proxy := &httputil.ReverseProxy{
+		Rewrite:      pool.Rewrite,
+		Transport:    pool.Transport(hosts.Transport(&gateway.Transport{Base: base})),
+		ErrorHandler: gateway.NewErrorHandler(quiet),
+	}
+	rt, err := retry.New(retry.Options{Logger: quiet})
+	require.NoError(t, err)
+	front := httptest.NewServer(rt.Wrap(proxy))
+	t.Cleanup(front.Close)
+	cl := front.Client()
+	t.Cleanup(cl.CloseIdleConnections)
+
+	stateOf := func(host string) breaker.Status {
+		for _, s := range hosts.States() {
+			if s.Key == host {
+				return s
+			}
+		}
+		return breaker.Status{}
+	}
+	ok := func() {
+		t.Helper()
+		res := get(t, cl, front.URL)
+		require.Equal(t, http.StatusOK, res.StatusCode, "every GET must succeed")
+	}
+
+	// The refused host fails every third request; retry goes elsewhere.
+	for i := 0; stateOf(r.Addr).State != breaker.StateOpen; i++ {
+		require.Less(t, i, 100, "the refused host's breaker must trip")
+		ok()
+	}
+	st := stateOf(r.Addr)
+
+	// The host comes back at once, but its breaker is open: no traffic.
+	require.NoError(t, r.SetFault(gatewaytest.Healthy))
+	for time.Until(st.OpenUntil) > 100*time.Millisecond {
+		ok()
+		require.Zero(t, r.Requests(), "an open host gets no traffic")
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	// After the open period, probes reach it and close the breaker.
+	time.Sleep(time.Until(st.OpenUntil))
+	require.Eventually(t, func() bool {
+		ok()
+		return stateOf(r.Addr).State == breaker.StateClosed
+	}, 10*time.Second, 5*time.Millisecond)
+	assert.Positive(t, r.Requests(), "the recovered host serves again")
+	for range 9 {
+		ok()
+	}
+	assert.GreaterOrEqual(t, r.Requests(), int64(3+2), "back in rotation")
+}

@@ -1,0 +1,258 @@
+// Package breaker is circuit breaking for reverse proxies, on
+// github.com/sony/gobreaker/v2 (its TwoStepCircuitBreaker).
+//
+// It has two seats with one policy ([Settings]):
+//
+//   - [Breaker] is handler middleware that guards what it wraps: one breaker
+//     by default, or one per key of a [Settings.Key] function, with a hard
+//     cap on the number of keys (a key taken from a request is
+//     attacker-controlled).
+//   - [Hosts] wraps the proxy's Transport with one breaker per upstream
+//     host, so that a pool keeps serving through its healthy members;
+//     [Hosts.Allows] is the health predicate for a [gateway.Pool].
+//
+// A breaker counts the failure classes of the gateway taxonomy
+// ([gateway.Class.CountsAsFailure]) and an upstream's own 502, 503 and 504
+// as failures; 2xx, 3xx and 4xx as successes; a client that went away, an
+// inner breaker that is open and an empty pool not at all. While open it
+// answers at once with a [gateway.ClassOpen] failure — 503 with Retry-After
+// set to the time left open, rounded up — without touching the upstream.
+//
+// Every breaker is local to the process, like every Envoy or nginx
+// instance's: nothing shared sits on the request path.
+package breaker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// Defaults of [Settings]. DESIGN.md gives the reasons: nginx and oxy rest an
+// upstream for 10 s; 5 consecutive failures is Envoy's outlier threshold.
+const (
+	DefaultConsecutiveFailures = 5
+	DefaultFailureRatio        = 0.5
+	DefaultMinRequests         = 20
+	DefaultInterval            = 10 * time.Second
+	DefaultBucketPeriod        = time.Second
+	DefaultTimeout             = 10 * time.Second
+	DefaultMaxRequests         = 3
+	DefaultMaxKeys             = 1024
+)
+
+// maxBuckets bounds the rolling window's buckets, and with them the memory
+// of one breaker (24 bytes a bucket).
+const maxBuckets = 1000
+
+// Settings configures a [Breaker] or [Hosts]. Field names follow gobreaker's
+// Settings. The zero value is the documented default throughout:
+//
+//   - trip on 5 consecutive failures, or on ≥ 50% failures over ≥ 20
+//     completed requests in a 10 s rolling window of 1 s buckets;
+//   - stay open 10 s, then half-open: up to 3 probe requests at a time;
+//     3 consecutive successful probes close the breaker, a failed one
+//     reopens it for another 10 s;
+//   - 500 and 501 are successes (the application's own answers);
+//   - client cancellations are excluded from the counts;
+//   - with a Key function, at most 1024 distinct keys;
+//   - transitions logged at warn level to slog.Default().
+//
+// Invalid settings (negative values, a ratio outside (0, 1], an Interval
+// that is not a multiple of BucketPeriod) make the constructors fail.
+type Settings struct {
+	// Name labels the breakers in logs and [Status]. Default "breaker".
+	Name string
+
+	// ConsecutiveFailures trips the breaker when that many requests in a
+	// row failed. Default 5.
+	ConsecutiveFailures uint32
+	// FailureRatio and MinRequests trip the breaker when, in the rolling
+	// window, at least MinRequests requests completed (successes plus
+	// failures; excluded ones do not count) and the share of failures among
+	// them is at least FailureRatio. Defaults 0.5 and 20.
+	FailureRatio float64
+	MinRequests  uint32
+	// ReadyToTrip, if set, replaces the three thresholds above. It gets the
+	// window's counts after each failure while closed, under the breaker's
+	// lock: it must be quick and must not call back into the breaker.
+	ReadyToTrip func(Counts) bool
+
+	// Interval is the length of the rolling window. Default 10 s.
+	Interval time.Duration
+	// BucketPeriod is the window's granularity: counts age out one bucket
+	// at a time. Interval must be a multiple of it. Default 1 s.
+	BucketPeriod time.Duration
+
+	// Timeout is how long the breaker stays open before it lets probes
+	// through. Default 10 s.
+	Timeout time.Duration
+	// MaxRequests is how many probes may be in flight while half-open, and
+	// how many consecutive successes close the breaker. Default 3.
+	MaxRequests uint32
+
+	// CountServerErrors makes 500 Internal Server Error and 501 Not
+	// Implemented count as failures. Off by default: they are usually the
+	// application's answer to one request, not a sign that the upstream is
+	// down. 502, 503 and 504 always count.
+	CountServerErrors bool
+
+	// Key, for [New] only, maps a request to the breaker that guards it
+	// (a route, a tenant). Nil means one breaker for everything. Keys come
+	// from requests and are attacker-controlled: see MaxKeys.
+	Key func(*http.Request) string
+	// MaxKeys caps the number of distinct keys (of Key, or hosts for
+	// [Hosts]). Requests for keys beyond the cap, or for keys longer than
+	// 256 bytes, share one overflow breaker, so memory stays bounded. When
+	// the cap is reached, breakers idle for a whole Interval (closed, no
+	// request in the window) are dropped, at most once per Interval, to
+	// make room. Default 1024.
+	MaxKeys int
+
+	// OnStateChange, if set, is called after each transition with the
+	// breaker's key ("" for a single breaker, the host for [Hosts]).
+	// Calls for one breaker are serialised and in order; they run on a
+	// request's goroutine after the breaker's lock is released, so the hook
+	// may read [Breaker.States] or [Hosts.Allows], but should be quick.
+	OnStateChange func(name, key string, from, to State)
+	// Logger receives one warn line per transition (nil: slog.Default()).
+	// A [Breaker] that fast-fails as the outermost layer also logs the
+	// failure there, like [gateway.ErrorHandler].
+	Logger *slog.Logger
+}
+
+const maxKeyLen = 256
+
+// config is Settings with defaults applied.
+type config struct {
+	Settings
+}
+
+func (s Settings) normalize() (config, error) {
+	c := config{s}
+	orDefault(&c.Name, "breaker")
+	orDefault(&c.ConsecutiveFailures, DefaultConsecutiveFailures)
+	orDefault(&c.FailureRatio, DefaultFailureRatio)
+	orDefault(&c.MinRequests, DefaultMinRequests)
+	orDefault(&c.Interval, DefaultInterval)
+	orDefault(&c.BucketPeriod, min(DefaultBucketPeriod, c.Interval))
+	orDefault(&c.Timeout, DefaultTimeout)
+	orDefault(&c.MaxRequests, DefaultMaxRequests)
+	orDefault(&c.MaxKeys, DefaultMaxKeys)
+	var errs []error
+	if math.IsNaN(c.FailureRatio) || c.FailureRatio <= 0 || c.FailureRatio > 1 {
+		errs = append(errs, fmt.Errorf("FailureRatio %v is not in (0, 1]", s.FailureRatio))
+	}
+	if c.Interval < 0 || c.BucketPeriod < 0 || c.Timeout < 0 {
+		errs = append(errs, errors.New("Interval, BucketPeriod and Timeout must not be negative"))
+	} else if c.Interval%c.BucketPeriod != 0 {
+		errs = append(errs, fmt.Errorf("Interval %v is not a multiple of BucketPeriod %v", c.Interval, c.BucketPeriod))
+	} else if c.Interval/c.BucketPeriod > maxBuckets {
+		errs = append(errs, fmt.Errorf("Interval %v / BucketPeriod %v is more than %d buckets", c.Interval, c.BucketPeriod, maxBuckets))
+	}
+	if c.MaxKeys < 0 {
+		errs = append(errs, fmt.Errorf("MaxKeys %d is negative", c.MaxKeys))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return config{}, fmt.Errorf("breaker: invalid settings: %w", err)
+	}
+	return c, nil
+}
+
+// orDefault sets *p to d if it is the zero value.
+func orDefault[T comparable](p *T, d T) {
+	var zero T
+	if *p == zero {
+		*p = d
+	}
+}
+
+// readyToTrip applies the thresholds to the window's counts.
+func (c *config) readyToTrip(n Counts) bool {
+	if c.ReadyToTrip != nil {
+		return c.ReadyToTrip(n)
+	}
+	if n.ConsecutiveFailures >= c.ConsecutiveFailures {
+		return true
+	}
+	done := uint64(n.Successes) + uint64(n.Failures)
+	return done >= uint64(c.MinRequests) && float64(n.Failures) >= c.FailureRatio*float64(done)
+}
+
+// State is a breaker's state. It encodes as "closed", "half-open" or "open".
+type State uint8
+
+// The states.
+const (
+	StateClosed State = iota
+	StateHalfOpen
+	StateOpen
+)
+
+func stateOf(s gobreaker.State) State {
+	switch s {
+	case gobreaker.StateOpen:
+		return StateOpen
+	case gobreaker.StateHalfOpen:
+		return StateHalfOpen
+	}
+	return StateClosed
+}
+
+// String returns "closed", "half-open" or "open".
+func (s State) String() string {
+	switch s {
+	case StateHalfOpen:
+		return "half-open"
+	case StateOpen:
+		return "open"
+	}
+	return "closed"
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Counts are a breaker's counts: over the rolling window while closed,
+// since the transition while half-open, zero while open. Requests includes
+// requests still in flight.
+type Counts struct {
+	Requests             uint32 `json:"requests"`
+	Successes            uint32 `json:"successes"`
+	Failures             uint32 `json:"failures"`
+	Exclusions           uint32 `json:"exclusions"`
+	ConsecutiveSuccesses uint32 `json:"consecutive_successes"`
+	ConsecutiveFailures  uint32 `json:"consecutive_failures"`
+}
+
+func countsOf(c gobreaker.Counts) Counts {
+	return Counts{
+		Requests:             c.Requests,
+		Successes:            c.TotalSuccesses,
+		Failures:             c.TotalFailures,
+		Exclusions:           c.TotalExclusions,
+		ConsecutiveSuccesses: c.ConsecutiveSuccesses,
+		ConsecutiveFailures:  c.ConsecutiveFailures,
+	}
+}
+
+// Status is one breaker's state for a status view.
+type Status struct {
+	// Name is Settings.Name.
+	Name string `json:"name"`
+	// Key is the breaker's key: "" for a single breaker, the host for
+	// [Hosts]. It is "" for the overflow breaker too.
+	Key string `json:"key"`
+	// Overflow marks the breaker shared by keys beyond the cap.
+	Overflow bool   `json:"overflow,omitempty"`
+	State    State  `json:"state"`
+	Counts   Counts `json:"counts"`
+	// OpenUntil is when an open breaker lets probes through; zero unless
+	// open.
+	OpenUntil time.Time `json:"open_until,omitzero"`
+}

@@ -1,0 +1,182 @@
+// Command gateway is a small, real reverse proxy built from proxykit's
+// public API with the recommended stack and the packages' defaults:
+//
+//	request ID → monitor → errorpage → retry → ReverseProxy
+//	             (pool balancer, per-host breakers, instrumented tuned transport)
+//
+// The wiring lives in examples/internal/stack; copy it into your service.
+//
+//	go run ./examples/gateway -upstream http://127.0.0.1:9001 -upstream http://127.0.0.1:9002 -admin 127.0.0.1:8081
+//
+// Flags:
+//
+//	-listen ADDR       address to serve on (default 127.0.0.1:8080)
+//	-upstream URL      an upstream base URL; repeat for a pool (at least one)
+//	-admin ADDR        serve the status view on ADDR (default: off)
+//	-debug             show operator hints on error pages (never in public)
+//	-attempts N        attempts per request, retries included (default 3)
+//	-try-timeout D     timeout per attempt, e.g. 2s (default: none)
+//	-brand NAME        the name on error pages
+//	-log-json          log JSON lines instead of text
+//
+// It prints "listening on http://ADDR" once it accepts connections, and on
+// SIGINT or SIGTERM stops accepting, drains in-flight requests (up to 10 s)
+// and exits.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/proxykit/proxykit/examples/internal/stack"
+)
+
+// drainTimeout bounds graceful shutdown.
+const drainTimeout = 10 * time.Second
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(2)
+	}
+}
+
+// urlList is a repeatable -upstream flag.
+type urlList []*url.URL
+
+func (l *urlList) String() string {
+	s := make([]string, len(*l))
+	for i, u := range *l {
+		s[i] = u.String()
+	}
+	return strings.Join(s, ",")
+}
+
+func (l *urlList) Set(v string) error {
+	u, err := url.Parse(v)
+	if err != nil {
+		return fmt.Errorf("bad URL %q: %w", v, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("bad URL %q: want http:// or https:// with a host", v)
+	}
+	*l = append(*l, u)
+	return nil
+}
+
+// run is the whole program; main only supplies the signal context.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are reported once, by main
+	var (
+		upstreams  urlList
+		listen     = fs.String("listen", "127.0.0.1:8080", "address to serve on")
+		admin      = fs.String("admin", "", "address for the status view (default: off)")
+		debug      = fs.Bool("debug", false, "show operator hints on error pages")
+		attempts   = fs.Int("attempts", 3, "attempts per request, retries included")
+		tryTimeout = fs.Duration("try-timeout", 0, "timeout per attempt (0: none)")
+		brand      = fs.String("brand", "", "the name on error pages")
+		logJSON    = fs.Bool("log-json", false, "log JSON lines")
+	)
+	fs.Var(&upstreams, "upstream", "upstream base URL (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if len(upstreams) == 0 {
+		return errors.New("at least one -upstream URL is required")
+	}
+	if *attempts < 1 {
+		return fmt.Errorf("-attempts %d: want at least 1", *attempts)
+	}
+	if *tryTimeout < 0 {
+		return fmt.Errorf("-try-timeout %v: want a positive duration", *tryTimeout)
+	}
+
+	var handler slog.Handler = slog.NewTextHandler(stderr, nil)
+	if *logJSON {
+		handler = slog.NewJSONHandler(stderr, nil)
+	}
+	logger := slog.New(handler)
+
+	st, err := stack.Build(stack.Config{
+		Upstreams:  upstreams,
+		Attempts:   *attempts,
+		TryTimeout: *tryTimeout,
+		Brand:      *brand,
+		Debug:      *debug,
+		Logger:     logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           st.Handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(handler, slog.LevelWarn),
+	}
+	servers := []*http.Server{srv}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ln) }()
+
+	if *admin != "" {
+		aln, err := net.Listen("tcp", *admin)
+		if err != nil {
+			_ = srv.Close()
+			return fmt.Errorf("admin: %w", err)
+		}
+		asrv := &http.Server{Handler: st.Status, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, asrv)
+		go func() { errc <- asrv.Serve(aln) }()
+		fmt.Fprintf(stdout, "status view on http://%s\n", aln.Addr())
+	}
+	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
+	logger.Info("gateway started", "listen", ln.Addr().String(), "upstreams", upstreams.String())
+
+	select {
+	case err := <-errc:
+		for _, s := range servers {
+			_ = s.Close()
+		}
+		return err
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down: draining in-flight requests", "timeout", drainTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	var shutdownErr error
+	for _, s := range servers {
+		if err := s.Shutdown(sctx); err != nil {
+			shutdownErr = errors.Join(shutdownErr, err)
+		}
+	}
+	return shutdownErr
+}

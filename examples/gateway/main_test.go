@@ -1,0 +1,131 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/proxykit/proxykit/gateway/gatewaytest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestBadFlags(t *testing.T) {
+	cases := map[string][]string{
+		"at least one -upstream":        {},
+		"bad URL":                       {"-upstream", "ftp://x"},
+		"bad URL \"://\"":               {"-upstream", "://"},
+		"invalid value \"soon\"":        {"-upstream", "http://127.0.0.1:1", "-try-timeout", "soon"},
+		"-attempts 0":                   {"-upstream", "http://127.0.0.1:1", "-attempts", "0"},
+		"flag provided but not defined": {"-nope"},
+		"unexpected argument":           {"-upstream", "http://127.0.0.1:1", "extra"},
+	}
+	for want, args := range cases {
+		var out, errs syncBuffer
+		err := run(context.Background(), args, &out, &errs)
+		require.Error(t, err, "%v", args)
+		assert.Contains(t, err.Error(), want)
+		assert.NotContains(t, err.Error(), "\n", "one line")
+		assert.NotContains(t, out.String(), "listening")
+	}
+}
+
+var listening = regexp.MustCompile(`listening on (http://\S+)`)
+
+// TestServeAndDrain starts the gateway on a free port, proxies requests to
+// a pool with one dead upstream, and shuts it down while a request is in
+// flight: the request completes, then run returns.
+func TestServeAndDrain(t *testing.T) {
+	release := make(chan struct{})
+	var once sync.Once
+	defer once.Do(func() { close(release) })
+	up := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			<-release
+		}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	defer up.Close()
+	dead := gatewaytest.NewServer(gatewaytest.Refused)
+	defer dead.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errs syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-admin", "127.0.0.1:0", "-upstream", up.URL,
+			"-upstream", dead.URL, "-brand", "Acme", "-log-json"}, &out, &errs)
+	}()
+	var base string
+	require.Eventually(t, func() bool {
+		m := listening.FindStringSubmatch(out.String())
+		if m != nil {
+			base = m[1]
+		}
+		return m != nil
+	}, 10*time.Second, 10*time.Millisecond)
+
+	client := &http.Client{Timeout: 10 * time.Second}
+	for i := 0; i < 6; i++ {
+		res, err := client.Get(base + "/")
+		require.NoError(t, err)
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		assert.Equal(t, 200, res.StatusCode, "the dead upstream is routed around")
+		assert.Equal(t, "ok", string(body))
+		assert.NotEmpty(t, res.Header.Get("X-Request-Id"))
+	}
+
+	slow := make(chan *http.Response, 1)
+	go func() {
+		res, err := client.Get(base + "/slow")
+		if err == nil {
+			slow <- res
+		}
+		close(slow)
+	}()
+	require.Eventually(t, func() bool { return up.Requests() >= 7 }, 5*time.Second, 5*time.Millisecond)
+	cancel() // SIGINT
+	select {
+	case err := <-done:
+		t.Fatalf("run returned before the in-flight request finished: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	once.Do(func() { close(release) })
+	res := <-slow
+	require.NotNil(t, res, "the in-flight request completes")
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	assert.Equal(t, "ok", string(body))
+	require.NoError(t, <-done)
+	assert.Contains(t, errs.String(), `"msg":"shutting down: draining in-flight requests"`)
+	assert.True(t, strings.Contains(out.String(), "status view on http://"))
+}

@@ -1,0 +1,177 @@
+package stack
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"log"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"testing"
+
+	"github.com/proxykit/proxykit/breaker"
+	"github.com/proxykit/proxykit/errorpage"
+	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/retry"
+)
+
+// discardWriter is a reusable ResponseWriter, so that a recorder's own
+// allocations do not blur the comparison.
+type discardWriter struct {
+	h      http.Header
+	status int
+}
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) WriteHeader(s int)           { w.status = s }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+var quiet = slog.New(slog.DiscardHandler)
+
+// layers builds the stack one layer at a time over an in-memory upstream.
+func layers(b *testing.B, up http.RoundTripper) []struct {
+	name string
+	h    http.Handler
+} {
+	u, _ := url.Parse("http://upstream.test")
+	pool := gateway.NewBufferPool(0, 0)
+	errLog := log.New(io.Discard, "", 0)
+	proxy := func(rt http.RoundTripper, eh func(http.ResponseWriter, *http.Request, error)) http.Handler {
+		return &httputil.ReverseProxy{
+			Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u) }, Transport: rt,
+			ErrorHandler: eh, ErrorLog: errLog, BufferPool: pool,
+		}
+	}
+	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	rt, err := retry.New(retry.Options{Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	pages, err := errorpage.New(errorpage.Options{Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	eh := gateway.NewErrorHandler(quiet)
+	instrumented := &gateway.Transport{Base: up}
+	withBreaker := proxy(hosts.Transport(instrumented), eh)
+	withRetry := rt.Wrap(withBreaker)
+	full, err := Build(Config{Upstreams: []*url.URL{u}, Logger: quiet, Base: up})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return []struct {
+		name string
+		h    http.Handler
+	}{
+		{"bare", proxy(up, nil)},
+		{"+transport", proxy(instrumented, eh)},
+		{"+breaker", withBreaker},
+		{"+retry", withRetry},
+		{"+errorpage", pages.Wrap(withRetry)},
+		{"full", full.Handler},
+	}
+}
+
+// BenchmarkStack measures the recommended stack layer by layer, in one run,
+// against an in-memory upstream: the cost each layer adds per request on the
+// happy path.
+//
+//	go test -run '^$' -bench BenchmarkStack -benchmem ./examples/internal/stack/
+func BenchmarkStack(b *testing.B) {
+	up := gatewaytest.InMemory{Body: "ok\n"}
+	body := bytes.Repeat([]byte("x"), 4<<10)
+	for _, method := range []string{"GET", "POST-4KiB"} {
+		for _, l := range layers(b, up) {
+			b.Run(method+"/"+l.name, func(b *testing.B) {
+				w := &discardWriter{h: http.Header{}}
+				rd := bytes.NewReader(body)
+				req := httptest.NewRequest("GET", "http://gateway.test/path", nil)
+				if method != "GET" {
+					req = httptest.NewRequest("POST", "http://gateway.test/path", rd)
+				}
+				req.Header.Set("X-Request-Id", "bench-request-1") // kept, not minted
+				b.ReportAllocs()
+				for b.Loop() {
+					clear(w.h)
+					if method != "GET" {
+						rd.Reset(body)
+						req.Body = io.NopCloser(rd)
+						req.ContentLength = int64(len(body))
+					}
+					l.h.ServeHTTP(w, req)
+					if w.status != 0 && w.status != http.StatusOK {
+						b.Fatalf("status %d", w.status)
+					}
+				}
+			})
+		}
+	}
+}
+
+// refusing is an upstream that fails every request as refused, without a
+// network.
+type refusing struct{}
+
+func (refusing) RoundTrip(req *http.Request) (*http.Response, error) {
+	return nil, gateway.ClassifyError(errors.New("connect: connection refused (simulated)"), req.URL.Host, false)
+}
+
+// BenchmarkOpenFastFail measures how fast a request is answered once the
+// upstream's breaker is open: through the per-host breaker alone, and
+// through the full stack (pool: no upstream left; errorpage: problem+json).
+//
+//	go test -run '^$' -bench BenchmarkOpenFastFail -benchmem ./examples/internal/stack/
+func BenchmarkOpenFastFail(b *testing.B) {
+	u, _ := url.Parse("http://upstream.test")
+	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	breakerOnly := &httputil.ReverseProxy{
+		Rewrite:      func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
+		Transport:    hosts.Transport(&gateway.Transport{Base: refusing{}}),
+		ErrorHandler: gateway.NewErrorHandler(quiet),
+		ErrorLog:     log.New(io.Discard, "", 0),
+	}
+	full, err := Build(Config{Upstreams: []*url.URL{u}, Logger: quiet, Base: refusing{}, Attempts: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		h    http.Handler
+		open func() bool
+	}{
+		{"breaker", breakerOnly, func() bool { return !hosts.Allows("upstream.test") }},
+		{"full", full.Handler, func() bool { return !full.Hosts.Allows("upstream.test") }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			w := &discardWriter{h: http.Header{}}
+			req := httptest.NewRequest("GET", "http://gateway.test/", nil)
+			req.Header.Set("Accept", "application/json")
+			for i := 0; i < 100 && !c.open(); i++ { // trip it
+				clear(w.h)
+				c.h.ServeHTTP(w, req)
+			}
+			if !c.open() {
+				b.Fatal("breaker did not open")
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				clear(w.h)
+				c.h.ServeHTTP(w, req)
+				if w.status != http.StatusServiceUnavailable {
+					b.Fatalf("status %d, want 503", w.status)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,460 @@
+package gateway_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/gatewaytest"
+)
+
+var quietLogger = slog.New(slog.DiscardHandler)
+
+func mustURL(t testing.TB, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	require.NoError(t, err)
+	return u
+}
+
+// newTestPool returns a pool over servers, logging nowhere.
+func newTestPool(t testing.TB, servers ...*gatewaytest.Server) *gateway.Pool {
+	t.Helper()
+	targets := make([]*url.URL, len(servers))
+	for i, s := range servers {
+		targets[i] = mustURL(t, s.URL)
+	}
+	p, err := gateway.NewPool(targets...)
+	require.NoError(t, err)
+	p.Logger = quietLogger
+	return p
+}
+
+// poolFront serves a ReverseProxy over pool on loopback: the wiring of the
+// package documentation, with a fresh tuned transport.
+func poolFront(t testing.TB, pool *gateway.Pool) *httptest.Server {
+	t.Helper()
+	base := gateway.NewHTTPTransport()
+	t.Cleanup(base.CloseIdleConnections)
+	proxy := &httputil.ReverseProxy{
+		Rewrite:      pool.Rewrite,
+		Transport:    pool.Transport(&gateway.Transport{Base: base}),
+		ErrorHandler: gateway.NewErrorHandler(quietLogger),
+	}
+	front := httptest.NewServer(proxy)
+	t.Cleanup(front.Close)
+	t.Cleanup(front.Client().CloseIdleConnections)
+	return front
+}
+
+func get(t testing.TB, c *http.Client, u string) (*http.Response, string) {
+	t.Helper()
+	res, err := c.Get(u)
+	require.NoError(t, err)
+	body, err := io.ReadAll(res.Body)
+	require.NoError(t, err)
+	res.Body.Close()
+	return res, string(body)
+}
+
+func closeAll(servers ...*gatewaytest.Server) {
+	for _, s := range servers {
+		s.Close()
+	}
+}
+
+func TestNewPoolValidates(t *testing.T) {
+	ok := mustURL(t, "http://127.0.0.1:1")
+	for name, targets := range map[string][]*url.URL{
+		"none":       nil,
+		"nil":        {nil},
+		"scheme":     {mustURL(t, "ftp://127.0.0.1:1")},
+		"relative":   {mustURL(t, "/just/a/path")},
+		"no host":    {mustURL(t, "http:///path")},
+		"opaque":     {mustURL(t, "http:opaque")},
+		"user info":  {mustURL(t, "http://user:secret@127.0.0.1:1")},
+		"fragment":   {mustURL(t, "http://127.0.0.1:1/#frag")},
+		"empty port": {mustURL(t, "http://127.0.0.1:/")},
+		"duplicate":  {ok, mustURL(t, "http://127.0.0.1:1/other")},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p, err := gateway.NewPool(targets...)
+			assert.Error(t, err)
+			assert.Nil(t, p)
+			if err != nil {
+				assert.NotContains(t, err.Error(), "secret", "errors must not reveal credentials")
+			}
+		})
+	}
+	p, err := gateway.NewPool(ok, mustURL(t, "https://example.com/prefix?k=v"))
+	require.NoError(t, err)
+	assert.Len(t, p.Status(), 2)
+}
+
+// TestPoolRewriteIsSetURL: the outbound request is routed exactly as
+// ProxyRequest.SetURL routes it: path prefix joined, queries merged, Host
+// header from the target, no X-Forwarded-For added.
+func TestPoolRewriteIsSetURL(t *testing.T) {
+	type seen struct{ uri, host, xff string }
+	ch := make(chan seen, 1)
+	up := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ch <- seen{r.RequestURI, r.Host, r.Header.Get("X-Forwarded-For")}
+	}))
+	defer up.Close()
+	u, err := url.Parse(up.URL + "/api?k=v")
+	require.NoError(t, err)
+	pool, err := gateway.NewPool(u)
+	require.NoError(t, err)
+	front := poolFront(t, pool)
+	res, _ := get(t, front.Client(), front.URL+"/v1/items?page=2")
+	assert.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, seen{"/api/v1/items?k=v&page=2", up.Addr, ""}, <-ch)
+}
+
+// TestPoolRoundRobin: healthy hosts take turns, exactly.
+func TestPoolRoundRobin(t *testing.T) {
+	a, b, c := gatewaytest.NewHealthy(nil), gatewaytest.NewHealthy(nil), gatewaytest.NewHealthy(nil)
+	defer closeAll(a, b, c)
+	pool := newTestPool(t, a, b, c)
+	pool.Policy = gateway.RoundRobin
+	front := poolFront(t, pool)
+	var order []string
+	for range 30 {
+		res, _ := get(t, front.Client(), front.URL)
+		require.Equal(t, http.StatusOK, res.StatusCode)
+		order = append(order, res.Header.Get("X-Upstream"))
+	}
+	assert.Equal(t, []string{a.Addr, b.Addr, c.Addr}, order[:3])
+	for _, s := range []*gatewaytest.Server{a, b, c} {
+		assert.EqualValues(t, 10, s.Requests(), s.Addr)
+	}
+}
+
+// rewrite runs pool.Rewrite on a request carrying trail (nil: none) and
+// returns the outbound URL.
+func rewrite(pool *gateway.Pool, trail *gateway.Trail) *url.URL {
+	in := httptest.NewRequest("GET", "http://front.test/x", nil)
+	if trail != nil {
+		in = in.WithContext(gateway.WithTrail(in.Context(), trail))
+	}
+	pr := &httputil.ProxyRequest{In: in, Out: in.Clone(in.Context())}
+	pool.Rewrite(pr)
+	return pr.Out.URL
+}
+
+// TestPoolSkipsTriedAndUnhealthy: both policies skip hosts the request
+// tried and hosts the Healthy predicate excludes; tried hosts are a last
+// resort, unhealthy ones never.
+func TestPoolSkipsTriedAndUnhealthy(t *testing.T) {
+	hosts := []string{"127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003"}
+	targets := make([]*url.URL, len(hosts))
+	for i, h := range hosts {
+		targets[i] = mustURL(t, "http://"+h)
+	}
+	for _, policy := range []gateway.Policy{gateway.PeakEWMA, gateway.RoundRobin} {
+		t.Run(policy.String(), func(t *testing.T) {
+			pool, err := gateway.NewPool(targets...)
+			require.NoError(t, err)
+			pool.Policy = policy
+			var unhealthy sync.Map
+			pool.Healthy = func(h string) bool { _, bad := unhealthy.Load(h); return !bad }
+
+			for range 50 {
+				var trail gateway.Trail
+				trail.Add(hosts[0])
+				got := rewrite(pool, &trail).Host
+				assert.NotEqual(t, hosts[0], got, "a tried host is skipped")
+				assert.Equal(t, got, trail.Last(), "the pick is added to the trail")
+			}
+			unhealthy.Store(hosts[1], true)
+			for range 50 {
+				var trail gateway.Trail
+				trail.Add(hosts[0])
+				assert.Equal(t, hosts[2], rewrite(pool, &trail).Host, "only the untried healthy host is left")
+			}
+			var all gateway.Trail
+			for _, h := range hosts {
+				all.Add(h)
+			}
+			got := rewrite(pool, &all).Host
+			assert.Contains(t, []string{hosts[0], hosts[2]}, got, "every host tried: a tried healthy host is the last resort")
+
+			for _, h := range hosts {
+				unhealthy.Store(h, true)
+			}
+			out := rewrite(pool, nil)
+			assert.Empty(t, out.Host, "no healthy host: the request is marked, not routed")
+			assert.NotEqual(t, "http", out.Scheme)
+		})
+	}
+}
+
+// TestPoolNoUpstream: with every host unhealthy the client gets a fast
+// no_upstream 503 with Retry-After, and no host is dialed.
+func TestPoolNoUpstream(t *testing.T) {
+	a, b := gatewaytest.NewHealthy(nil), gatewaytest.NewHealthy(nil)
+	defer closeAll(a, b)
+	pool := newTestPool(t, a, b)
+	pool.Healthy = func(string) bool { return false }
+	front := poolFront(t, pool)
+
+	res, body := get(t, front.Client(), front.URL)
+	assert.Equal(t, http.StatusServiceUnavailable, res.StatusCode)
+	assert.Equal(t, "1", res.Header.Get("Retry-After"), "default when no host says how long")
+	assert.Contains(t, body, gateway.ClassNoUpstream.Explanation())
+
+	pool.RetryAfter = func(h string) time.Duration {
+		if h == b.Addr {
+			return 6500 * time.Millisecond
+		}
+		return 0
+	}
+	res, _ = get(t, front.Client(), front.URL)
+	assert.Equal(t, "7", res.Header.Get("Retry-After"), "the shortest known wait, rounded up")
+	assert.Zero(t, a.Accepts()+b.Accepts(), "no upstream may be dialed")
+}
+
+// TestPoolNoUpstreamFailure: the pool's Transport answers a marked request
+// with a classified Failure naming the last host tried.
+func TestPoolNoUpstreamFailure(t *testing.T) {
+	pool, err := gateway.NewPool(mustURL(t, "http://127.0.0.1:1001"))
+	require.NoError(t, err)
+	pool.Healthy = func(string) bool { return false }
+	var trail gateway.Trail
+	trail.Add("127.0.0.1:1001")
+	in := httptest.NewRequest("POST", "http://front.test/", strings.NewReader("body"))
+	in = in.WithContext(gateway.WithTrail(in.Context(), &trail))
+	pr := &httputil.ProxyRequest{In: in, Out: in.Clone(in.Context())}
+	pool.Rewrite(pr)
+	_, err = pool.Transport(failingTransport{t}).RoundTrip(pr.Out)
+	f := requireFailure(t, err)
+	assert.Equal(t, gateway.ClassNoUpstream, f.Class)
+	assert.Equal(t, http.StatusServiceUnavailable, f.StatusCode())
+	assert.False(t, f.Sent)
+	assert.Equal(t, "127.0.0.1:1001", f.Upstream)
+	assert.Equal(t, time.Second, f.RetryAfter)
+}
+
+type failingTransport struct{ t testing.TB }
+
+func (f failingTransport) RoundTrip(*http.Request) (*http.Response, error) {
+	f.t.Error("the inner transport must not be called")
+	return nil, io.EOF
+}
+
+// TestPoolRestsFailingHost: one failure rests a host; while it rests the
+// others take its traffic; it is back once the rest is over and, healthy
+// again, serves.
+func TestPoolRestsFailingHost(t *testing.T) {
+	a, b, c := gatewaytest.NewHealthy(nil), gatewaytest.NewStatus(503, ""), gatewaytest.NewHealthy(nil)
+	defer closeAll(a, b, c)
+	pool := newTestPool(t, a, b, c)
+	pool.Policy = gateway.RoundRobin
+	pool.Passive = gateway.PassiveHealth{Rest: 300 * time.Millisecond}
+	front := poolFront(t, pool)
+
+	res, _ := get(t, front.Client(), front.URL) // a
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	res, _ = get(t, front.Client(), front.URL) // b: its own 503
+	require.Equal(t, http.StatusServiceUnavailable, res.StatusCode)
+	st := pool.Status()[1]
+	require.Equal(t, "resting", st.State, "one failure rests the host")
+	assert.EqualValues(t, 1, st.Failures)
+	require.NoError(t, b.SetFault(gatewaytest.Healthy))
+
+	// Within the rest, b gets nothing. Requests are counted against the
+	// rest's end, so a slow machine cannot make this flaky.
+	for time.Now().Before(st.Until.Add(-50 * time.Millisecond)) {
+		before := b.Requests()
+		res, _ := get(t, front.Client(), front.URL)
+		assert.Equal(t, http.StatusOK, res.StatusCode)
+		if time.Now().Before(st.Until) {
+			assert.Equal(t, before, b.Requests(), "a resting host gets no traffic while others are left")
+		}
+	}
+	require.Eventually(t, func() bool { return pool.Status()[1].State == "ok" }, 5*time.Second, 10*time.Millisecond)
+	for range 6 {
+		res, _ := get(t, front.Client(), front.URL)
+		assert.Equal(t, http.StatusOK, res.StatusCode)
+	}
+	assert.GreaterOrEqual(t, b.Requests(), int64(2), "the rested host is back in rotation")
+}
+
+// TestPoolPanicsWhenAllResting: resting is a preference, not a verdict:
+// with every host resting the pool still routes (and the client gets the
+// upstreams' own answer), never no_upstream.
+func TestPoolPanicsWhenAllResting(t *testing.T) {
+	a, b := gatewaytest.NewStatus(502, ""), gatewaytest.NewStatus(502, "")
+	defer closeAll(a, b)
+	pool := newTestPool(t, a, b)
+	pool.Passive = gateway.PassiveHealth{Rest: time.Minute}
+	front := poolFront(t, pool)
+	for range 6 {
+		res, body := get(t, front.Client(), front.URL)
+		assert.Equal(t, http.StatusBadGateway, res.StatusCode)
+		assert.Contains(t, body, "from upstream")
+	}
+	for _, s := range pool.Status() {
+		assert.Equal(t, "resting", s.State)
+	}
+	assert.EqualValues(t, 6, a.Requests()+b.Requests())
+}
+
+// TestPoolIgnoresCanceledAndOpen: a client that went away and an open
+// breaker below the pool count for nothing.
+func TestPoolIgnoresCanceledAndOpen(t *testing.T) {
+	hang := gatewaytest.NewServer(gatewaytest.Hang)
+	defer hang.Close()
+	pool := newTestPool(t, hang)
+	base := gateway.NewHTTPTransport()
+	defer base.CloseIdleConnections()
+	rt := pool.Transport(&gateway.Transport{Base: base})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	req := httptest.NewRequest("GET", hang.URL, nil).WithContext(ctx)
+	req.RequestURI = ""
+	go func() {
+		for hang.Requests() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	_, err := rt.RoundTrip(req)
+	assert.Equal(t, gateway.ClassCanceled, requireFailure(t, err).Class)
+
+	open := pool.Transport(roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		return nil, gateway.NewFailure(gateway.ClassOpen, r.URL.Host, nil)
+	}))
+	req = httptest.NewRequest("GET", hang.URL, nil)
+	req.RequestURI = ""
+	_, err = open.RoundTrip(req)
+	assert.Equal(t, gateway.ClassOpen, requireFailure(t, err).Class)
+
+	st := pool.Status()[0]
+	assert.Equal(t, "ok", st.State)
+	assert.Zero(t, st.Failures)
+	assert.Zero(t, st.InFlight)
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// A Pool is both the ReverseProxy's Rewrite, which picks a host, and a
+// wrapper of its Transport, which watches each host's latency and failures.
+func ExamplePool() {
+	var servers []*gatewaytest.Server
+	var targets []*url.URL
+	for _, name := range []string{"blue", "green"} {
+		s := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "%s served %s\n", name, r.URL.Path)
+		}))
+		defer s.Close()
+		u, _ := url.Parse(s.URL + "/app")
+		servers, targets = append(servers, s), append(targets, u)
+	}
+
+	pool, err := gateway.NewPool(targets...)
+	if err != nil {
+		panic(err)
+	}
+	pool.Policy = gateway.RoundRobin
+	// With package breaker: pool.Healthy, pool.RetryAfter = hosts.Allows, hosts.OpenFor
+	// and pool.Transport(hosts.Transport(gateway.NewTransport())).
+	transport := gateway.NewTransport()
+	defer transport.CloseIdleConnections()
+	proxy := &httputil.ReverseProxy{
+		Rewrite:      pool.Rewrite,
+		Transport:    pool.Transport(transport),
+		ErrorHandler: gateway.ErrorHandler,
+	}
+	front := httptest.NewServer(proxy)
+	defer front.Close()
+
+	for range 3 {
+		res, err := http.Get(front.URL + "/hello")
+		if err != nil {
+			panic(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		fmt.Print(string(body))
+	}
+	fmt.Println(len(servers), "upstreams,", pool.Status()[0].Requests+pool.Status()[1].Requests, "requests")
+	// Output:
+	// blue served /app/hello
+	// green served /app/hello
+	// blue served /app/hello
+	// 2 upstreams, 3 requests
+}
+
+// BenchmarkPoolRewrite compares, in one run, ProxyRequest.SetURL to a fixed
+// target with the pool's Rewrite over three targets (each policy, with a
+// Healthy predicate and a Trail), and the pool's Transport wrapper with a
+// bare RoundTripper.
+//
+//	go test -run '^$' -bench BenchmarkPool -benchmem ./gateway/
+func BenchmarkPoolRewrite(b *testing.B) {
+	targets := []*url.URL{mustURL(b, "http://10.0.0.1:8080"), mustURL(b, "http://10.0.0.2:8080"), mustURL(b, "http://10.0.0.3:8080")}
+	in := httptest.NewRequest("GET", "http://front.test/path?q=1", nil)
+	var trail gateway.TrailContext
+	run := func(b *testing.B, rewrite func(*httputil.ProxyRequest)) {
+		out := in.Clone(in.Context())
+		pr := &httputil.ProxyRequest{In: in.WithContext(&trail), Out: out}
+		b.ReportAllocs()
+		for b.Loop() {
+			trail.Init(context.Background())
+			rewrite(pr)
+		}
+	}
+	b.Run("bare_SetURL", func(b *testing.B) {
+		run(b, func(pr *httputil.ProxyRequest) { pr.SetURL(targets[0]) })
+	})
+	for _, policy := range []gateway.Policy{gateway.RoundRobin, gateway.PeakEWMA} {
+		b.Run(policy.String(), func(b *testing.B) {
+			pool, err := gateway.NewPool(targets...)
+			require.NoError(b, err)
+			pool.Policy = policy
+			pool.Healthy = func(string) bool { return true }
+			run(b, pool.Rewrite)
+		})
+	}
+}
+
+func BenchmarkPoolTransport(b *testing.B) {
+	u := mustURL(b, "http://10.0.0.1:8080")
+	up := gatewaytest.InMemory{Body: "ok\n"}
+	req := httptest.NewRequest("GET", u.String()+"/path", nil)
+	req.RequestURI = ""
+	run := func(b *testing.B, rt http.RoundTripper) {
+		b.ReportAllocs()
+		for b.Loop() {
+			res, err := rt.RoundTrip(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			res.Body.Close()
+		}
+	}
+	b.Run("bare", func(b *testing.B) { run(b, up) })
+	b.Run("pool", func(b *testing.B) {
+		pool, err := gateway.NewPool(u)
+		require.NoError(b, err)
+		run(b, pool.Transport(up))
+	})
+}
