@@ -175,3 +175,42 @@ func BenchmarkOpenFastFail(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkStackLoopback compares a bare ReverseProxy with the full stack
+// over a real upstream on loopback, requests in parallel: the cost of the
+// stack including what it makes net/http do (trace hooks, context lookups).
+//
+//	go test -run '^$' -bench BenchmarkStackLoopback -benchmem ./examples/internal/stack/
+func BenchmarkStackLoopback(b *testing.B) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	}))
+	defer up.Close()
+	u, _ := url.Parse(up.URL)
+	tr := gateway.NewHTTPTransport()
+	defer tr.CloseIdleConnections()
+	bare := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u) }, Transport: tr,
+		BufferPool: gateway.NewBufferPool(0, 0), ErrorLog: log.New(io.Discard, "", 0),
+	}
+	full, err := Build(Config{Upstreams: []*url.URL{u}, Logger: quiet, Base: tr})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		h    http.Handler
+	}{{"bare", bare}, {"full", full.Handler}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				w := &discardWriter{h: http.Header{}}
+				req := httptest.NewRequest("GET", "http://gateway.test/path", nil)
+				for pb.Next() {
+					clear(w.h)
+					c.h.ServeHTTP(w, req)
+				}
+			})
+		})
+	}
+}

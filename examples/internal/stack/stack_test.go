@@ -1,0 +1,77 @@
+package stack
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/gatewaytest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestBuildRequiresUpstreams(t *testing.T) {
+	_, err := Build(Config{})
+	assert.Error(t, err)
+}
+
+// TestStack: with one of two upstreams down, every request succeeds; with
+// both down the client gets a classified problem document, and the status
+// view shows it all.
+func TestStack(t *testing.T) {
+	ok := gatewaytest.NewHealthy(nil)
+	defer ok.Close()
+	down := gatewaytest.NewServer(gatewaytest.Refused)
+	defer down.Close()
+	st, err := Build(Config{Upstreams: []*url.URL{mustParse(ok.URL), mustParse(down.URL)}, Logger: quiet, Brand: "Acme"})
+	require.NoError(t, err)
+	defer st.Close()
+	front := httptest.NewServer(st.Handler)
+	defer front.Close()
+
+	for i := 0; i < 10; i++ {
+		res, err := front.Client().Get(front.URL + "/")
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		assert.Equal(t, http.StatusOK, res.StatusCode)
+		assert.NotEmpty(t, res.Header.Get("X-Request-Id"))
+	}
+
+	require.NoError(t, ok.SetFault(gatewaytest.Refused))
+	st.Hosts.Allows(ok.Addr)
+	res, err := front.Client().Get(front.URL + "/orders")
+	require.NoError(t, err)
+	var problem map[string]any
+	require.NoError(t, json.NewDecoder(res.Body).Decode(&problem))
+	res.Body.Close()
+	assert.Contains(t, []int{502, 503}, res.StatusCode)
+	assert.Equal(t, "application/problem+json", res.Header.Get("Content-Type"))
+	assert.Contains(t, []any{"refused", "no_upstream"}, problem["class"])
+	assert.Equal(t, res.Header.Get("X-Request-Id"), problem["request_id"])
+
+	rec := httptest.NewRecorder()
+	st.Status.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	var rep gateway.StatusReport
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &rep))
+	assert.Len(t, rep.Upstreams, 2)
+	require.NotNil(t, rep.Traffic)
+	assert.EqualValues(t, 11, rep.Traffic.Requests)
+	assert.EqualValues(t, 10, rep.Traffic.ByStatus["2xx"])
+}
+
+func mustParse(s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
