@@ -1,7 +1,6 @@
 package breaker_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -153,24 +152,6 @@ func get(t *testing.T, c *http.Client, u string) *http.Response {
 	return res
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writers (slog handlers).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func only(t *testing.T, st []breaker.Status) breaker.Status {
 	t.Helper()
 	require.Len(t, st, 1)
@@ -189,7 +170,7 @@ func waitOpenEnd(t *testing.T, st breaker.Status) {
 // while half-open, and recovery. Each transition is logged and hooked.
 func TestLifecycle(t *testing.T) {
 	up := newControlled(t, modeStatus, http.StatusBadGateway)
-	var logs syncBuffer
+	var logs gatewaytest.SafeBuffer
 	var mu sync.Mutex
 	var seen []string
 	b, err := breaker.New(breaker.Settings{

@@ -11,7 +11,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 
 	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/gatewaytest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -40,14 +40,7 @@ func clock() time.Time { return fixedNow }
 
 // logs captures slog output as JSON lines, safely across goroutines.
 type logs struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logs) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
+	gatewaytest.SafeBuffer
 }
 
 func (l *logs) logger() *slog.Logger {
@@ -57,13 +50,8 @@ func (l *logs) logger() *slog.Logger {
 // lines returns the captured lines at the given level ("" for all).
 func (l *logs) lines(t *testing.T, level string) []map[string]any {
 	t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []map[string]any
-	for _, line := range strings.Split(strings.TrimSpace(l.buf.String()), "\n") {
-		if line == "" {
-			continue
-		}
+	for _, line := range l.Lines() {
 		var m map[string]any
 		require.NoError(t, json.Unmarshal([]byte(line), &m), line)
 		if level == "" || m["level"] == level {

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -10,7 +9,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -33,9 +31,8 @@ func TestMonitorCountsAndLogsOnce(t *testing.T) {
 	ok := gatewaytest.NewHealthy(nil)
 	defer ok.Close()
 
-	var mu sync.Mutex
-	var logs bytes.Buffer
-	logger := slog.New(slog.NewJSONHandler(lockedWriter{&mu, &logs}, nil)) // info and up
+	var logs gatewaytest.SafeBuffer
+	logger := slog.New(slog.NewJSONHandler(&logs, nil)) // info and up
 	targets := map[string]string{"/refused": refused.URL, "/busy": busy.URL, "/ok": ok.URL}
 	base := gateway.NewHTTPTransport()
 	defer base.CloseIdleConnections()
@@ -75,9 +72,7 @@ func TestMonitorCountsAndLogsOnce(t *testing.T) {
 	assert.Len(t, s.Failures, 13)
 	assert.EqualValues(t, 2, hooked.Load())
 
-	mu.Lock()
-	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
-	mu.Unlock()
+	lines := logs.Lines()
 	require.Len(t, lines, 2, "one line per failed request: %v", lines)
 	var first map[string]any
 	require.NoError(t, json.Unmarshal([]byte(lines[0]), &first))

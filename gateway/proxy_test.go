@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -267,9 +266,8 @@ func TestCanceledClient(t *testing.T) {
 	s := gatewaytest.NewServer(gatewaytest.Hang)
 	defer s.Close()
 	u, _ := url.Parse(s.URL)
-	var logs bytes.Buffer
-	var mu sync.Mutex
-	logger := slog.New(slog.NewJSONHandler(lockedWriter{&mu, &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var logs gatewaytest.SafeBuffer
+	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	base := gateway.NewHTTPTransport()
 	defer base.CloseIdleConnections()
 	rp := &httputil.ReverseProxy{
@@ -289,24 +287,11 @@ func TestCanceledClient(t *testing.T) {
 	rp.ServeHTTP(w, req)
 	assert.Zero(t, w.status, "nothing may be written to a client that left")
 	assert.Zero(t, w.n)
-	mu.Lock()
 	line := logs.String()
-	mu.Unlock()
 	assert.Contains(t, line, `"level":"DEBUG"`)
 	assert.Contains(t, line, `"class":"canceled"`)
 	assert.Contains(t, line, `"status":499`)
 	assert.Equal(t, 1, strings.Count(line, "\n"), "one line")
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 type strictWriter struct {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -20,23 +19,6 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestBadFlags(t *testing.T) {
 	cases := map[string][]string{
 		"at least one -upstream":        {},
@@ -48,7 +30,7 @@ func TestBadFlags(t *testing.T) {
 		"unexpected argument":           {"-upstream", "http://127.0.0.1:1", "extra"},
 	}
 	for want, args := range cases {
-		var out, errs syncBuffer
+		var out, errs gatewaytest.SafeBuffer
 		err := run(context.Background(), args, &out, &errs)
 		require.Error(t, err, "%v", args)
 		assert.Contains(t, err.Error(), want)
@@ -78,7 +60,7 @@ func TestServeAndDrain(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out, errs syncBuffer
+	var out, errs gatewaytest.SafeBuffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-admin", "127.0.0.1:0", "-upstream", up.URL,
