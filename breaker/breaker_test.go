@@ -391,4 +391,51 @@ func TestSettingsValidate(t *testing.T) {
 	assert.Error(t, err, "PerHost keys by host")
 	_, err = breaker.New(breaker.Settings{Interval: 500 * time.Millisecond})
 	assert.NoError(t, err, "BucketPeriod defaults to at most Interval")
+	for _, iv := range []time.Duration{1500 * time.Millisecond, 2500 * time.Millisecond, 1234567 * time.Nanosecond} {
+		_, err = breaker.New(breaker.Settings{Interval: iv})
+		assert.NoError(t, err, "Interval %v set alone: the default BucketPeriod yields", iv)
+	}
+}
+
+// TestLongResponsesFreeProbeSlots: while half-open, three long-lived
+// streams are the probes; they succeed when their status is decided, so the
+// breaker closes and the next request goes through instead of waiting for
+// the streams to end.
+func TestLongResponsesFreeProbeSlots(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/fail":
+			w.WriteHeader(http.StatusBadGateway)
+		case "/stream":
+			w.WriteHeader(http.StatusOK)
+			_ = http.NewResponseController(w).Flush()
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		default:
+			_, _ = io.WriteString(w, "ok")
+		}
+	})
+	b, err := breaker.New(breaker.Settings{Timeout: 100 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, err)
+	front := httptest.NewServer(b.Wrap(h))
+	defer front.Close()
+	c := front.Client()
+	for range 5 {
+		get(t, c, front.URL+"/fail")
+	}
+	require.Equal(t, breaker.StateOpen, only(t, b.States()).State)
+	time.Sleep(150 * time.Millisecond) // the open period ends
+
+	for range 3 {
+		res, err := c.Get(front.URL + "/stream") // returns once the header arrived
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, res.StatusCode)
+		defer res.Body.Close()
+	}
+	assert.Equal(t, breaker.StateClosed, only(t, b.States()).State, "three successful probes close it")
+	assert.Equal(t, http.StatusOK, get(t, c, front.URL+"/").StatusCode, "streams still open do not block the route")
 }

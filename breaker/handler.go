@@ -60,37 +60,62 @@ func (b *Breaker) Wrap(next http.Handler) http.Handler {
 		if o == nil {
 			o = new(observer)
 		}
-		o.status = 0
+		o.b, o.e, o.done, o.status, o.reported = b, e, done, 0, false
 		o.i.Reset(w, o)
 		finished := false
 		defer func() {
-			if !finished { // next panicked
+			if !finished && !o.reported { // next panicked before a status
 				outcome := errFailure
 				if clientGone(r) {
 					outcome = errExcluded
 				}
-				e.finish(done, outcome)
+				o.report(outcome)
 			}
 		}()
 		next.ServeHTTP(&o.i, r)
 		finished = true
-		e.finish(done, b.outcome(o, r))
-		o.i = gateway.Interceptor{} // drop references to this request
+		if !o.reported {
+			o.report(b.outcome(o, r))
+		}
+		*o = observer{} // drop references to this request
 		b.pool.Put(o)
 	})
 }
 
 // observer is the per-request state of Wrap: the Interceptor, and the
-// Decider that watches it.
+// Decider that watches it. The outcome is reported as soon as it is known
+// (the status is decided, or the connection is upgraded), not when the
+// handler returns, so that a long-lived response (a stream, a WebSocket)
+// does not hold one of the few half-open probe slots for its whole life.
 type observer struct {
-	i      gateway.Interceptor
-	status int
+	i        gateway.Interceptor
+	b        *Breaker
+	e        *entry
+	done     func(error)
+	status   int
+	reported bool
 }
 
-// Decide implements gateway.Decider: it notes the status and passes.
-func (o *observer) Decide(status int, _ http.Header, _ *gateway.Failure) gateway.Decision {
+// Decide implements gateway.Decider: it reports the outcome and passes.
+func (o *observer) Decide(status int, _ http.Header, f *gateway.Failure) gateway.Decision {
 	o.status = status
+	if f != nil {
+		o.report(failureOutcome(f))
+	} else {
+		o.report(statusOutcome(status, o.b.set.c.CountServerErrors))
+	}
 	return gateway.Pass
+}
+
+// Committed implements gateway.CommitObserver: an upgrade succeeded.
+func (o *observer) Committed() { o.report(nil) }
+
+func (o *observer) report(outcome error) {
+	if o.reported {
+		return
+	}
+	o.reported = true
+	o.e.finish(o.done, outcome)
 }
 
 func (b *Breaker) outcome(o *observer, r *http.Request) error {

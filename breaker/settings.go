@@ -86,7 +86,9 @@ type Settings struct {
 	// Interval is the length of the rolling window. Default 10 s.
 	Interval time.Duration
 	// BucketPeriod is the window's granularity: counts age out one bucket
-	// at a time. Interval must be a multiple of it. Default 1 s.
+	// at a time. Interval must be a multiple of it. Default 1 s; when
+	// Interval is set to a length that 1 s does not divide, a tenth of
+	// Interval (or Interval itself, if a tenth does not divide it).
 	BucketPeriod time.Duration
 
 	// Timeout is how long the breaker stays open before it lets probes
@@ -140,6 +142,14 @@ func (s Settings) normalize() (config, error) {
 	orDefault(&c.FailureRatio, DefaultFailureRatio)
 	orDefault(&c.MinRequests, DefaultMinRequests)
 	orDefault(&c.Interval, DefaultInterval)
+	if c.BucketPeriod == 0 && c.Interval > 0 && c.Interval%DefaultBucketPeriod != 0 {
+		// Interval set alone to something the default period does not
+		// divide: one bucket per tenth of it if that divides, else one.
+		c.BucketPeriod = c.Interval
+		if c.Interval%10 == 0 {
+			c.BucketPeriod = c.Interval / 10
+		}
+	}
 	orDefault(&c.BucketPeriod, min(DefaultBucketPeriod, c.Interval))
 	orDefault(&c.Timeout, DefaultTimeout)
 	orDefault(&c.MaxRequests, DefaultMaxRequests)

@@ -315,7 +315,7 @@ func (h *Handler) Wrap(next http.Handler) http.Handler {
 		st := h.states.Get().(*state)
 		st.h, st.replacing = h, nil
 		st.Reset(w, st)
-		next.ServeHTTP(&st.Interceptor, r)
+		serve(next, st, r)
 
 		switch {
 		case st.Discarded():
@@ -334,6 +334,22 @@ func (h *Handler) Wrap(next http.Handler) http.Handler {
 		*st = state{} // drop references to this request's writer and failure
 		h.states.Put(st)
 	})
+}
+
+// serve runs next. A ReverseProxy whose upstream body breaks while being
+// copied panics with http.ErrAbortHandler; when the response was being
+// discarded (an upstream 5xx errorpage replaces), nothing reached the
+// client yet, so the panic is absorbed and the page is written instead.
+func serve(next http.Handler, st *state, r *http.Request) {
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler && st.Discarded() {
+				return
+			}
+			panic(v)
+		}
+	}()
+	next.ServeHTTP(&st.Interceptor, r)
 }
 
 // replace hands f outward, logs it (if log) when nobody outside will, and

@@ -320,6 +320,27 @@ func TestUpstream5xx(t *testing.T) {
 	}
 }
 
+// TestReplacedUpstreamBodyBreaks: an upstream 502 whose body breaks midway
+// makes ReverseProxy panic with http.ErrAbortHandler while errorpage is
+// discarding that response; nothing reached the client yet, so the client
+// gets the page, not an aborted connection.
+func TestReplacedUpstreamBodyBreaks(t *testing.T) {
+	up := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: 100000\r\n\r\n<html>partial")
+		_ = c.Close()
+	}))
+	t.Cleanup(up.Close)
+	h := newHandler(t, errorpage.Options{Upstream5xx: errorpage.UpstreamReplace, Logger: discardLogger})
+	s := front(t, h.Wrap(proxyTo(t, up.URL, discardLogger, nil)))
+	res, body := get(t, s, "GET", "/", acceptAxios)
+	assert.Equal(t, http.StatusBadGateway, res.StatusCode)
+	assert.Equal(t, "upstream_status", decodeProblem(t, body).Class)
+}
+
 // TestPassThrough: successes, other errors and streaming go through
 // untouched, with Flush reaching the client.
 func TestPassThrough(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"syscall"
 	"testing"
@@ -175,4 +176,33 @@ func FuzzClassify(f *testing.F) {
 		_ = fl.Error()
 		_ = fl.Hint()
 	})
+}
+
+// TestMeasuredSentIsKept: an error from an established connection can fall
+// into a "connection" class (EHOSTUNREACH on a live connection, a TLS alert
+// after the handshake); when the request was measured as sent, it stays
+// sent, so a POST is not retried. Unmeasured, only dial-phase errors clear
+// the caller's sent flag.
+func TestMeasuredSentIsKept(t *testing.T) {
+	live := &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.EHOSTUNREACH)}
+	f := gateway.ClassifyError(live, "h:1", true)
+	assert.Equal(t, gateway.ClassUnreachable, f.Class)
+	assert.True(t, f.Sent, "unreachable on a live connection may follow a sent request")
+	alert := &net.OpError{Op: "remote error", Err: errors.New("tls: internal error")}
+	assert.True(t, gateway.ClassifyError(alert, "h:1", true).Sent)
+
+	dial := &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.EHOSTUNREACH)}
+	assert.False(t, gateway.ClassifyError(dial, "h:1", true).Sent, "a failed dial sent nothing")
+	assert.False(t, gateway.ClassifyError(errors.New("x"), "h:1", false).Sent, "the caller's false is kept")
+}
+
+// TestTransportKeepsInnerFailure: a Base that returns a classified Failure
+// (a breaker, a pool) keeps its class, status and Retry-After.
+func TestTransportKeepsInnerFailure(t *testing.T) {
+	inner := gateway.NewFailure(gateway.ClassOpen, "h:1", nil)
+	inner.RetryAfter = 7 * time.Second
+	tr := &gateway.Transport{Base: roundTripFunc(func(*http.Request) (*http.Response, error) { return nil, inner })}
+	req, _ := http.NewRequest("GET", "http://h:1/", nil)
+	_, err := tr.RoundTrip(req)
+	assert.Same(t, inner, err)
 }

@@ -33,7 +33,10 @@ type progress struct {
 func Classify(err error) Class { return classify(err, progress{}) }
 
 // ClassifyError returns a Failure for err with the given upstream (host:port)
-// and sent flag. If err already is or wraps a *Failure, that Failure is
+// and sent flag, which the caller should set to true when it does not know
+// (the safe assumption). Errors that can only happen before a connection
+// exists (a failed dial or name lookup, a rejected TLS handshake) are never
+// marked sent. If err already is or wraps a *Failure, that Failure is
 // returned unchanged.
 func ClassifyError(err error, upstream string, sent bool) *Failure {
 	var f *Failure
@@ -43,18 +46,30 @@ func ClassifyError(err error, upstream string, sent bool) *Failure {
 	return newFailure(err, upstream, progress{sent: sent})
 }
 
+// newFailure classifies err. When p was measured, p.sent is the truth:
+// an error from an established connection can fall into a "connection"
+// class too (EHOSTUNREACH on a live connection, a TLS alert after the
+// handshake), so the class alone must not clear a measured sent flag.
 func newFailure(err error, upstream string, p progress) *Failure {
 	c := classify(err, p)
 	sent := p.sent
-	if !p.known {
-		sent = true // unknown: assume the worst
-	}
-	switch c {
-	case ClassDNS, ClassRefused, ClassUnreachable, ClassConnectTimeout, ClassTLS:
-		// These happen before a connection exists: nothing can have been sent.
+	if !p.known && beforeConnection(err) {
 		sent = false
 	}
 	return &Failure{Class: c, Status: c.Status(), Upstream: upstream, Sent: sent, Err: err}
+}
+
+// beforeConnection reports errors that only happen before a request can be
+// written: a failed dial or lookup, or a TLS handshake the client rejected.
+func beforeConnection(err error) bool {
+	var (
+		op  *net.OpError
+		dns *net.DNSError
+		rh  tls.RecordHeaderError
+		cv  *tls.CertificateVerificationError
+	)
+	return (errors.As(err, &op) && op.Op == "dial") || errors.As(err, &dns) ||
+		errors.As(err, &rh) || errors.As(err, &cv)
 }
 
 func classify(err error, p progress) Class {

@@ -32,6 +32,15 @@ type Decider interface {
 	Decide(status int, header http.Header, f *Failure) Decision
 }
 
+// A CommitObserver is a Decider that wants to know when a response is
+// committed without a decision: a 101 Switching Protocols status, or a
+// hijacked connection. From then on the connection belongs to the handler
+// for as long as it lasts; a layer that bounds an attempt in time (a
+// per-try timeout) must stop doing so.
+type CommitObserver interface {
+	Committed()
+}
+
 // A FailureRecorder is a ResponseWriter that wants to know why the response
 // it is about to receive is a failure. [ErrorHandler] and passing
 // Interceptors hand the Failure to the nearest one with [RecordFailure].
@@ -75,7 +84,8 @@ const (
 //
 // 1xx informational responses go straight through (they do not end the
 // response); 101 Switching Protocols and Hijack commit it without asking the
-// Decider, because an upgraded connection can never be replayed. Flush,
+// Decider, because an upgraded connection can never be replayed (a Decider
+// that implements [CommitObserver] is told). Flush,
 // Hijack and everything http.ResponseController reaches through Unwrap keep
 // working. A Flush or Write before WriteHeader is an implicit 200, as in
 // net/http.
@@ -134,6 +144,9 @@ func (i *Interceptor) WriteHeader(code int) {
 		return
 	}
 	i.status = code
+	if code == http.StatusSwitchingProtocols {
+		i.observeCommit()
+	}
 	if code == http.StatusSwitchingProtocols || i.d == nil || i.d.Decide(code, i.w.Header(), i.f) == Pass {
 		i.pass()
 		i.w.WriteHeader(code)
@@ -196,9 +209,20 @@ func (i *Interceptor) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	c, rw, err := http.NewResponseController(i.w).Hijack()
 	if err == nil {
+		if i.state == statePending {
+			i.observeCommit()
+		}
 		i.state = stateHijacked
 	}
 	return c, rw, err
+}
+
+// observeCommit tells a CommitObserver Decider that the response was
+// committed without a decision.
+func (i *Interceptor) observeCommit() {
+	if o, ok := i.d.(CommitObserver); ok {
+		o.Committed()
+	}
 }
 
 // Unwrap returns the underlying writer, for http.ResponseController.

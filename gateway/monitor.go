@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -68,11 +69,20 @@ func (m *Monitor) Wrap(next http.Handler) http.Handler {
 		m.requests.Add(1)
 		m.inFlight.Add(1)
 		start := m.now()
+		defer func() {
+			m.inFlight.Add(-1)
+			if v := recover(); v != nil {
+				// The handler panicked, typically http.ErrAbortHandler from
+				// an upstream body that broke mid-copy: count and log it,
+				// then let the panic go on. The state is not recycled.
+				m.aborted(r, &st.i, start)
+				panic(v)
+			}
+			m.finish(r, &st.i, start)
+			st.i = Interceptor{} // drop references to the request's writer
+			m.states.Put(st)
+		}()
 		next.ServeHTTP(&st.i, r)
-		m.inFlight.Add(-1)
-		m.finish(r, &st.i, start)
-		st.i = Interceptor{} // drop references to the request's writer
-		m.states.Put(st)
 	})
 }
 
@@ -99,6 +109,24 @@ func (m *Monitor) finish(r *http.Request, i *Interceptor, start time.Time) {
 	if f == nil {
 		return
 	}
+	m.report(r, f, start)
+}
+
+// errAborted explains a response that ended in a panic.
+var errAborted = errors.New("response aborted: the handler panicked (an upstream body broken mid-copy, for a proxy)")
+
+// aborted counts and logs a request whose handler panicked.
+func (m *Monitor) aborted(r *http.Request, i *Interceptor, start time.Time) {
+	f := i.Failure()
+	if f == nil {
+		f = &Failure{Class: ClassReset, Status: i.Status(), Sent: true, Err: errAborted}
+	}
+	m.byStatus[0].Add(1) // the client got no complete response
+	m.report(r, f, start)
+}
+
+// report counts f by class, logs it and calls the hook.
+func (m *Monitor) report(r *http.Request, f *Failure, start time.Time) {
 	cls := f.Class
 	if cls >= numClasses {
 		cls = ClassInternal
@@ -128,7 +156,8 @@ type MonitorSnapshot struct {
 	// Retries counts retries reported through ObserveRetry.
 	Retries int64 `json:"retries"`
 	// ByStatus counts finished requests by status family: "2xx", "5xx", …,
-	// and "none" for requests where nothing was written (client gone).
+	// and "none" for requests that got no complete response (client gone,
+	// response aborted).
 	ByStatus map[string]int64 `json:"by_status"`
 	// Failures counts failed requests by class name; every class is
 	// present, with zero counts included.

@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"encoding/json"
 	"io"
+	"log"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -152,4 +153,34 @@ func extractTime(doc string) string {
 	}
 	_ = json.Unmarshal([]byte(doc), &v)
 	return v.Time
+}
+
+// TestMonitorCountsAbortedResponses: an upstream body that breaks mid-copy
+// makes ReverseProxy panic with http.ErrAbortHandler; the Monitor counts and
+// logs it, keeps its in-flight count right, and lets the panic go on.
+func TestMonitorCountsAbortedResponses(t *testing.T) {
+	up := gatewaytest.NewServer(gatewaytest.CloseMidBody)
+	defer up.Close()
+	u, _ := url.Parse(up.URL)
+	base := gateway.NewHTTPTransport()
+	defer base.CloseIdleConnections()
+	var logs gatewaytest.SafeBuffer
+	m := &gateway.Monitor{Logger: slog.New(slog.NewJSONHandler(&logs, nil))}
+	h := m.Wrap(&httputil.ReverseProxy{
+		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
+		Transport: &gateway.Transport{Base: base},
+		ErrorLog:  log.New(io.Discard, "", 0),
+	})
+	front := httptest.NewServer(h)
+	defer front.Close()
+	res, err := front.Client().Get(front.URL)
+	require.NoError(t, err)
+	_, err = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	assert.Error(t, err, "the client sees the body break")
+	require.Eventually(t, func() bool { return m.Snapshot().InFlight == 0 }, 5*time.Second, 5*time.Millisecond)
+	s := m.Snapshot()
+	assert.EqualValues(t, 1, s.ByStatus["none"])
+	assert.EqualValues(t, 1, s.Failures["reset"])
+	assert.Contains(t, logs.String(), "response aborted")
 }

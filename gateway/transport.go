@@ -47,19 +47,26 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	res, err := base.RoundTrip(req.WithContext(tr.attach(req.Context())))
 	p := tr.progress()
-	if p.sent {
-		// Our hooks fire only while RoundTrip runs, and WroteHeaders (which
-		// precedes the response) already did: no hook can touch the tracker
-		// again, so it can serve another request. If it did not fire, a late
-		// writer could still call it; let GC have it.
-		t.trackers.Put(tr)
-	}
 	if err != nil {
+		// Not recycled: RoundTrip may return (write error, header timeout,
+		// HTTP/2 cancellation) while the read loop can still fire
+		// GotFirstResponseByte on this tracker.
+		var inner *Failure
+		if errors.As(err, &inner) {
+			return nil, inner // the Base classified it already (a breaker, a pool)
+		}
 		f := newFailure(err, hostPort(req.URL.Scheme, req.URL.Host), p)
 		if cerr := req.Context().Err(); errors.Is(cerr, context.Canceled) {
 			f.Class, f.Status = ClassCanceled, ClassCanceled.Status()
 		}
 		return nil, f
+	}
+	if p.sent {
+		// A response was read and the headers were written: every hook we
+		// set has fired and none fires again, so the tracker can serve
+		// another request. (A server may answer before reading; then the
+		// write loop could still call WroteHeaders: let GC have it.)
+		t.trackers.Put(tr)
 	}
 	res.Request = req // the caller's request, not our traced copy
 	return res, nil

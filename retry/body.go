@@ -166,9 +166,12 @@ func (rp *replay) keep(p []byte) {
 // that keeping n bytes allocates less than 2n (append alone grows large
 // slices by 1.25×, which allocates about 4× the final size).
 func (rp *replay) grow(need int) {
-	c := int(rp.size)
-	if c < need {
-		c = max(need, 2*cap(rp.buf), minBuffer)
+	// Double from what actually arrived, never past the declared length or
+	// the limit: a client that declares 1 MiB and then trickles one byte
+	// costs minBuffer, not 1 MiB.
+	c := max(need, 2*cap(rp.buf), minBuffer)
+	if rp.size > 0 {
+		c = min(c, max(int(rp.size), need))
 	}
 	nb := make([]byte, len(rp.buf), min(c, rp.limit))
 	copy(nb, rp.buf)

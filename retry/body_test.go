@@ -137,6 +137,32 @@ func TestReplayKnownLengthAllocatesOnce(t *testing.T) {
 	assert.Equal(t, 10_000, cap(rp.buf))
 }
 
+// TestReplayGrowsWithWhatArrives: a client that declares a 1 MiB body and
+// sends one byte costs a small buffer, not the declared length; a body
+// that does arrive grows the buffer by doubling up to its length.
+func TestReplayGrowsWithWhatArrives(t *testing.T) {
+	src := newSource(1, 1).gated()
+	rp := newReplay(src, 1<<20, 1<<20)
+	a := rp.attempt()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p := make([]byte, 64<<10)
+		_, _ = a.Read(p)
+	}()
+	<-src.entered
+	close(src.gate)
+	<-done
+	assert.LessOrEqual(t, cap(rp.buf), minBuffer, "one byte arrived: no 1 MiB allocation")
+
+	full := newSource(300_000, 8<<10)
+	rp = newReplay(full, 1<<20, 300_000)
+	got, err := io.ReadAll(rp.attempt())
+	require.NoError(t, err)
+	assert.Equal(t, full.data, got)
+	assert.Equal(t, 300_000, cap(rp.buf), "grown to the declared length, not past it")
+}
+
 // TestReplaySourceErrorIsNotReplayable: a client body that failed cannot be
 // replayed.
 func TestReplaySourceErrorIsNotReplayable(t *testing.T) {

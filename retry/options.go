@@ -56,7 +56,9 @@ type Options struct {
 	// BaseDelay and MaxDelay shape the full-jitter backoff before retry n
 	// (n = 0 for the first retry): a uniform random delay in
 	// [0, min(MaxDelay, BaseDelay·2ⁿ)). 0 means DefaultBaseDelay (25 ms)
-	// and DefaultMaxDelay (250 ms). BaseDelay must not exceed MaxDelay.
+	// and DefaultMaxDelay (250 ms), except that a default yields to the
+	// other one when that is set alone (MaxDelay 10 ms alone means
+	// BaseDelay 10 ms). BaseDelay must not exceed MaxDelay.
 	BaseDelay time.Duration
 	MaxDelay  time.Duration
 
@@ -151,6 +153,14 @@ func (o Options) resolve() (config, error) {
 		attemptHeader: http.CanonicalHeaderKey(o.AttemptHeader),
 		onRetry:       o.OnRetry,
 		logger:        o.Logger,
+	}
+	// One of the pair set alone: the defaulted one yields to it, so that
+	// Options{MaxDelay: 10 * time.Millisecond} means what it says.
+	if o.BaseDelay == 0 && o.MaxDelay > 0 && c.base > c.cap {
+		c.base = c.cap
+	}
+	if o.MaxDelay == 0 && o.BaseDelay > 0 && c.base > c.cap {
+		c.cap = c.base
 	}
 	if o.BaseDelay >= 0 && o.MaxDelay >= 0 && c.base > c.cap {
 		errs = append(errs, fmt.Errorf("retry: Options.BaseDelay (%v) exceeds MaxDelay (%v)", c.base, c.cap))

@@ -22,7 +22,6 @@ func TestOptionsValidation(t *testing.T) {
 		{"negative base", Options{BaseDelay: -time.Millisecond}, "BaseDelay"},
 		{"negative cap", Options{MaxDelay: -time.Millisecond}, "MaxDelay"},
 		{"base above cap", Options{BaseDelay: time.Second, MaxDelay: time.Millisecond}, "BaseDelay"},
-		{"base above default cap", Options{BaseDelay: time.Second}, "exceeds MaxDelay"},
 		{"negative per-try", Options{PerTryTimeout: -1}, "PerTryTimeout"},
 		{"negative max retry-after", Options{MaxRetryAfter: -1}, "MaxRetryAfter"},
 		{"negative replay", Options{MaxReplayBytes: -1}, "MaxReplayBytes"},
@@ -83,4 +82,18 @@ func TestOneAttemptIsPassThrough(t *testing.T) {
 	rt, err = New(Options{})
 	require.NoError(t, err)
 	assert.NotSame(t, h, rt.Wrap(h))
+}
+
+// TestOneDelaySetAlone: a default yields to the other delay set alone.
+func TestOneDelaySetAlone(t *testing.T) {
+	c, err := Options{MaxDelay: 10 * time.Millisecond}.resolve()
+	require.NoError(t, err)
+	assert.Equal(t, 10*time.Millisecond, c.base)
+	assert.Equal(t, 10*time.Millisecond, c.cap)
+	c, err = Options{BaseDelay: time.Second}.resolve()
+	require.NoError(t, err)
+	assert.Equal(t, time.Second, c.base)
+	assert.Equal(t, time.Second, c.cap)
+	_, err = Options{BaseDelay: time.Second, MaxDelay: time.Millisecond}.resolve()
+	assert.Error(t, err, "both set and inconsistent is still an error")
 }

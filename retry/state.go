@@ -207,6 +207,15 @@ func (st *state) statusFailure(status int, h http.Header) *gateway.Failure {
 // pass prepares the response being passed: the per-try timeout no longer
 // applies, and its Failure, if any, carries the attempt count to the
 // enclosing layer.
+// Committed implements gateway.CommitObserver: an upgrade or a hijack
+// committed the attempt without a decision. The connection now lives as
+// long as the client keeps it: the per-try timeout no longer applies.
+func (st *state) Committed() {
+	if st.try != nil {
+		st.try.disarm()
+	}
+}
+
 func (st *state) pass(f *gateway.Failure) {
 	if st.try != nil {
 		st.try.disarm()

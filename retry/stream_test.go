@@ -92,9 +92,15 @@ func echoUpgrade(hangUp bool) http.Handler {
 // retries made.
 func upgrade(t *testing.T, first, second *gatewaytest.Server) (net.Conn, *bufio.Reader, *http.Response, *retries) {
 	t.Helper()
+	return upgradeWith(t, Options{}, first, second)
+}
+
+func upgradeWith(t *testing.T, opts Options, first, second *gatewaytest.Server) (net.Conn, *bufio.Reader, *http.Response, *retries) {
+	t.Helper()
 	closeLater(t, first, second)
 	rec := &retries{}
-	front := serve(t, mustNew(t, Options{OnRetry: rec.hook}).Wrap(newProxy(t, ordered(t, first, second))))
+	opts.OnRetry = rec.hook
+	front := serve(t, mustNew(t, opts).Wrap(newProxy(t, ordered(t, first, second))))
 	c, err := net.DialTimeout("tcp", front.Listener.Addr().String(), 10*time.Second)
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
@@ -124,6 +130,21 @@ func TestUpgradePassesThrough(t *testing.T) {
 	}
 	assert.Equal(t, int64(1), echo.Requests())
 	assert.Len(t, rec.get(), 1, "only the refused pick was retried")
+}
+
+// TestUpgradeOutlivesPerTryTimeout: the per-try timeout bounds an attempt
+// until its response is committed; an upgraded connection is committed by
+// the hijack, without a decision, and must live on past the timeout.
+func TestUpgradeOutlivesPerTryTimeout(t *testing.T) {
+	echo := gatewaytest.NewHealthy(echoUpgrade(false))
+	c, br, res, _ := upgradeWith(t, Options{PerTryTimeout: 150 * time.Millisecond}, echo, gatewaytest.NewHealthy(nil))
+	require.Equal(t, http.StatusSwitchingProtocols, res.StatusCode)
+	time.Sleep(400 * time.Millisecond) // well past the per-try timeout
+	_, err := io.WriteString(c, "still there?\n")
+	require.NoError(t, err)
+	line, err := br.ReadString('\n')
+	require.NoError(t, err, "the upgraded connection must outlive the per-try timeout")
+	assert.Equal(t, "still there?\n", line)
 }
 
 // TestUpgradeIsNeverReplayed: an upgraded connection that the upstream drops

@@ -353,7 +353,15 @@ func reset(c net.Conn) {
 }
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	// Register under the lock, and not once Close began: a WaitGroup must
+	// not grow from zero while Close waits on it.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
 	s.wg.Add(1)
+	s.mu.Unlock()
 	defer s.wg.Done()
 	s.requests.Add(1)
 	if s.OnRequest != nil {
