@@ -167,11 +167,14 @@ func FuzzClassify(f *testing.F) {
 		if fl.StatusCode() < 400 || fl.StatusCode() > 599 {
 			t.Fatalf("status %d", fl.StatusCode())
 		}
-		switch fl.Class {
-		case gateway.ClassDNS, gateway.ClassRefused, gateway.ClassUnreachable, gateway.ClassConnectTimeout, gateway.ClassTLS:
-			if fresh && fl.Sent {
-				t.Fatalf("%s happens before a connection but was marked sent: %v", fl.Class, err)
-			}
+		// Unmeasured, the caller's sent flag is kept, except that a failed
+		// dial can never have sent anything.
+		if fresh && !sent && fl.Sent {
+			t.Fatalf("the caller's sent=false was lost: %v", err)
+		}
+		var op *net.OpError
+		if fresh && errors.As(err, &op) && op.Op == "dial" && fl.Sent {
+			t.Fatalf("a failed dial was marked sent: %v", err)
 		}
 		_ = fl.Error()
 		_ = fl.Hint()

@@ -58,35 +58,6 @@ func TestSSEFlushesThrough(t *testing.T) {
 	assert.Equal(t, "\ndata: two\n\n", string(rest))
 }
 
-// echoUpgrade is an upstream that switches to an "echo" protocol and echoes
-// lines, or, when hangUp, closes right after the 101.
-func echoUpgrade(hangUp bool) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "echo" {
-			http.Error(w, "upgrade required", http.StatusUpgradeRequired)
-			return
-		}
-		c, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		if hangUp {
-			return
-		}
-		for {
-			line, err := brw.ReadString('\n')
-			if err != nil {
-				return
-			}
-			if _, err := io.WriteString(c, line); err != nil {
-				return
-			}
-		}
-	})
-}
-
 // upgrade proxies to first then second, dials the front server, asks to
 // switch to "echo", and returns the connection, the response and the
 // retries made.
@@ -117,7 +88,7 @@ func upgradeWith(t *testing.T, opts Options, first, second *gatewaytest.Server) 
 // (after a refused first pick: nothing was sent, so that is retried), the
 // 101 and the upgraded stream pass through both ways.
 func TestUpgradePassesThrough(t *testing.T) {
-	echo := gatewaytest.NewHealthy(echoUpgrade(false))
+	echo := gatewaytest.NewHealthy(gatewaytest.EchoUpgrade(false))
 	c, br, res, rec := upgrade(t, gatewaytest.NewServer(gatewaytest.Refused), echo)
 	assert.Equal(t, http.StatusSwitchingProtocols, res.StatusCode)
 	assert.Equal(t, "echo", res.Header.Get("Upgrade"))
@@ -136,7 +107,7 @@ func TestUpgradePassesThrough(t *testing.T) {
 // until its response is committed; an upgraded connection is committed by
 // the hijack, without a decision, and must live on past the timeout.
 func TestUpgradeOutlivesPerTryTimeout(t *testing.T) {
-	echo := gatewaytest.NewHealthy(echoUpgrade(false))
+	echo := gatewaytest.NewHealthy(gatewaytest.EchoUpgrade(false))
 	c, br, res, _ := upgradeWith(t, Options{PerTryTimeout: 150 * time.Millisecond}, echo, gatewaytest.NewHealthy(nil))
 	require.Equal(t, http.StatusSwitchingProtocols, res.StatusCode)
 	time.Sleep(400 * time.Millisecond) // well past the per-try timeout
@@ -150,7 +121,7 @@ func TestUpgradeOutlivesPerTryTimeout(t *testing.T) {
 // TestUpgradeIsNeverReplayed: an upgraded connection that the upstream drops
 // is over: it is not retried on another upstream.
 func TestUpgradeIsNeverReplayed(t *testing.T) {
-	dropping, echo := gatewaytest.NewHealthy(echoUpgrade(true)), gatewaytest.NewHealthy(echoUpgrade(false))
+	dropping, echo := gatewaytest.NewHealthy(gatewaytest.EchoUpgrade(true)), gatewaytest.NewHealthy(gatewaytest.EchoUpgrade(false))
 	_, br, res, rec := upgrade(t, dropping, echo)
 	assert.Equal(t, http.StatusSwitchingProtocols, res.StatusCode)
 	_, err := br.ReadByte()

@@ -54,6 +54,9 @@ type Config struct {
 	Base http.RoundTripper
 	// OnBreakerChange, if set, hears every breaker state change.
 	OnBreakerChange func(name, key string, from, to breaker.State)
+	// Breaker configures the per-host breakers (zero: the defaults). Its
+	// Logger and OnStateChange, when unset, are Config's.
+	Breaker breaker.Settings
 }
 
 // Stack is a built stack and the handles an operator needs.
@@ -90,7 +93,14 @@ func Build(cfg Config) (*Stack, error) {
 	}
 
 	// One breaker per upstream host, and the pool that routes around them.
-	hosts, err := breaker.PerHost(breaker.Settings{Logger: logger, OnStateChange: cfg.OnBreakerChange})
+	bs := cfg.Breaker
+	if bs.Logger == nil {
+		bs.Logger = logger
+	}
+	if bs.OnStateChange == nil {
+		bs.OnStateChange = cfg.OnBreakerChange
+	}
+	hosts, err := breaker.PerHost(bs)
 	if err != nil {
 		return nil, err
 	}
