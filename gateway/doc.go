@@ -18,12 +18,17 @@
 //     the enclosing layer, writes an honest status without error text, and
 //     logs one line; a client that went away is logged as 499, not as a 502.
 //   - [Interceptor] holds a response's status back until a [Decider] has
-//     seen it, then passes or discards it: the mechanism behind the retry
-//     and errorpage packages. Failures travel outward along the
-//     ResponseWriter chain ([RecordFailure]), so layers never parse errors.
+//     seen it, then passes or discards it: the mechanism behind the retry,
+//     breaker and errorpage packages. Failures travel outward along the
+//     ResponseWriter chain ([RecordFailure]), so layers never parse errors;
+//     a [CommitObserver] learns of upgrades.
+//   - [Pool] balances over several upstreams as the ReverseProxy's Rewrite
+//     (peak-EWMA power of two choices, or round robin), skips hosts a
+//     request already tried ([Trail]) and unhealthy ones, and rests hosts
+//     that fail.
+//   - [Monitor], the outermost layer, counts outcomes and writes the one
+//     log line per failed request; [StatusView] shows it all to operators.
 //   - [RequestID] keeps or mints an X-Request-ID and forwards it upstream.
-//   - [Trail] records which upstreams a request tried, so that a balancer
-//     can send a retry elsewhere.
 //   - [BufferPool] bounds ReverseProxy's copy buffers.
 //
 // Package gatewaytest has fault-injecting upstreams for tests.
