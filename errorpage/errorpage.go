@@ -358,10 +358,17 @@ func (h *Handler) replace(w http.ResponseWriter, r *http.Request, f *gateway.Fai
 	if f == nil { // cannot happen: Decide sets it with every Discard
 		f = gateway.NewFailure(gateway.ClassInternal, "", nil)
 	}
-	outer := gateway.RecordFailure(w, f) || !log
+	recorded := gateway.RecordFailure(w, f)
+	outer := recorded || !log
 	if f.Class == gateway.ClassCanceled {
 		if !outer {
 			h.log(r, f, "", start)
+		}
+		if !recorded {
+			// The outermost layer aborts a response for a client that
+			// left, as gateway.ErrorHandler does: otherwise net/http
+			// finishes it with an implicit 200.
+			panic(http.ErrAbortHandler)
 		}
 		return
 	}

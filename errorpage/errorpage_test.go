@@ -386,7 +386,13 @@ func TestCanceled(t *testing.T) {
 	w := &recorder{header: http.Header{}}
 	r := httptest.NewRequest("GET", "/", nil)
 	r.Header.Set("Accept", acceptChrome)
-	h.Wrap(fail(failure(gateway.ClassCanceled))).ServeHTTP(w, r)
+	func() {
+		defer func() {
+			assert.Equal(t, http.ErrAbortHandler, recover(),
+				"outermost, errorpage aborts the connection rather than let net/http write an implicit 200")
+		}()
+		h.Wrap(fail(failure(gateway.ClassCanceled))).ServeHTTP(w, r)
+	}()
 	assert.Zero(t, w.status)
 	assert.Zero(t, w.n)
 	assert.Empty(t, lg.lines(t, "WARN"))

@@ -19,9 +19,12 @@ func ErrorHandler(w http.ResponseWriter, r *http.Request, err error) {
 //
 //   - hands it to the nearest enclosing [FailureRecorder] (a retry or
 //     errorpage layer), which decides what the client finally gets;
-//   - for a client that went away, writes nothing (there is nobody to read
-//     it) and logs at debug level with status 499, instead of the stock
-//     ReverseProxy's 502 and "proxy error: context canceled" line;
+//   - for a client that went away, writes nothing and logs at debug level
+//     with status 499, instead of the stock ReverseProxy's 502 and "proxy
+//     error: context canceled" line; when no enclosing layer takes the
+//     Failure, it then aborts the connection (panic(http.ErrAbortHandler),
+//     which net/http recovers silently), so that net/http does not finish
+//     the response with an implicit 200;
 //   - otherwise writes the class's status (Retry-After when known) with a
 //     short plain-text body built from the class's explanation: never the
 //     error text or the upstream address;
@@ -54,10 +57,20 @@ func handleError(logger *slog.Logger, w http.ResponseWriter, r *http.Request, er
 	}
 	if outer {
 		logFailure(logger, slog.LevelDebug, r, f, 0)
-	} else {
-		LogFailure(logger, r, f, 0)
+		return
+	}
+	LogFailure(logger, r, f, 0)
+	if f.Class == ClassCanceled {
+		abortCanceled()
 	}
 }
+
+// abortCanceled ends the response of a client that went away by aborting
+// the connection. Writing nothing is not enough: net/http would finish the
+// response with an implicit, empty 200, which an HTTP/1 client that only
+// half-closed its connection (net/http cancels the context on that too)
+// would read as success. net/http recovers this panic without logging it.
+func abortCanceled() { panic(http.ErrAbortHandler) }
 
 // WriteFailure writes a minimal response for f: its status, Retry-After
 // when known, and a one-line plain-text body with the class's explanation.

@@ -18,7 +18,9 @@ import (
 //
 // An upstream's own 502/503/504 that reaches the client is counted and
 // logged as upstream_status. A client that went away is logged at debug
-// level as 499.
+// level as 499, and its connection is aborted (panic(http.ErrAbortHandler),
+// recovered silently by net/http) rather than finished with net/http's
+// implicit 200.
 //
 // The zero value is ready to use. A Monitor must not be copied after first
 // use. It is safe for concurrent use.
@@ -110,6 +112,9 @@ func (m *Monitor) finish(r *http.Request, i *Interceptor, start time.Time) {
 		return
 	}
 	m.report(r, f, start)
+	if f.Class == ClassCanceled && !i.Committed() {
+		abortCanceled() // see there: no implicit 200 for a client that left
+	}
 }
 
 // errAborted explains a response that ended in a panic.

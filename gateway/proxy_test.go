@@ -284,7 +284,12 @@ func TestCanceledClient(t *testing.T) {
 		}
 		cancel()
 	}()
-	rp.ServeHTTP(w, req)
+	func() {
+		defer func() {
+			assert.Equal(t, http.ErrAbortHandler, recover(), "the connection is aborted, not finished with an implicit 200")
+		}()
+		rp.ServeHTTP(w, req)
+	}()
 	assert.Zero(t, w.status, "nothing may be written to a client that left")
 	assert.Zero(t, w.n)
 	line := logs.String()
@@ -308,4 +313,33 @@ func (w *strictWriter) Write(p []byte) (int, error) {
 	}
 	w.n += len(p)
 	return len(p), nil
+}
+
+// TestHalfClosedClientGetsNo200: net/http cancels a request's context when
+// an HTTP/1 client half-closes its connection, though the client may still
+// read. Such a client must not receive an empty 200 for a request that
+// failed: the connection is aborted instead.
+func TestHalfClosedClientGetsNo200(t *testing.T) {
+	s := gatewaytest.NewServer(gatewaytest.Hang)
+	defer s.Close()
+	u, _ := url.Parse(s.URL)
+	base := gateway.NewHTTPTransport()
+	defer base.CloseIdleConnections()
+	front := httptest.NewServer(&httputil.ReverseProxy{
+		Rewrite:      func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
+		Transport:    &gateway.Transport{Base: base},
+		ErrorHandler: gateway.NewErrorHandler(slog.New(slog.DiscardHandler)),
+	})
+	defer front.Close()
+	c, err := net.Dial("tcp", front.Listener.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(10*time.Second)))
+	_, err = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return s.Requests() == 1 }, 5*time.Second, time.Millisecond)
+	require.NoError(t, c.(*net.TCPConn).CloseWrite()) // half-close: still reading
+	got, _ := io.ReadAll(c)
+	assert.NotContains(t, string(got), "200 OK", "a failed request must not read as success")
+	assert.Empty(t, got, "the connection is aborted without a response")
 }
