@@ -145,13 +145,9 @@ func failureOutcome(f *gateway.Failure) error {
 
 // statusOutcome maps a response status to a breaker outcome.
 func statusOutcome(status int, serverErrors bool) error {
-	switch status {
-	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+	if gateway.IsFailureStatus(status) ||
+		(serverErrors && (status == http.StatusInternalServerError || status == http.StatusNotImplemented)) {
 		return errFailure
-	case http.StatusInternalServerError, http.StatusNotImplemented:
-		if serverErrors {
-			return errFailure
-		}
 	}
 	return nil
 }

@@ -240,9 +240,7 @@ func (st *state) Decide(status int, hdr http.Header, f *gateway.Failure) gateway
 		st.replacing = f
 		return gateway.Discard
 	}
-	switch status {
-	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-	default:
+	if !gateway.IsFailureStatus(status) {
 		return gateway.Pass
 	}
 	if status == http.StatusBadGateway && bareProxyError(hdr) {
@@ -365,10 +363,7 @@ func (h *Handler) replace(w http.ResponseWriter, r *http.Request, f *gateway.Fai
 			h.log(r, f, "", start)
 		}
 		if !recorded {
-			// The outermost layer aborts a response for a client that
-			// left, as gateway.ErrorHandler does: otherwise net/http
-			// finishes it with an implicit 200.
-			panic(http.ErrAbortHandler)
+			gateway.AbortIfCanceled(f)
 		}
 		return
 	}

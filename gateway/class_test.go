@@ -102,6 +102,9 @@ func TestClassifySynthetic(t *testing.T) {
 }
 
 func TestClassifyStatus(t *testing.T) {
+	for status, want := range map[int]bool{502: true, 503: true, 504: true, 500: false, 501: false, 429: false, 200: false} {
+		assert.Equal(t, want, gateway.IsFailureStatus(status), "%d", status)
+	}
 	now := time.Now()
 	assert.Nil(t, gateway.ClassifyStatus(500, nil, "", now), "500 is the application's own error")
 	assert.Nil(t, gateway.ClassifyStatus(404, nil, "", now))

@@ -170,9 +170,7 @@ func isTLSError(err error) bool {
 // pass through. Retry-After (seconds or HTTP-date, relative to now) is
 // parsed into the Failure.
 func ClassifyStatus(status int, h http.Header, upstream string, now time.Time) *Failure {
-	switch status {
-	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-	default:
+	if !IsFailureStatus(status) {
 		return nil
 	}
 	f := &Failure{Class: ClassUpstreamStatus, Status: status, Upstream: upstream, Sent: true}
@@ -180,6 +178,14 @@ func ClassifyStatus(status int, h http.Header, upstream string, now time.Time) *
 		f.RetryAfter = d
 	}
 	return f
+}
+
+// IsFailureStatus reports whether an upstream's status is a gateway
+// failure of its own: 502, 503 or 504 (class upstream_status). Other 5xx
+// are the application's answers to one request.
+func IsFailureStatus(status int) bool {
+	return status == http.StatusBadGateway || status == http.StatusServiceUnavailable ||
+		status == http.StatusGatewayTimeout
 }
 
 // ClassifyResponse is ClassifyStatus for a response from a RoundTripper; the

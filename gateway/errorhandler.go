@@ -60,17 +60,22 @@ func handleError(logger *slog.Logger, w http.ResponseWriter, r *http.Request, er
 		return
 	}
 	LogFailure(logger, r, f, 0)
-	if f.Class == ClassCanceled {
-		abortCanceled()
-	}
+	AbortIfCanceled(f)
 }
 
-// abortCanceled ends the response of a client that went away by aborting
-// the connection. Writing nothing is not enough: net/http would finish the
-// response with an implicit, empty 200, which an HTTP/1 client that only
-// half-closed its connection (net/http cancels the context on that too)
-// would read as success. net/http recovers this panic without logging it.
-func abortCanceled() { panic(http.ErrAbortHandler) }
+// AbortIfCanceled ends the response of a client that went away, f being of
+// class canceled, by aborting the connection: panic(http.ErrAbortHandler),
+// which net/http recovers without logging. Writing nothing is not enough:
+// net/http would finish the response with an implicit, empty 200, which an
+// HTTP/1 client that only half-closed its connection (net/http cancels the
+// context on that too) would read as success. The outermost layer to see
+// such a Failure (the one that logs it) calls this after logging; it does
+// nothing for any other class.
+func AbortIfCanceled(f *Failure) {
+	if f.Class == ClassCanceled {
+		panic(http.ErrAbortHandler)
+	}
+}
 
 // WriteFailure writes a minimal response for f: its status, Retry-After
 // when known, and a one-line plain-text body with the class's explanation.

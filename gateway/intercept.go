@@ -120,6 +120,12 @@ func (i *Interceptor) Reset(w http.ResponseWriter, d Decider) {
 		i.snap.restore(i.w.Header())
 	}
 	i.w, i.d, i.f, i.status, i.state, i.forwarded = w, d, nil, 0, statePending, false
+	if d == nil {
+		// A nil Decider passes everything: nothing will be discarded, so
+		// there is nothing to restore and no snapshot to take.
+		i.snap.n, i.snap.over = 0, nil
+		return
+	}
 	i.snap.take(w.Header())
 }
 

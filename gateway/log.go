@@ -20,6 +20,23 @@ func LogFailure(logger *slog.Logger, r *http.Request, f *Failure, elapsed time.D
 	logFailure(logger, level, r, f, elapsed)
 }
 
+// RequestAttrs appends the attributes that identify r in a log line:
+// method, path and request_id (when r has a valid one). A nil r adds
+// nothing. Every proxykit log line about a request uses them.
+func RequestAttrs(attrs []slog.Attr, r *http.Request) []slog.Attr {
+	if r == nil {
+		return attrs
+	}
+	attrs = append(attrs, slog.String("method", r.Method))
+	if r.URL != nil {
+		attrs = append(attrs, slog.String("path", r.URL.Path))
+	}
+	if id := RequestIDOf(r); id != "" {
+		attrs = append(attrs, slog.String("request_id", id))
+	}
+	return attrs
+}
+
 func logFailure(logger *slog.Logger, level slog.Level, r *http.Request, f *Failure, elapsed time.Duration) {
 	if logger == nil {
 		logger = slog.Default()
@@ -43,15 +60,7 @@ func logFailure(logger *slog.Logger, level slog.Level, r *http.Request, f *Failu
 		slog.Bool("sent", f.Sent),
 		slog.Int("attempts", attempts),
 	)
-	if r != nil {
-		attrs = append(attrs, slog.String("method", r.Method))
-		if r.URL != nil {
-			attrs = append(attrs, slog.String("path", r.URL.Path))
-		}
-		if id := RequestIDOf(r); id != "" {
-			attrs = append(attrs, slog.String("request_id", id))
-		}
-	}
+	attrs = RequestAttrs(attrs, r)
 	if elapsed > 0 {
 		attrs = append(attrs, slog.Duration("duration", elapsed))
 	}

@@ -112,8 +112,8 @@ func (m *Monitor) finish(r *http.Request, i *Interceptor, start time.Time) {
 		return
 	}
 	m.report(r, f, start)
-	if f.Class == ClassCanceled && !i.Committed() {
-		abortCanceled() // see there: no implicit 200 for a client that left
+	if !i.Committed() {
+		AbortIfCanceled(f)
 	}
 }
 

@@ -281,9 +281,7 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			p.observe(u, true, end-start, end)
 		}
 	default:
-		failed := res.StatusCode == http.StatusBadGateway || res.StatusCode == http.StatusServiceUnavailable ||
-			res.StatusCode == http.StatusGatewayTimeout
-		p.observe(u, failed, end-start, end)
+		p.observe(u, IsFailureStatus(res.StatusCode), end-start, end)
 	}
 	return res, err
 }

@@ -172,9 +172,8 @@ func (rt *Retry) denied(r *http.Request, f *gateway.Failure, now time.Time) {
 		slog.Int64("window_requests", requests),
 		slog.Int64("window_retries", retries),
 		slog.Int64("denied_total", total),
-		slog.String("method", r.Method),
 	)
-	l.LogAttrs(ctx, level, "retry: budget exhausted, not retrying", requestAttrs(attrs, r)...)
+	l.LogAttrs(ctx, level, "retry: budget exhausted, not retrying", gateway.RequestAttrs(attrs, r)...)
 }
 
 // logRetry writes the debug line for a retry about to start.
@@ -192,20 +191,8 @@ func (rt *Retry) logRetry(r *http.Request, f *gateway.Failure, attempt int, dela
 		slog.Int("status", f.StatusCode()),
 		slog.String("upstream", f.Upstream),
 		slog.Bool("sent", f.Sent),
-		slog.String("method", r.Method),
 	)
-	l.LogAttrs(ctx, slog.LevelDebug, "retry: retrying", requestAttrs(attrs, r)...)
-}
-
-// requestAttrs appends the request's path and ID, when known.
-func requestAttrs(attrs []slog.Attr, r *http.Request) []slog.Attr {
-	if r.URL != nil {
-		attrs = append(attrs, slog.String("path", r.URL.Path))
-	}
-	if id := gateway.RequestIDOf(r); id != "" {
-		attrs = append(attrs, slog.String("request_id", id))
-	}
-	return attrs
+	l.LogAttrs(ctx, slog.LevelDebug, "retry: retrying", gateway.RequestAttrs(attrs, r)...)
 }
 
 // handler is the middleware wrapping one http.Handler.

@@ -314,12 +314,7 @@ func (st *state) report(w http.ResponseWriter, f *gateway.Failure) {
 	}
 	if !outer {
 		gateway.LogFailure(st.rt.cfg.logger, st.in, f, st.rt.since()-st.start)
-		if f.Class == gateway.ClassCanceled {
-			// The outermost layer aborts a response for a client that
-			// left, as gateway.ErrorHandler does: otherwise net/http
-			// finishes it with an implicit 200.
-			panic(http.ErrAbortHandler)
-		}
+		gateway.AbortIfCanceled(f)
 	}
 }
 
