@@ -48,6 +48,18 @@ const (
 	ClassNoUpstream
 	// ClassCanceled: the client went away. Logged as 499; nothing is written.
 	ClassCanceled
+	// ClassClientBody: the client's request body could not be read (a
+	// malformed chunked encoding, a body that stalled past its read
+	// deadline, a body over a size limit). The client's fault, never the
+	// upstream's: 400 (408 when the body timed out), not counted by breakers
+	// or health, never retried.
+	ClassClientBody
+	// ClassStaleConn: a reused keep-alive connection was closed by the
+	// upstream before it answered (the keep-alive race). It says nothing
+	// about the host's health; the request is retried at once when the
+	// retry policy allows (always if nothing was sent). 502 if it reaches
+	// the client.
+	ClassStaleConn
 
 	numClasses = iota
 )
@@ -106,6 +118,12 @@ var classTable = [numClasses]classInfo{
 	ClassCanceled: {"canceled", StatusClientClosedRequest, false,
 		"The request was canceled before the service answered.",
 		"the client went away while %s was handling the request; not an upstream fault"},
+	ClassClientBody: {"client_body", http.StatusBadRequest, false,
+		"The request could not be read completely from the client.",
+		"reading the client's request body for %s failed (malformed chunked encoding, a stalled upload, or a size limit); a client fault, not an upstream one"},
+	ClassStaleConn: {"stale_connection", http.StatusBadGateway, false,
+		"The connection to the service was closed before it answered.",
+		"%s closed a reused keep-alive connection before answering; if this is frequent, make the gateway's idle timeout shorter than the upstream's keep-alive timeout"},
 }
 
 func (c Class) info() *classInfo {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"syscall"
 	"time"
 )
@@ -196,6 +197,19 @@ func ClassifyResponse(res *http.Response, now time.Time) *Failure {
 		up = hostPort(res.Request.URL.Scheme, res.Request.URL.Host)
 	}
 	return ClassifyStatus(res.StatusCode, res.Header, up, now)
+}
+
+// UpstreamName returns the canonical name of the upstream that u addresses:
+// its host and port, the scheme's default port filled in when u has none
+// ("svc" with http is "svc:80", with https "svc:443"). Every layer names
+// an upstream this way, in failures, logs, breakers, pools and the status
+// view. It is an identity only: the outbound URL and Host header are left
+// as the target gives them. A nil u or an empty host gives "".
+func UpstreamName(u *url.URL) string {
+	if u == nil {
+		return ""
+	}
+	return hostPort(u.Scheme, u.Host)
 }
 
 // hostPort returns host with the scheme's default port added when it has none.
