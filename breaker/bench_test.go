@@ -13,6 +13,7 @@ import (
 
 	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // cannedTransport answers every request with status and no body, without
@@ -161,13 +162,13 @@ func BenchmarkOpen(b *testing.B) {
 	})
 	b.Run("proxy/pool_no_upstream", func(b *testing.B) {
 		hosts := mustHosts(b)
-		pool, err := gateway.NewPool(u)
+		p, err := pool.New(u)
 		if err != nil {
 			b.Fatal(err)
 		}
-		pool.Healthy, pool.RetryAfter, pool.Logger = hosts.Allows, hosts.OpenFor, quiet
-		rt := pool.Transport(hosts.Transport(cannedTransport{502}))
-		h := proxy(pool.Rewrite, rt)
+		p.Health, p.Logger = hosts, quiet
+		rt := p.Transport(hosts.Transport(cannedTransport{502}))
+		h := proxy(p.Rewrite, rt)
 		for range 5 {
 			h.ServeHTTP(httptest.NewRecorder(), req)
 		}

@@ -253,7 +253,9 @@ func TestNeverTrips(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			go func() { <-up.entered; cancel() }()
 			w := httptest.NewRecorder()
-			h.ServeHTTP(w, httptest.NewRequest("GET", "/", nil).WithContext(ctx))
+			assert.PanicsWithValue(t, http.ErrAbortHandler, func() {
+				h.ServeHTTP(w, httptest.NewRequest("GET", "/", nil).WithContext(ctx))
+			}, "the outermost layer aborts the response of a client that went away")
 			cancel()
 		}
 		st := only(t, b.States())
@@ -438,4 +440,141 @@ func TestLongResponsesFreeProbeSlots(t *testing.T) {
 	}
 	assert.Equal(t, breaker.StateClosed, only(t, b.States()).State, "three successful probes close it")
 	assert.Equal(t, http.StatusOK, get(t, c, front.URL+"/").StatusCode, "streams still open do not block the route")
+}
+
+// proxyTo is a ReverseProxy to a gatewaytest server with fault f, on
+// gateway's instrumented transport, whose ErrorHandler logs to logger.
+func proxyTo(t *testing.T, f gatewaytest.Fault, logger *slog.Logger) http.Handler {
+	up := gatewaytest.NewServer(f)
+	t.Cleanup(up.Close)
+	u, err := url.Parse(up.URL)
+	require.NoError(t, err)
+	transport := &gateway.Transport{Base: gateway.NewHTTPTransport()}
+	t.Cleanup(transport.CloseIdleConnections)
+	return &httputil.ReverseProxy{
+		Rewrite:      func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
+		Transport:    transport,
+		ErrorHandler: gateway.NewErrorHandler(logger),
+	}
+}
+
+// canceledAfter returns a request whose context is canceled after d, as
+// when the client goes away.
+func canceledAfter(t *testing.T, d time.Duration) *http.Request {
+	ctx, cancel := context.WithCancel(context.Background())
+	timer := time.AfterFunc(d, cancel)
+	t.Cleanup(func() { timer.Stop(); cancel() })
+	return httptest.NewRequest("GET", "/", nil).WithContext(ctx)
+}
+
+// failureTaker stands where an enclosing layer would: it takes the
+// Failure handed outward.
+type failureTaker struct {
+	http.ResponseWriter
+	got *gateway.Failure
+}
+
+func (w *failureTaker) RecordFailure(f *gateway.Failure) { w.got = f }
+func (w *failureTaker) Unwrap() http.ResponseWriter      { return w.ResponseWriter }
+
+// debugLogger logs every level as text to a buffer.
+func debugLogger() (*slog.Logger, *gatewaytest.SafeBuffer) {
+	buf := new(gatewaytest.SafeBuffer)
+	return slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), buf
+}
+
+const failureLine = `msg="proxy: upstream failure"`
+
+// TestOutermostAbortsCanceled (issue 12): Breaker as the outermost layer
+// over a ReverseProxy whose upstream hangs; the client goes away after
+// 50 ms. Before, the handler returned normally and net/http finished the
+// response with an implicit, empty 200 (which a half-closed HTTP/1 client
+// reads as success). Now the breaker, finding no enclosing layer to take
+// the failure, logs it (at debug: a client that left is no fault) and
+// aborts the response, as the bare proxy does.
+func TestOutermostAbortsCanceled(t *testing.T) {
+	proxy := proxyTo(t, gatewaytest.Hang, quiet)
+
+	t.Run("bare_proxy", func(t *testing.T) {
+		w := httptest.NewRecorder()
+		assert.PanicsWithValue(t, http.ErrAbortHandler, func() { proxy.ServeHTTP(w, canceledAfter(t, 50*time.Millisecond)) })
+	})
+	t.Run("outermost", func(t *testing.T) {
+		logger, logs := debugLogger()
+		b, err := breaker.New(breaker.Settings{Logger: logger})
+		require.NoError(t, err)
+		w := httptest.NewRecorder()
+		assert.PanicsWithValue(t, http.ErrAbortHandler, func() {
+			b.Wrap(proxy).ServeHTTP(w, canceledAfter(t, 50*time.Millisecond))
+		}, "not net/http's implicit 200")
+		assert.False(t, w.Flushed)
+		assert.Empty(t, w.Body.String())
+		lines := logs.Lines()
+		require.Len(t, lines, 1, logs.String())
+		assert.Contains(t, lines[0], "level=DEBUG "+failureLine+" class=canceled status=499")
+		assert.Contains(t, lines[0], " duration=")
+		assert.EqualValues(t, 1, only(t, b.States()).Counts.Exclusions)
+	})
+	t.Run("enclosed", func(t *testing.T) {
+		// An enclosing layer takes the failure: logging and aborting are
+		// its duty, not the breaker's.
+		logger, logs := debugLogger()
+		b, err := breaker.New(breaker.Settings{Logger: logger})
+		require.NoError(t, err)
+		w := &failureTaker{ResponseWriter: httptest.NewRecorder()}
+		assert.NotPanics(t, func() { b.Wrap(proxy).ServeHTTP(w, canceledAfter(t, 50*time.Millisecond)) })
+		require.NotNil(t, w.got)
+		assert.Equal(t, gateway.ClassCanceled, w.got.Class)
+		assert.Empty(t, logs.String())
+	})
+}
+
+// TestOutermostLogsOnce (issue 12): an upstream failure under a Breaker
+// that is the outermost layer is logged once at warn level, by the
+// breaker; before, the ErrorHandler below it, seeing the breaker take the
+// failure, logged it only at debug, and nothing else did. Under an
+// enclosing layer the breaker hands it on and does not log.
+func TestOutermostLogsOnce(t *testing.T) {
+	ehLogger, ehLogs := debugLogger()
+	proxy := proxyTo(t, gatewaytest.Refused, ehLogger)
+
+	t.Run("outermost", func(t *testing.T) {
+		logger, logs := debugLogger()
+		b, err := breaker.New(breaker.Settings{Logger: logger})
+		require.NoError(t, err)
+		w := httptest.NewRecorder()
+		b.Wrap(proxy).ServeHTTP(w, httptest.NewRequest("GET", "/", nil))
+		assert.Equal(t, http.StatusBadGateway, w.Code)
+		lines := logs.Lines()
+		require.Len(t, lines, 1, logs.String())
+		assert.Contains(t, lines[0], "level=WARN "+failureLine+" class=refused status=502")
+		assert.NotContains(t, ehLogs.String(), "level=WARN", "the inner ErrorHandler defers to the outer layer")
+	})
+	t.Run("enclosed", func(t *testing.T) {
+		logger, logs := debugLogger()
+		b, err := breaker.New(breaker.Settings{Logger: logger})
+		require.NoError(t, err)
+		o := &outer{next: b.Wrap(proxy)}
+		w := httptest.NewRecorder()
+		o.ServeHTTP(w, httptest.NewRequest("GET", "/", nil))
+		assert.Equal(t, http.StatusBadGateway, w.Code)
+		_, f := o.last()
+		require.NotNil(t, f, "the failure travels outward")
+		assert.Equal(t, gateway.ClassRefused, f.Class)
+		assert.Empty(t, logs.String(), "the enclosing layer logs it, not the breaker")
+	})
+	t.Run("open_outermost", func(t *testing.T) {
+		// The breaker's own open failure: one warn line too.
+		logger, logs := debugLogger()
+		b, err := breaker.New(breaker.Settings{Logger: logger, ConsecutiveFailures: 1})
+		require.NoError(t, err)
+		h := b.Wrap(proxy)
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil)) // trips
+		n := strings.Count(logs.String(), failureLine)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest("GET", "/", nil))
+		assert.Equal(t, http.StatusServiceUnavailable, w.Code)
+		assert.Equal(t, n+1, strings.Count(logs.String(), failureLine), logs.String())
+		assert.Contains(t, logs.String(), "level=WARN "+failureLine+" class=open status=503")
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/pool"
 	"github.com/proxykit/proxykit/retry"
 )
 
@@ -34,20 +35,22 @@ func ExamplePerHost() {
 	if err != nil {
 		panic(err)
 	}
-	pool, err := gateway.NewPool(u1, u2)
+	p, err := pool.New(u1, u2)
 	if err != nil {
 		panic(err)
 	}
-	pool.Policy = gateway.RoundRobin
-	pool.Passive.RestAfter = -1 // show the breaker alone
-	pool.Healthy, pool.RetryAfter = hosts.Allows, hosts.OpenFor
+	p.Policy = pool.RoundRobin
+	p.Passive.RestAfter = -1 // show the breaker alone
+	p.Health = hosts         // skip hosts whose breaker is open
 
 	transport := gateway.NewTransport()
 	defer transport.CloseIdleConnections()
 	proxy := &httputil.ReverseProxy{
-		Rewrite:      pool.Rewrite,
-		Transport:    pool.Transport(hosts.Transport(transport)),
+		Transport:    hosts.Transport(transport),
 		ErrorHandler: gateway.NewErrorHandler(logger),
+	}
+	if err := p.Attach(proxy); err != nil {
+		panic(err)
 	}
 	retrying, err := retry.New(retry.Options{Logger: logger})
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/proxykit/proxykit/gateway"
 )
@@ -44,13 +45,23 @@ func New(s Settings) (*Breaker, error) {
 // panics counts as a failure, unless the client went away (excluded), and
 // the panic goes on; a ReverseProxy panics with http.ErrAbortHandler when
 // an upstream's body breaks midway, so that failure is counted too.
+//
+// A Failure recorded below travels on outward. When no enclosing layer
+// takes it, b is the outermost layer to see it and does what that layer
+// must: it logs the Failure once ([gateway.LogFailure], to
+// Settings.Logger), and when nothing was written — the client went away,
+// and the ErrorHandler writes nothing then — it aborts the response
+// ([gateway.AbortIfCanceled]) instead of letting net/http finish it with an
+// empty 200. A handler that recorded any other Failure without writing gets
+// it written ([gateway.WriteFailure]).
 func (b *Breaker) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
 		key := ""
 		if b.key != nil {
 			key = b.key(r)
 		}
-		e := b.set.get(key)
+		e := b.set.acquire(key)
 		done, f := e.allow("")
 		if f != nil {
 			b.onError(w, r, f)
@@ -77,9 +88,34 @@ func (b *Breaker) Wrap(next http.Handler) http.Handler {
 		if !o.reported {
 			o.report(b.outcome(o, r))
 		}
+		f, committed, forwarded := o.i.Failure(), o.i.Committed(), o.i.Forwarded()
 		*o = observer{} // drop references to this request
 		b.pool.Put(o)
+		if f != nil && !forwarded {
+			b.handOut(w, r, f, committed, start)
+		}
 	})
+}
+
+// handOut is the outermost layer's duty for f, a Failure recorded below
+// that was not forwarded when its response passed: hand it outward if
+// nothing was written yet, and if no enclosing layer takes it, log it and
+// abort the response of a client that went away.
+func (b *Breaker) handOut(w http.ResponseWriter, r *http.Request, f *gateway.Failure, committed bool, start time.Time) {
+	outer := false
+	if !committed {
+		outer = gateway.RecordFailure(w, f)
+		if f.Class != gateway.ClassCanceled {
+			gateway.WriteFailure(w, r, f)
+		}
+	}
+	if outer {
+		return
+	}
+	gateway.LogFailure(b.set.c.Logger, r, f, time.Since(start))
+	if !committed {
+		gateway.AbortIfCanceled(f)
+	}
 }
 
 // observer is the per-request state of Wrap: the Interceptor, and the
@@ -155,8 +191,3 @@ func statusOutcome(status int, serverErrors bool) error {
 // States returns the state of every breaker, sorted by key; with a Key
 // function the overflow breaker comes last.
 func (b *Breaker) States() []Status { return b.set.states() }
-
-// BreakerStatus returns States in the shape of a [gateway.StatusView]:
-// StatusView.Breakers = b.BreakerStatus. A single breaker is named after
-// Settings.Name.
-func (b *Breaker) BreakerStatus() []gateway.BreakerStatus { return b.set.gatewayStatus() }

@@ -14,6 +14,7 @@ import (
 	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/pool"
 	"github.com/proxykit/proxykit/retry"
 )
 
@@ -26,7 +27,7 @@ import (
 // The pool is round robin with passive health off, so that the refused
 // host is picked every third request and its breaker trips promptly
 // (peak EWMA and resting would avoid it on their own: that is tested in
-// package gateway).
+// package pool).
 func TestRetryPoolFailover(t *testing.T) {
 	a, r, c := gatewaytest.NewHealthy(nil), gatewaytest.NewServer(gatewaytest.Refused), gatewaytest.NewHealthy(nil)
 	t.Cleanup(a.Close)
@@ -41,17 +42,17 @@ func TestRetryPoolFailover(t *testing.T) {
 		require.NoError(t, err)
 		targets = append(targets, u)
 	}
-	pool, err := gateway.NewPool(targets...)
+	p, err := pool.New(targets...)
 	require.NoError(t, err)
-	pool.Policy, pool.Passive.RestAfter, pool.Logger = gateway.RoundRobin, -1, quiet
-	pool.Healthy, pool.RetryAfter = hosts.Allows, hosts.OpenFor
+	p.Policy, p.Passive.RestAfter, p.Logger = pool.RoundRobin, -1, quiet
+	p.Health = hosts
 	base := gateway.NewHTTPTransport()
 	t.Cleanup(base.CloseIdleConnections)
 	proxy := &httputil.ReverseProxy{
-		Rewrite:      pool.Rewrite,
-		Transport:    pool.Transport(hosts.Transport(&gateway.Transport{Base: base})),
+		Transport:    hosts.Transport(&gateway.Transport{Base: base}),
 		ErrorHandler: gateway.NewErrorHandler(quiet),
 	}
+	require.NoError(t, p.Attach(proxy))
 	rt, err := retry.New(retry.Options{Logger: quiet})
 	require.NoError(t, err)
 	front := httptest.NewServer(rt.Wrap(proxy))

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"maps"
+	"math"
 	"sort"
 	"strings"
 	"sync"
@@ -25,10 +25,14 @@ var (
 // entry is one breaker: gobreaker's, plus what gobreaker does not expose
 // (when it reopens) and the transitions waiting for the hooks.
 type entry struct {
-	set      *set
-	key      string
-	overflow bool
-	cb       *gobreaker.TwoStepCircuitBreaker[struct{}]
+	set *set
+	key string
+	// overflow marks the breaker shared by requests without one of their
+	// own; it never trips. evictable marks a keyed breaker, which the set
+	// may evict to make room; the single and overflow breakers never are.
+	overflow  bool
+	evictable bool
+	cb        *gobreaker.TwoStepCircuitBreaker[struct{}]
 
 	// state mirrors cb's state as of its last transition, and openUntil
 	// (Unix ns) the end of the current open period. Both are written under
@@ -36,25 +40,49 @@ type entry struct {
 	state     atomic.Uint32
 	openUntil atomic.Int64
 
+	// pins counts the requests that hold the breaker: from acquire until
+	// their outcome is reported (finish) or they are refused (allow).
+	// Eviction swaps 0 for evicted, so a pinned breaker is never evicted
+	// and a breaker being evicted cannot be pinned.
+	pins atomic.Int64
+	// used is set by each request and cleared by the eviction clock's
+	// hand: a breaker used since the hand last passed is spared once more.
+	used atomic.Bool
+
 	pending atomic.Bool // queue is not empty
 	mu      sync.Mutex  // guards queue
 	queue   []transition
 	hookMu  sync.Mutex // serialises the hooks
 }
 
+// evicted is what pins holds once the breaker is evicted: negative however
+// many pin attempts add to it.
+const evicted = math.MinInt64 / 2
+
 type transition struct {
 	from, to State
 }
 
-func (s *set) newEntry(key string, overflow bool) *entry {
-	e := &entry{set: s, key: key, overflow: overflow}
+// Kinds of entry.
+const (
+	kindSingle = iota
+	kindKeyed
+	kindOverflow
+)
+
+func (s *set) newEntry(key string, kind int) *entry {
+	e := &entry{set: s, key: key, overflow: kind == kindOverflow, evictable: kind == kindKeyed}
+	readyToTrip := func(n gobreaker.Counts) bool { return s.c.readyToTrip(countsOf(n)) }
+	if e.overflow {
+		readyToTrip = func(gobreaker.Counts) bool { return false } // fails open
+	}
 	e.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:          key,
 		MaxRequests:   s.c.MaxRequests,
 		Interval:      s.c.Interval,
 		BucketPeriod:  s.c.BucketPeriod,
 		Timeout:       s.c.Timeout,
-		ReadyToTrip:   func(n gobreaker.Counts) bool { return s.c.readyToTrip(countsOf(n)) },
+		ReadyToTrip:   readyToTrip,
 		OnStateChange: e.onStateChange,
 		IsExcluded:    func(err error) bool { return err == errExcluded },
 	})
@@ -103,12 +131,40 @@ func (e *entry) flush() {
 	}
 }
 
-// allow asks the breaker for a slot. On refusal it returns the open failure
-// for upstream.
+// pin holds e for a request, unless e was evicted.
+func (e *entry) pin() bool {
+	if !e.evictable {
+		return true
+	}
+	if e.pins.Add(1) > 0 {
+		return true
+	}
+	e.pins.Add(-1) // evicted (or being looked at by evict): undo
+	return false
+}
+
+func (e *entry) unpin() {
+	if e.evictable {
+		e.pins.Add(-1)
+	}
+}
+
+// touch marks e used, writing only when it was not, so that a busy
+// breaker's cache line is not written on every request.
+func (e *entry) touch() {
+	if e.evictable && !e.used.Load() {
+		e.used.Store(true)
+	}
+}
+
+// allow asks the pinned breaker for a slot. On refusal it unpins and
+// returns the open failure for upstream; otherwise the request reports its
+// outcome with finish.
 func (e *entry) allow(upstream string) (func(error), *gateway.Failure) {
 	done, err := e.cb.Allow()
 	e.notify()
 	if err != nil {
+		e.unpin()
 		f := gateway.NewFailure(gateway.ClassOpen, upstream, err)
 		f.RetryAfter = e.openFor(time.Now())
 		if f.RetryAfter <= 0 {
@@ -121,9 +177,11 @@ func (e *entry) allow(upstream string) (func(error), *gateway.Failure) {
 	return done, nil
 }
 
-// finish reports a request's outcome (nil, errFailure or errExcluded).
+// finish reports a request's outcome (nil, errFailure or errExcluded) and
+// unpins e.
 func (e *entry) finish(done func(error), outcome error) {
 	done(outcome)
+	e.unpin()
 	e.notify()
 }
 
@@ -169,81 +227,114 @@ func (e *entry) status() Status {
 	return s
 }
 
-// idle reports a closed breaker with nothing in its window. It may record a
-// transition (open to half-open): the caller must notify, outside its locks.
-func (e *entry) idle() bool {
-	return e.cb.State() == gobreaker.StateClosed && e.cb.Counts().Requests == 0
+// tryEvict evicts e if no request holds it and it is stale: closed, or
+// open with its open period over for a whole Interval (nobody asked for it
+// since). It reads only e's atomics, never cb: a closed breaker opens only
+// in a request's finish, which happens before that request unpins.
+func (e *entry) tryEvict(now int64) bool {
+	if !e.pins.CompareAndSwap(0, evicted) {
+		return false // requests in flight
+	}
+	if State(e.state.Load()) == StateClosed || now-e.openUntil.Load() >= int64(e.set.c.Interval) {
+		return true
+	}
+	// Keep it. A request that tried to pin it meanwhile undoes its own
+	// increment and asks again under s.mu, which the caller holds.
+	e.pins.Add(-evicted)
+	return false
 }
 
 // set is the breakers of one Settings: a single one, or one per key up to
-// MaxKeys plus an overflow breaker. The key map is copied on write: the
+// MaxKeys plus the overflow breaker. The key map is copied on write: the
 // request path reads it with one atomic load and no lock.
+//
+// When the map is full, a new key takes the slot of a breaker chosen by a
+// clock (second-chance) approximation of least-recently-used: the hand
+// goes round the slots, sparing once each breaker used since it last
+// passed, and evicts the first stale one no request holds. Making room is
+// rationed to MaxKeys attempts per Interval, so that a flood of new keys
+// costs a bounded amount of work and can turn the whole map over at most
+// once a window. A key that gets no breaker — beyond the cap with nothing
+// to evict or the ration spent, or longer than maxKeyLen — is counted in
+// the overflow breaker, which never trips: overflow fails open.
 type set struct {
 	c      config
 	keyed  bool
 	single *entry // !keyed
 
-	entries   atomic.Pointer[map[string]*entry]
-	overflow  *entry
-	mu        sync.Mutex   // serialises writers of entries
-	lastSweep atomic.Int64 // Unix ns
+	entries  atomic.Pointer[map[string]*entry]
+	overflow *entry
+	// fullUntil (Unix ns): until then the ration is spent, and new keys go
+	// to the overflow breaker without taking mu.
+	fullUntil atomic.Int64
+
+	mu        sync.Mutex // serialises writers of entries; guards the fields below
+	ring      []*entry   // the keyed breakers, one per slot: the clock's face
+	hand      int
+	turnStart int64 // Unix ns: when the current ration began
+	turnLeft  int   // attempts to make room left in it
 }
 
 func newSet(c config, keyed bool) *set {
 	s := &set{c: c, keyed: keyed}
 	if keyed {
 		s.entries.Store(&map[string]*entry{})
-		s.overflow = s.newEntry("", true)
+		s.overflow = s.newEntry("", kindOverflow)
 	} else {
-		s.single = s.newEntry("", false)
+		s.single = s.newEntry("", kindSingle)
 	}
 	return s
 }
 
-// get returns the breaker for key, creating it if there is room.
-func (s *set) get(key string) *entry {
+// acquire returns the breaker for a request with key, pinned: it stays in
+// the set until the request's outcome is in. The caller must call allow,
+// and finish if allowed.
+func (s *set) acquire(key string) *entry {
 	if !s.keyed {
 		return s.single
 	}
-	if e := s.lookup(key); e != nil {
-		return e
+	e := s.lookup(key)
+	if e == nil {
+		e = s.admit(key)
 	}
-	if o := s.overflowFor(key); o != nil && !s.sweepDue(time.Now()) {
-		return o
+	return s.pinned(e, key)
+}
+
+// pinned pins e, the breaker looked up for key. If e was evicted since the
+// lookup, it looks again under mu, which the evictor held until the map
+// without e was stored: the request's outcome must not land in a breaker
+// that is no longer in the set.
+func (s *set) pinned(e *entry, key string) *entry {
+	for !e.pin() {
+		e = s.insert(key)
+	}
+	e.touch()
+	return e
+}
+
+// lookup returns the keyed breaker for key without creating one, or nil.
+func (s *set) lookup(key string) *entry {
+	return (*s.entries.Load())[key]
+}
+
+// admit returns a new breaker for key, or the overflow breaker.
+func (s *set) admit(key string) *entry {
+	if len(key) > maxKeyLen {
+		return s.overflow
+	}
+	if len(*s.entries.Load()) >= s.c.MaxKeys && time.Now().UnixNano() < s.fullUntil.Load() {
+		return s.overflow
 	}
 	return s.insert(key)
 }
 
-// lookup returns the breaker for key without creating one, or nil.
-func (s *set) lookup(key string) *entry {
-	if !s.keyed {
-		return s.single
-	}
-	return (*s.entries.Load())[key]
-}
-
-// overflowFor returns the overflow breaker if a request for key would be
-// sent to it now (an overlong key, or no room), or nil.
-func (s *set) overflowFor(key string) *entry {
-	if !s.keyed {
-		return nil
-	}
-	if len(key) > maxKeyLen || len(*s.entries.Load()) >= s.c.MaxKeys {
-		return s.overflow
-	}
-	return nil
-}
-
-func (s *set) sweepDue(now time.Time) bool {
-	return now.UnixNano()-s.lastSweep.Load() >= int64(s.c.Interval)
-}
-
+// insert returns the breaker for key, creating it if there is room or room
+// can be made, or the overflow breaker.
 func (s *set) insert(key string) *entry {
-	var touched []*entry
+	var spent bool
 	defer func() {
-		// Hooks may read the set: run them once s.mu is released.
-		for _, e := range touched {
-			e.notify()
+		if spent {
+			s.reportFull() // outside mu: a log handler may block
 		}
 	}()
 	s.mu.Lock()
@@ -255,32 +346,79 @@ func (s *set) insert(key string) *entry {
 	if len(key) > maxKeyLen {
 		return s.overflow
 	}
-	m := make(map[string]*entry, min(len(old)+1, s.c.MaxKeys))
-	if now := time.Now(); len(old) >= s.c.MaxKeys && s.sweepDue(now) {
-		// Full: drop the breakers idle for a whole window.
-		s.lastSweep.Store(now.UnixNano())
-		for k, e := range old {
-			if !e.idle() {
-				m[k] = e
-			}
-			if e.pending.Load() {
-				touched = append(touched, e)
-			}
+	slot, victim := len(s.ring), (*entry)(nil)
+	if len(old) >= s.c.MaxKeys {
+		now := time.Now().UnixNano()
+		var ok bool
+		if ok, spent = s.ration(now); !ok {
+			return s.overflow
 		}
-	} else {
-		maps.Copy(m, old)
+		if slot, victim = s.evict(now); victim == nil {
+			return s.overflow
+		}
 	}
-	if len(m) >= s.c.MaxKeys {
-		if len(m) < len(old) {
-			s.entries.Store(&m)
+	m := make(map[string]*entry, len(old)+1)
+	for k, e := range old {
+		if e != victim {
+			m[k] = e
 		}
-		return s.overflow
 	}
 	key = strings.Clone(key) // do not pin the request the key was cut from
-	e := s.newEntry(key, false)
+	e := s.newEntry(key, kindKeyed)
+	e.used.Store(true) // not the hand's next victim before its request pins it
 	m[key] = e
+	if slot == len(s.ring) {
+		s.ring = append(s.ring, e)
+	} else {
+		s.ring[slot] = e
+	}
 	s.entries.Store(&m)
 	return e
+}
+
+// ration takes one attempt to make room: MaxKeys per Interval. spent
+// reports the attempt that found the ration spent first in its Interval.
+func (s *set) ration(now int64) (ok, spent bool) {
+	if now-s.turnStart >= int64(s.c.Interval) {
+		s.turnStart, s.turnLeft = now, s.c.MaxKeys
+	}
+	if s.turnLeft == 0 {
+		until := s.turnStart + int64(s.c.Interval)
+		return false, s.fullUntil.Swap(until) != until
+	}
+	s.turnLeft--
+	return true, false
+}
+
+// evict moves the clock's hand, at most twice round, to the first breaker
+// it may evict, and returns its slot and the breaker; nil if none.
+func (s *set) evict(now int64) (int, *entry) {
+	n := len(s.ring)
+	for range 2 * n {
+		i := s.hand
+		s.hand = (i + 1) % n
+		e := s.ring[i]
+		if e.used.Swap(false) {
+			continue
+		}
+		if e.tryEvict(now) {
+			return i, e
+		}
+	}
+	return 0, nil
+}
+
+// reportFull logs that new keys go unguarded until the ration renews.
+func (s *set) reportFull() {
+	logger := s.c.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	logger.LogAttrs(context.Background(), slog.LevelWarn,
+		"breaker: key cap reached; requests for new keys pass unguarded",
+		slog.String("breaker", s.c.Name),
+		slog.Int("max_keys", s.c.MaxKeys),
+		slog.Time("until", time.Unix(0, s.fullUntil.Load())))
 }
 
 func (s *set) states() []Status {
@@ -297,30 +435,6 @@ func (s *set) states() []Status {
 	out := make([]Status, len(es))
 	for i, e := range es {
 		out[i] = e.status()
-	}
-	return out
-}
-
-// gatewayStatus is states in the shape of gateway.StatusView.
-func (s *set) gatewayStatus() []gateway.BreakerStatus {
-	st := s.states()
-	out := make([]gateway.BreakerStatus, len(st))
-	for i, b := range st {
-		name := b.Key
-		switch {
-		case b.Overflow:
-			name = b.Name + " (overflow)"
-		case name == "":
-			name = b.Name
-		}
-		out[i] = gateway.BreakerStatus{
-			Name:                name,
-			State:               b.State.String(),
-			Requests:            b.Counts.Requests,
-			Failures:            b.Counts.Failures,
-			ConsecutiveFailures: b.Counts.ConsecutiveFailures,
-			OpenUntil:           b.OpenUntil,
-		}
 	}
 	return out
 }

@@ -6,10 +6,12 @@
 //   - [Breaker] is handler middleware that guards what it wraps: one breaker
 //     by default, or one per key of a [Settings.Key] function, with a hard
 //     cap on the number of keys (a key taken from a request is
-//     attacker-controlled).
+//     attacker-controlled, so keys beyond the cap fail open rather than
+//     share a breaker).
 //   - [Hosts] wraps the proxy's Transport with one breaker per upstream
 //     host, so that a pool keeps serving through its healthy members;
-//     [Hosts.Allows] is the health predicate for a [gateway.Pool].
+//     [Hosts.Allows] and [Hosts.OpenFor] make it a pool's health source
+//     (package gateway/pool).
 //
 // A breaker counts the failure classes of the gateway taxonomy
 // ([gateway.Class.CountsAsFailure]) and an upstream's own 502, 503 and 504
@@ -60,7 +62,9 @@ const maxBuckets = 1000
 //     reopens it for another 10 s;
 //   - 500 and 501 are successes (the application's own answers);
 //   - client cancellations are excluded from the counts;
-//   - with a Key function, at most 1024 distinct keys;
+//   - with a Key function (or per host), at most 1024 breakers; beyond
+//     them, least-recently-used ones are evicted, at most 1024 a window,
+//     and requests that still get none pass unguarded;
 //   - transitions logged at warn level to slog.Default().
 //
 // Invalid settings (negative values, a ratio outside (0, 1], an Interval
@@ -108,23 +112,38 @@ type Settings struct {
 	// (a route, a tenant). Nil means one breaker for everything. Keys come
 	// from requests and are attacker-controlled: see MaxKeys.
 	Key func(*http.Request) string
-	// MaxKeys caps the number of distinct keys (of Key, or hosts for
-	// [Hosts]). Requests for keys beyond the cap, or for keys longer than
-	// 256 bytes, share one overflow breaker, so memory stays bounded. When
-	// the cap is reached, breakers idle for a whole Interval (closed, no
-	// request in the window) are dropped, at most once per Interval, to
-	// make room. Default 1024.
+	// MaxKeys caps the number of breakers (one per key of Key, or per host
+	// for [Hosts]), so that memory stays bounded (about 1 KiB a breaker
+	// with the default window). Default 1024.
+	//
+	// At the cap, a new key takes the place of a least recently used
+	// breaker (approximated by a clock sweep: a breaker used since the
+	// sweep last passed it is spared once) that no request is in flight on
+	// and that is closed, or whose open period ended a whole Interval ago.
+	// So busy keys cannot hold every place for ever, while a tripped
+	// breaker keeps its place: a flood of new keys cannot reset it. Making
+	// room is rationed to MaxKeys attempts per Interval, so that a flood of
+	// new keys costs bounded work.
+	//
+	// A request whose key gets no breaker (the ration is spent, nothing
+	// can be evicted, or the key is longer than 256 bytes) fails open: it
+	// passes unguarded, is never fast-failed, and is counted in the
+	// overflow entry of States, which never trips. Overflow therefore
+	// cannot become a shared outage; it is logged at warn level at most
+	// once per Interval.
 	MaxKeys int
 
 	// OnStateChange, if set, is called after each transition with the
-	// breaker's key ("" for a single breaker, the host for [Hosts]).
+	// breaker's key ("" for a single breaker, the host:port for [Hosts]).
 	// Calls for one breaker are serialised and in order; they run on a
 	// request's goroutine after the breaker's lock is released, so the hook
 	// may read [Breaker.States] or [Hosts.Allows], but should be quick.
 	OnStateChange func(name, key string, from, to State)
-	// Logger receives one warn line per transition (nil: slog.Default()).
-	// A [Breaker] that fast-fails as the outermost layer also logs the
-	// failure there, like [gateway.ErrorHandler].
+	// Logger receives one warn line per transition, and one when the key
+	// cap turns requests away unguarded (see MaxKeys). A [Breaker] that is
+	// the outermost layer to see a failure (its own open failure, or one
+	// recorded below it) logs it there too, once. Default nil:
+	// slog.Default().
 	Logger *slog.Logger
 }
 
@@ -158,15 +177,25 @@ func (s Settings) normalize() (config, error) {
 	if math.IsNaN(c.FailureRatio) || c.FailureRatio <= 0 || c.FailureRatio > 1 {
 		errs = append(errs, fmt.Errorf("FailureRatio %v is not in (0, 1]", s.FailureRatio))
 	}
-	if c.Interval < 0 || c.BucketPeriod < 0 || c.Timeout < 0 {
-		errs = append(errs, errors.New("Interval, BucketPeriod and Timeout must not be negative"))
-	} else if c.Interval%c.BucketPeriod != 0 {
-		errs = append(errs, fmt.Errorf("Interval %v is not a multiple of BucketPeriod %v", c.Interval, c.BucketPeriod))
-	} else if c.Interval/c.BucketPeriod > maxBuckets {
-		errs = append(errs, fmt.Errorf("Interval %v / BucketPeriod %v is more than %d buckets", c.Interval, c.BucketPeriod, maxBuckets))
+	negative := false
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"Interval", s.Interval}, {"BucketPeriod", s.BucketPeriod}, {"Timeout", s.Timeout}} {
+		if d.v < 0 {
+			negative = true
+			errs = append(errs, fmt.Errorf("negative %s %v", d.name, d.v))
+		}
+	}
+	switch {
+	case negative: // the window's checks need positive periods
+	case c.Interval%c.BucketPeriod != 0:
+		errs = append(errs, fmt.Errorf("BucketPeriod %v does not divide Interval %v", c.BucketPeriod, c.Interval))
+	case c.Interval/c.BucketPeriod > maxBuckets:
+		errs = append(errs, fmt.Errorf("BucketPeriod %v cuts Interval %v into more than %d buckets", c.BucketPeriod, c.Interval, maxBuckets))
 	}
 	if c.MaxKeys < 0 {
-		errs = append(errs, fmt.Errorf("MaxKeys %d is negative", c.MaxKeys))
+		errs = append(errs, fmt.Errorf("negative MaxKeys %d", c.MaxKeys))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return config{}, fmt.Errorf("breaker: invalid settings: %w", err)
@@ -255,10 +284,13 @@ func countsOf(c gobreaker.Counts) Counts {
 type Status struct {
 	// Name is Settings.Name.
 	Name string `json:"name"`
-	// Key is the breaker's key: "" for a single breaker, the host for
-	// [Hosts]. It is "" for the overflow breaker too.
+	// Key is the breaker's key: "" for a single breaker, the host's
+	// canonical name (host:port) for [Hosts]. It is "" for the overflow
+	// entry too.
 	Key string `json:"key"`
-	// Overflow marks the breaker shared by keys beyond the cap.
+	// Overflow marks the entry that counts the requests that had no
+	// breaker of their own and passed unguarded (see Settings.MaxKeys).
+	// It never trips.
 	Overflow bool   `json:"overflow,omitempty"`
 	State    State  `json:"state"`
 	Counts   Counts `json:"counts"`

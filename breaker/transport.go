@@ -10,16 +10,19 @@ import (
 
 // Hosts is the transport seat: one circuit breaker per upstream host, so
 // that a pool keeps serving through its healthy members. Hosts are keyed by
-// the outbound request's URL.Host, as written ("10.0.0.5:8080"), which is
-// also what a [gateway.Pool] passes to its Healthy predicate. At most
-// Settings.MaxKeys hosts get their own breaker; any further share the
-// overflow breaker. It is safe for concurrent use.
+// their canonical name, [gateway.UpstreamName] of the outbound request's
+// URL: host:port, the scheme's default port filled in ("svc" over http is
+// "svc:80"), the name a pool asks [Hosts.Allows] and [Hosts.OpenFor] about.
+// At most Settings.MaxKeys hosts get their own breaker; requests to any
+// further host pass unguarded (see Settings.MaxKeys). It is safe for
+// concurrent use.
 //
 // Wire it in user code (gateway does not import breaker):
 //
 //	hosts, err := breaker.PerHost(breaker.Settings{})
-//	pool.Healthy, pool.RetryAfter = hosts.Allows, hosts.OpenFor
-//	proxy.Transport = pool.Transport(hosts.Transport(gateway.NewTransport()))
+//	p.Health = hosts // a *pool.Pool
+//	proxy.Transport = hosts.Transport(gateway.NewTransport())
+//	err = p.Attach(proxy)
 type Hosts struct {
 	set *set
 }
@@ -67,8 +70,8 @@ type transport struct {
 
 // RoundTrip implements http.RoundTripper.
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	host := req.URL.Host
-	e := t.set.get(host)
+	host := gateway.UpstreamName(req.URL)
+	e := t.set.acquire(host)
 	done, f := e.allow(host)
 	if f != nil {
 		if req.Body != nil {
@@ -97,37 +100,30 @@ func (t *transport) CloseIdleConnections() {
 	}
 }
 
-// Allows reports whether host's breaker would let a request through now:
+// Allows reports whether the breaker of host, a canonical name
+// ([gateway.UpstreamName]: host:port), would let a request through now:
 // true when closed, false while open, and while half-open true only if a
-// probe slot is free. It takes no probe slot and creates no breaker (an
-// unknown host is allowed), so it is the health predicate for a pool:
-// pool.Healthy = hosts.Allows.
+// probe slot is free. It takes no probe slot and creates no breaker: a
+// host without a breaker of its own is allowed. With OpenFor it makes
+// Hosts a pool's health source.
 func (h *Hosts) Allows(host string) bool {
-	e := h.set.lookup(host)
-	if e == nil {
-		if e = h.set.overflowFor(host); e == nil {
-			return true
-		}
+	if e := h.set.lookup(host); e != nil {
+		return e.allows()
 	}
-	return e.allows()
+	return true
 }
 
-// OpenFor returns how long host's breaker stays open, or 0 if it is not
-// open. It is the pool's RetryAfter hint: pool.RetryAfter = hosts.OpenFor.
+// OpenFor returns how long the breaker of host, a canonical name
+// ([gateway.UpstreamName]: host:port), stays open, or 0 if it is not open
+// or host has no breaker of its own. A pool uses it for the Retry-After of
+// a no_upstream failure.
 func (h *Hosts) OpenFor(host string) time.Duration {
-	e := h.set.lookup(host)
-	if e == nil {
-		if e = h.set.overflowFor(host); e == nil {
-			return 0
-		}
+	if e := h.set.lookup(host); e != nil {
+		return e.openFor(time.Now())
 	}
-	return e.openFor(time.Now())
+	return 0
 }
 
 // States returns the state of every host's breaker, sorted by host; the
 // overflow breaker comes last.
 func (h *Hosts) States() []Status { return h.set.states() }
-
-// BreakerStatus returns States in the shape of a [gateway.StatusView]:
-// StatusView.Breakers = hosts.BreakerStatus.
-func (h *Hosts) BreakerStatus() []gateway.BreakerStatus { return h.set.gatewayStatus() }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // hostTransport returns hosts.Transport over a fresh instrumented
@@ -159,16 +160,16 @@ func outageStack(t *testing.T, hosts *breaker.Hosts, servers ...*controlled) *ht
 		require.NoError(t, err)
 		targets[i] = u
 	}
-	pool, err := gateway.NewPool(targets...)
+	p, err := pool.New(targets...)
 	require.NoError(t, err)
-	pool.Logger = quiet
-	pool.Healthy, pool.RetryAfter = hosts.Allows, hosts.OpenFor
-	pool.Passive.RestAfter = -1 // the breakers alone
+	p.Logger = quiet
+	p.Health = hosts
+	p.Passive.RestAfter = -1 // the breakers alone
 	proxy := &httputil.ReverseProxy{
-		Rewrite:      pool.Rewrite,
-		Transport:    pool.Transport(hostTransport(t, hosts)),
+		Transport:    hostTransport(t, hosts),
 		ErrorHandler: gateway.NewErrorHandler(quiet),
 	}
+	require.NoError(t, p.Attach(proxy))
 	front := httptest.NewServer(proxy)
 	t.Cleanup(front.Close)
 	t.Cleanup(front.Client().CloseIdleConnections)
@@ -233,32 +234,6 @@ func TestTotalOutage(t *testing.T) {
 	sort.Slice(fast, func(i, j int) bool { return fast[i] < fast[j] })
 	t.Logf("%d fast 503s, %d probes; client-observed latency p50 %v, p99 %v", len(fast), probes,
 		fast[len(fast)/2], fast[len(fast)*99/100])
-}
-
-// TestStatusView: the breakers and the pool feed gateway.StatusView.
-func TestStatusView(t *testing.T) {
-	bad := newControlled(t, modeStatus, http.StatusBadGateway)
-	good := newControlled(t, modeOK, 0)
-	hosts, err := breaker.PerHost(breaker.Settings{Name: "upstreams", Logger: quiet, Timeout: time.Minute})
-	require.NoError(t, err)
-	rt := hostTransport(t, hosts)
-	for range 5 {
-		for _, s := range []*controlled{bad, good} {
-			_, err := roundTrip(t, rt, s.URL)
-			require.NoError(t, err)
-		}
-	}
-	view := &gateway.StatusView{Breakers: hosts.BreakerStatus}
-	rep := view.Report()
-	require.Len(t, rep.Breakers, 3)
-	byName := map[string]gateway.BreakerStatus{}
-	for _, b := range rep.Breakers {
-		byName[b.Name] = b
-	}
-	assert.Equal(t, "open", byName[bad.Addr].State)
-	assert.False(t, byName[bad.Addr].OpenUntil.IsZero())
-	assert.Equal(t, "closed", byName[good.Addr].State)
-	assert.Equal(t, "closed", byName["upstreams (overflow)"].State)
 }
 
 // TestDeadlineCounts: a request that runs out of time (a per-try timeout,

@@ -7,9 +7,10 @@
 // around it) and every failure the gateway generated below it — a refused
 // connection, a timeout, an open circuit breaker, no upstream left — is
 // replaced by a response that says what broke, where, what the visitor can
-// do, and which request ID to quote. An upstream's own 502/503/504 passes
-// through untouched unless Options.Upstream5xx opts in, because an API's
-// error body matters to its clients.
+// do, and which request ID to quote. An upstream's own 502/503/504 (or other
+// 5xx) passes through untouched unless Options.Upstream5xx opts in, because
+// an API's error body matters to its clients — see [UpstreamMode] for what
+// that costs.
 //
 //	h, err := errorpage.New(errorpage.Options{
 //		Brand: errorpage.Brand{Name: "Acme", StatusPageURL: "https://status.acme.example"},
@@ -22,18 +23,17 @@
 // before writing a status. errorpage sits on a [gateway.Interceptor], so
 // what it does not replace streams through at no cost.
 //
-// Nothing that identifies the infrastructure reaches an untrusted client:
-// no upstream address, no error text. Operators see both, with a hint on
-// what to check, when Options.Debug is set or Options.Trusted approves the
-// request.
+// Nothing that identifies the infrastructure reaches an untrusted client
+// from errorpage: no upstream address, no error text. Operators see both,
+// with a hint on what to check, when Options.Debug is set or
+// Options.Trusted approves the request. The exception is what errorpage
+// passes through: an upstream's own error response, body and headers, by
+// default (see [UpstreamMode]).
 package errorpage
 
 import (
 	"bytes"
-	"errors"
-	"fmt"
 	"html/template"
-	"io"
 	"io/fs"
 	"log/slog"
 	"net/http"
@@ -45,21 +45,47 @@ import (
 	"github.com/proxykit/proxykit/gateway"
 )
 
-// UpstreamMode says what happens to a 502, 503 or 504 that the upstream
-// sent itself (as opposed to one the gateway generated).
+// UpstreamMode says what happens to a 5xx response that the upstream sent
+// itself, as opposed to a failure the gateway generated (which is always
+// replaced). A replaced response keeps its status; its body and every
+// header the upstream set are dropped and the error page is served in
+// their place, as class upstream_status.
+//
+// Security trade-off: with [UpstreamPass], the default, the upstream's error
+// response reaches the client exactly as the upstream wrote it, body and
+// headers. Whatever the upstream puts there — a stack trace, a database
+// address ("dial tcp 10.9.8.7:5432"), an internal host name, a Server or
+// Via header naming an internal load balancer — every client sees. This is
+// the one exception to "no upstream details reach an untrusted client":
+// errorpage keeps that promise only for the responses it replaces. It is
+// the default because an API's error body is often exactly what its
+// clients need. On a public endpoint whose upstreams' error bodies are not
+// written for the public, set [UpstreamReplace] (502, 503, 504) or
+// [UpstreamReplaceAll] (every 5xx). [UpstreamReplaceEmptyOrHTML] hides a
+// web server's default error page but still passes JSON and text bodies.
 type UpstreamMode uint8
 
 const (
 	// UpstreamPass passes the upstream's response through unchanged: its
-	// body may be an API error document that clients parse. The default.
+	// body may be an API error document that clients parse — or internal
+	// details (see [UpstreamMode]). The default.
 	UpstreamPass UpstreamMode = iota
-	// UpstreamReplaceEmptyOrHTML replaces the upstream's response when its
-	// body is empty (Content-Length: 0) or HTML (text/html or
+	// UpstreamReplaceEmptyOrHTML replaces an upstream 502, 503 or 504 when
+	// its body is empty (Content-Length: 0) or HTML (text/html or
 	// application/xhtml+xml, such as a bare web server's default error
-	// page), and passes JSON and other bodies through.
+	// page), and passes JSON and other bodies, and other 5xx, through.
 	UpstreamReplaceEmptyOrHTML
-	// UpstreamReplace replaces every upstream 502, 503 and 504.
+	// UpstreamReplace replaces every upstream 502, 503 and 504, the
+	// statuses by which an upstream reports that it cannot serve (class
+	// upstream_status); other 5xx pass through.
 	UpstreamReplace
+	// UpstreamReplaceAll replaces every 5xx response (500–599) that the
+	// handler errorpage wraps wrote itself, including an application's own
+	// 500 with its stack trace. An application 5xx other than 502, 503 and
+	// 504 is an answer to one request, not a gateway failure: errorpage
+	// replaces its body but neither logs it nor hands it to the enclosing
+	// layers as a failure, exactly as when it passes through.
+	UpstreamReplaceAll
 )
 
 // Options configure a Handler. The zero value is ready to use; every
@@ -81,15 +107,29 @@ type Options struct {
 	Trusted func(*http.Request) bool
 
 	// Templates holds custom html/template files for the HTML page, at the
-	// root of the file system. For a failure, the first of these that
-	// exists is used: "<class>.html" (e.g. "open.html",
+	// root of the file system. For a failure, the first of these pages
+	// that exists is used: "<class>.html" (e.g. "open.html",
 	// "connect_timeout.html"), "<status>.html" (e.g. "503.html"),
 	// "default.html"; if none exists, or the template fails while
-	// rendering, the built-in page is served. Every *.html file is parsed
-	// into one set at construction, so files can {{template "x.html" .}}
-	// each other. A parse or escaping error, or a page template that fails
-	// on a sample page with every field set (a misspelt field), is a
-	// constructor error naming the file. Templates receive a *[Page].
+	// rendering, the built-in page is served. Templates receive a *[Page].
+	//
+	// Every other *.html file is a partial, shared by all pages. Each page
+	// is a template set of its own: the partials, the pages it calls with
+	// {{template "x.html" .}}, and the page itself, parsed last. So a page
+	// can use another page or a partial as its layout and override its
+	// {{block}}s with {{define}}, and such a {{define}} changes that page
+	// only (open.html's headline never appears on the 502 page). A
+	// template that every page shares belongs in a partial.
+	//
+	// Templates are checked at construction: a parse or escaping error, or
+	// a page that fails on the data its requests get, is a constructor
+	// error naming the file. Each page is executed once with operator
+	// details (every field set, so a misspelt field fails) and, unless
+	// Debug is on, once as an untrusted visitor sees it, with
+	// Page.Operator nil (so an unguarded {{.Operator.Hint}} fails). A page
+	// that fails only on some requests' data is left to render time,
+	// where it falls back to the built-in page and logs an error.
+	//
 	// Default nil: only the built-in page.
 	Templates fs.FS
 
@@ -101,8 +141,10 @@ type Options struct {
 	// for custom templates the same with style-src 'unsafe-inline'.
 	ContentSecurityPolicy string
 
-	// Upstream5xx says what to do with a 502, 503 or 504 the upstream sent
-	// itself. Default UpstreamPass.
+	// Upstream5xx says what to do with a 5xx response the upstream sent
+	// itself. Default UpstreamPass: it passes through with its body and
+	// headers, which may carry internal details; set UpstreamReplace or
+	// UpstreamReplaceAll on a public endpoint (see [UpstreamMode]).
 	Upstream5xx UpstreamMode
 
 	// Logger receives one line per failure that errorpage is the last to
@@ -122,9 +164,9 @@ type Handler struct {
 	now       func() time.Time
 	brand     resolvedBrand
 	builtin   *template.Template
-	custom    *template.Template // nil without Options.Templates
-	cspPage   string             // for the built-in page
-	cspCustom string             // for custom templates
+	custom    customPages // nil without Options.Templates
+	cspPage   string      // for the built-in page
+	cspCustom string      // for custom templates
 
 	states  sync.Pool // of *state
 	renders sync.Pool // of *renderState
@@ -158,70 +200,13 @@ func New(opts Options) (*Handler, error) {
 		h.cspPage, h.cspCustom = opts.ContentSecurityPolicy, opts.ContentSecurityPolicy
 	}
 	if opts.Templates != nil {
-		if h.custom, err = parseCustom(opts.Templates, h.samplePage()); err != nil {
+		if h.custom, err = h.parseCustom(opts.Templates); err != nil {
 			return nil, err
 		}
 	}
 	h.states.New = func() any { return new(state) }
 	h.renders.New = func() any { return new(renderState) }
 	return h, nil
-}
-
-// parseCustom parses every *.html file at the root of fsys into one set,
-// then executes each page template (one Lookup can return: named after a
-// class, a status, or "default") with a sample page that has every field
-// set. That surfaces, at construction, html/template's escaping errors and
-// mistakes such as a misspelt field, which would otherwise fail every
-// render. What fails only on some data (say .Operator.Hint, nil for
-// untrusted visitors) is left to render time, where it falls back to the
-// built-in page.
-func parseCustom(fsys fs.FS, sample *Page) (*template.Template, error) {
-	names, err := fs.Glob(fsys, "*.html")
-	if err != nil {
-		return nil, fmt.Errorf("errorpage: reading Options.Templates: %w", err)
-	}
-	if len(names) == 0 {
-		return nil, errors.New("errorpage: Options.Templates has no *.html file at its root (for an embed.FS with a directory, pass fs.Sub(fsys, dir))")
-	}
-	set, err := template.New("").ParseFS(fsys, names...)
-	if err != nil {
-		return nil, fmt.Errorf("errorpage: parsing Options.Templates: %w", err)
-	}
-	for _, name := range names {
-		if !isPageTemplate(name) {
-			continue // a partial, checked through the pages that use it
-		}
-		if err := set.ExecuteTemplate(io.Discard, name, sample); err != nil {
-			return nil, fmt.Errorf("errorpage: template %s: %w", name, err)
-		}
-	}
-	return set, nil
-}
-
-// isPageTemplate reports whether name is one that lookup can return.
-func isPageTemplate(name string) bool {
-	base, ok := strings.CutSuffix(name, ".html")
-	if !ok {
-		return false
-	}
-	if base == "default" {
-		return true
-	}
-	if len(base) == 3 && base[0] >= '1' && base[0] <= '5' && base[1] >= '0' && base[1] <= '9' && base[2] >= '0' && base[2] <= '9' {
-		return true
-	}
-	var c gateway.Class
-	return c.UnmarshalText([]byte(base)) == nil
-}
-
-// samplePage is the page used to check custom templates at construction.
-func (h *Handler) samplePage() *Page {
-	p := new(Page)
-	r, _ := http.NewRequest(http.MethodGet, "http://example.com/", nil)
-	f := gateway.NewFailure(gateway.ClassRefused, "127.0.0.1:1", errors.New("sample"))
-	f.RetryAfter = time.Second
-	h.buildPage(p, r, f, f.StatusCode(), "sample", true)
-	return p
 }
 
 // state is the per-request state of Wrap, pooled. It embeds the
@@ -231,17 +216,25 @@ type state struct {
 	h         *Handler
 	replacing *gateway.Failure // what a Discard will replace
 	unlogged  bool             // replacing is not errorpage's to log
+	answer    bool             // replacing is an application's 5xx: neither logged nor handed on
 }
 
 // Decide implements gateway.Decider: replace what the gateway generated,
-// and an upstream's own 502/503/504 as Upstream5xx says.
+// and an upstream's own 5xx as Upstream5xx says.
 func (st *state) Decide(status int, hdr http.Header, f *gateway.Failure) gateway.Decision {
 	if f != nil && f.Class != gateway.ClassUpstreamStatus {
 		st.replacing = f
 		return gateway.Discard
 	}
 	if !gateway.IsFailureStatus(status) {
-		return gateway.Pass
+		if status < 500 || status > 599 || st.h.opts.Upstream5xx != UpstreamReplaceAll {
+			return gateway.Pass
+		}
+		if f == nil {
+			f, st.answer = upstreamAnswer(status, hdr, st.h.now()), true
+		}
+		st.replacing = f
+		return gateway.Discard
 	}
 	if status == http.StatusBadGateway && bareProxyError(hdr) {
 		// httputil.ReverseProxy's default ErrorHandler (no gateway in
@@ -270,9 +263,21 @@ func bareProxyError(hdr http.Header) bool {
 	return hdr["Date"] == nil && hdr["Content-Type"] == nil && hdr["Content-Length"] == nil && hdr["Transfer-Encoding"] == nil
 }
 
+// upstreamAnswer describes an application's own 5xx other than 502, 503
+// and 504, for the page that replaces it.
+func upstreamAnswer(status int, hdr http.Header, now time.Time) *gateway.Failure {
+	f := &gateway.Failure{Class: gateway.ClassUpstreamStatus, Status: status, Sent: true}
+	if d, ok := gateway.ParseRetryAfter(hdr.Get("Retry-After"), now); ok {
+		f.RetryAfter = d
+	}
+	return f
+}
+
+// replacesUpstream reports whether an upstream's own 502, 503 or 504 with
+// header hdr is replaced.
 func (h *Handler) replacesUpstream(hdr http.Header) bool {
 	switch h.opts.Upstream5xx {
-	case UpstreamReplace:
+	case UpstreamReplace, UpstreamReplaceAll:
 		return true
 	case UpstreamReplaceEmptyOrHTML:
 		if hdr.Get("Content-Length") == "0" {
@@ -292,8 +297,8 @@ func (h *Handler) replacesUpstream(hdr http.Header) bool {
 //     gateway's ErrorHandler, a retry layer, a breaker) is discarded —
 //     status, headers and body — and replaced by the error response for
 //     that failure, negotiated on Accept (see [Handler.Write]).
-//   - An upstream's own 502, 503 or 504 passes through, or is replaced, as
-//     Options.Upstream5xx says.
+//   - An upstream's own 502, 503 or 504 (or, with UpstreamReplaceAll, any
+//     5xx) passes through, or is replaced, as Options.Upstream5xx says.
 //   - The bare 502 of httputil.ReverseProxy's default ErrorHandler (a proxy
 //     without gateway.NewErrorHandler; recognised by its empty header) is
 //     replaced as gateway.ClassInternal, and not logged again: that
@@ -316,6 +321,9 @@ func (h *Handler) Wrap(next http.Handler) http.Handler {
 		serve(next, st, r)
 
 		switch {
+		case st.Discarded() && st.answer:
+			st.Rollback()
+			h.write(w, r, st.replacing, requestID(r))
 		case st.Discarded():
 			st.Rollback()
 			h.replace(w, r, st.replacing, !st.unlogged, start)
@@ -415,8 +423,12 @@ func (h *Handler) Write(w http.ResponseWriter, r *http.Request, f *gateway.Failu
 	h.write(w, r, f, requestID(r))
 }
 
-// statusFor returns the status to write for f: its own when it is an error
-// status, else its class's.
+// statusFor returns the status to write for f: f.StatusCode() (its own
+// status when set, e.g. 408 for a client body that timed out, else its
+// class's), unless that is no error status errorpage can write — a Failure
+// built by hand with Status 200, or 499, which is logged but never written
+// — and then its class's status, or 502. (*gateway.Failure).StatusCode
+// alone does not guarantee a writable error status.
 func statusFor(f *gateway.Failure) int {
 	s := f.StatusCode()
 	if s < 400 || s > 599 || s == gateway.StatusClientClosedRequest {
@@ -460,6 +472,13 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, f *gateway.Failu
 		hdr["Retry-After"] = []string{strconv.Itoa(rs.page.RetryAfter)}
 	}
 	addVary(hdr, "Accept")
+	if f.Class == gateway.ClassClientBody && r.ProtoMajor < 2 {
+		// Whatever is left of the client's body on the wire cannot be told
+		// apart from a next request: net/http then sends this response
+		// without first trying to drain a (perhaps stalled) body, and
+		// closes the connection after it.
+		hdr["Connection"] = []string{"close"}
+	}
 	w.WriteHeader(status)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(rs.buf.Bytes())

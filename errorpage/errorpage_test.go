@@ -263,8 +263,11 @@ func TestResponseHeaders(t *testing.T) {
 	}
 }
 
-// TestUpstream5xx: an upstream's own 5xx passes through by default; the
-// opt-in modes replace all of them, or only empty and HTML bodies.
+// TestUpstream5xx: an upstream's own 5xx passes through by default, body
+// and headers, internal details included; the opt-in modes replace every
+// 502/503/504, only empty and HTML ones, or every 5xx (issue 11, item 7).
+// A replaced response keeps its status and loses the upstream's body and
+// headers; a replaced application 500 is not logged, as when it passes.
 func TestUpstream5xx(t *testing.T) {
 	type resp struct {
 		status int
@@ -278,18 +281,24 @@ func TestUpstream5xx(t *testing.T) {
 		"html502":  {502, "text/html; charset=utf-8", "<html>bad gateway</html>"},
 		"text504":  {504, "text/plain", "upstream timed out"},
 		"empty500": {500, "", ""},
+		"trace500": {500, "text/plain", "panic: dial tcp 10.9.8.7:5432: db7.corp.example: connection refused"},
+		"text501":  {501, "text/plain", "not implemented on db7.corp.example"},
 		"ok200":    {200, "text/plain", "fine"},
+		"json404":  {404, "application/json", `{"error":"no such order"}`},
 	}
 	replaced := map[errorpage.UpstreamMode]map[string]bool{
 		errorpage.UpstreamPass:               {},
 		errorpage.UpstreamReplaceEmptyOrHTML: {"empty503": true, "empty502": true, "html502": true},
 		errorpage.UpstreamReplace:            {"json503": true, "empty503": true, "empty502": true, "html502": true, "text504": true},
+		errorpage.UpstreamReplaceAll: {"json503": true, "empty503": true, "empty502": true, "html502": true, "text504": true,
+			"empty500": true, "trace500": true, "text501": true},
 	}
 	up := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u := upstreams[strings.TrimPrefix(r.URL.Path, "/")]
 		if u.ctype != "" {
 			w.Header().Set("Content-Type", u.ctype)
 		}
+		w.Header().Set("Server", "internal-lb-3")
 		w.Header().Set("Retry-After", "5")
 		w.WriteHeader(u.status)
 		_, _ = w.Write([]byte(u.body))
@@ -305,13 +314,22 @@ func TestUpstream5xx(t *testing.T) {
 				assert.Equal(t, u.status, res.StatusCode)
 				if !repl[name] {
 					assert.Equal(t, u.body, string(body), "passed through")
+					assert.Equal(t, "internal-lb-3", res.Header.Get("Server"), "headers too: the documented exception")
 					assert.Empty(t, lg.lines(t, ""), "a passed response is not errorpage's to log")
 					return
 				}
+				assert.NotContains(t, string(body), "db7")
+				assert.NotContains(t, string(body), "10.9.8.7")
+				assert.Empty(t, res.Header.Get("Server"), "the upstream's headers go with its body")
 				p := decodeProblem(t, body)
 				assert.Equal(t, "upstream_status", p.Class)
 				assert.Equal(t, u.status, p.Status)
+				assert.Equal(t, http.StatusText(u.status), p.Title)
 				assert.Equal(t, 5, p.RetryAfter)
+				if !gateway.IsFailureStatus(u.status) {
+					assert.Empty(t, lg.lines(t, ""), "an application's 5xx is not a failure to log")
+					return
+				}
 				warn := lg.lines(t, "WARN")
 				require.Len(t, warn, 1)
 				assert.Equal(t, "upstream_status", warn[0]["class"])
@@ -648,7 +666,7 @@ func TestConcurrent(t *testing.T) {
 			for i := 0; i < 50; i++ {
 				id := fmt.Sprintf("g%d-%d", g, i)
 				c := classes[i%len(classes)]
-				var inner http.Handler = fail(failure(c))
+				inner := fail(failure(c))
 				if i%4 == 0 {
 					inner = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
 				}
@@ -685,4 +703,44 @@ func TestStockReverseProxy(t *testing.T) {
 	assert.Contains(t, string(body), html.EscapeString(gateway.ClassInternal.Explanation()))
 	assertNoLeak(t, string(body), &gateway.Failure{Upstream: up.Addr})
 	assert.Empty(t, lg.lines(t, ""), "the stock proxy logged it already")
+}
+
+// failureSink is an enclosing layer's writer: it collects the failures
+// handed outward with gateway.RecordFailure.
+type failureSink struct {
+	*httptest.ResponseRecorder
+	got []*gateway.Failure
+}
+
+func (s *failureSink) RecordFailure(f *gateway.Failure) { s.got = append(s.got, f) }
+
+// TestReplaceAllAnswers: with UpstreamReplaceAll an application's own 500
+// loses its body (a stack trace naming internal hosts) but stays what it
+// was, an answer: not logged, not handed outward as a failure; a 503 is
+// still an upstream_status failure handed outward.
+func TestReplaceAllAnswers(t *testing.T) {
+	var lg logs
+	h := newHandler(t, errorpage.Options{Upstream5xx: errorpage.UpstreamReplaceAll, Logger: lg.logger()})
+	for _, status := range []int{500, 503} {
+		inner := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("X-Backend", "db7.corp.example")
+			http.Error(w, "panic: dial tcp 10.9.8.7:5432: db7.corp.example", status)
+		})
+		sink := &failureSink{ResponseRecorder: httptest.NewRecorder()}
+		r := httptest.NewRequest("GET", "/orders", nil)
+		r.Header.Set("Accept", acceptChrome)
+		h.Wrap(inner).ServeHTTP(sink, r)
+		assert.Equal(t, status, sink.Code)
+		assert.NotContains(t, sink.Body.String(), "db7")
+		assert.NotContains(t, sink.Body.String(), "10.9.8.7")
+		assert.Empty(t, sink.Header().Get("X-Backend"))
+		assert.Contains(t, sink.Body.String(), "The service")
+		if status == 500 {
+			assert.Empty(t, sink.got, "an answer is not a failure")
+		} else if assert.Len(t, sink.got, 1) {
+			assert.Equal(t, gateway.ClassUpstreamStatus, sink.got[0].Class)
+			assert.Equal(t, 503, sink.got[0].StatusCode())
+		}
+	}
+	assert.Empty(t, lg.lines(t, ""), "the enclosing layer logs the 503; nobody logs the 500")
 }

@@ -38,6 +38,13 @@ type Page struct {
 	// upstream was available, or its retry budget was spent. The chain then
 	// marks the gateway hop.
 	GatewayFault bool
+	// ClientFault reports that the request stopped between the client and
+	// the gateway: the client's request (its body) could not be read
+	// completely — malformed, stalled or too large (class client_body).
+	// The service is not at fault. The chain then marks the gateway hop,
+	// the end of the failing link from the browser, and the page asks the
+	// visitor to check their connection and send the request again.
+	ClientFault bool
 
 	// RetryAfter is the number of seconds after which trying again makes
 	// sense; 0 when unknown.
@@ -189,6 +196,10 @@ var classCopies = map[gateway.Class]classCopy{
 	gateway.ClassOpen:           {"The service is recovering", "Resting", true},
 	gateway.ClassNoUpstream:     {"No server can take your request right now", "Unavailable", true},
 	gateway.ClassCanceled:       {"The request was canceled", "Canceled", true},
+	// The client's fault: its request did not arrive whole. Nothing here
+	// may suggest that the service is down; the gateway hop carries the note.
+	gateway.ClassClientBody: {"Your request didn't arrive completely", "Incomplete request", true},
+	gateway.ClassStaleConn:  {"The connection to the service was interrupted", "Interrupted", true},
 }
 
 // upstreamStatusCopy refines ClassUpstreamStatus by the upstream's status.
@@ -216,12 +227,23 @@ func isGatewayFault(f *gateway.Failure) bool {
 	return f.Class == gateway.ClassNoUpstream || errors.Is(f, gateway.ErrRetryBudget)
 }
 
+// isClientFault reports whether the request stopped between the client and
+// the gateway: its body could not be read. The page then marks the link
+// from the browser to the gateway, not the service.
+func isClientFault(f *gateway.Failure) bool { return f.Class == gateway.ClassClientBody }
+
 // hops builds the chain for a failure.
 func hops(dst []Hop, f *gateway.Failure, c classCopy, gatewayName string, gatewayFault bool) []Hop {
 	client := Hop{Name: "Your browser", Role: "You", State: HopOK, Note: "Working"}
 	gw := Hop{Name: gatewayName, Role: "Gateway", State: HopOK, Note: "Working"}
 	svc := Hop{Name: "Service", Role: "Upstream", State: HopFailed, Note: c.note}
-	if gatewayFault {
+	switch {
+	case isClientFault(f):
+		// The chain draws each hop's link from the one before in the hop's
+		// state: a failed gateway hop is a broken browser → gateway link.
+		gw.State, gw.Note = HopFailed, c.note
+		svc.State, svc.Note = HopIdle, "Not at fault"
+	case gatewayFault:
 		gw.State, svc.State = HopFailed, HopIdle
 		if f.Class == gateway.ClassNoUpstream {
 			gw.Note, svc.Note = "No server", "Not contacted"
@@ -240,6 +262,9 @@ func where(f *gateway.Failure, brand string, gatewayFault bool) string {
 		gw = "the gateway"
 	}
 	switch {
+	case isClientFault(f):
+		return "The problem is between your browser and " + gw +
+			": your request did not arrive completely. Nothing points to a problem with the service."
 	case f.Class == gateway.ClassNoUpstream:
 		return ok + upperFirst(gw) + " has no server available to pass your request to."
 	case gatewayFault:
@@ -286,6 +311,7 @@ func (h *Handler) buildPage(p *Page, r *http.Request, f *gateway.Failure, status
 		Class:        f.Class.String(),
 		Transient:    c.transient,
 		GatewayFault: gf,
+		ClientFault:  isClientFault(f),
 		RequestID:    id,
 		Time:         h.now().UTC().Truncate(time.Second),
 		Brand:        h.brand.Brand,

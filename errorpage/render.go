@@ -67,13 +67,13 @@ func (h *Handler) lookup(p *Page) *template.Template {
 	if h.custom == nil {
 		return nil
 	}
-	if t := h.custom.Lookup(p.Class + ".html"); t != nil {
+	if t := h.custom[p.Class+".html"]; t != nil {
 		return t
 	}
-	if t := h.custom.Lookup(strconv.Itoa(p.Status) + ".html"); t != nil {
+	if t := h.custom[strconv.Itoa(p.Status)+".html"]; t != nil {
 		return t
 	}
-	return h.custom.Lookup("default.html")
+	return h.custom["default.html"]
 }
 
 // problem is an RFC 9457 problem document with proxykit's extension
@@ -129,6 +129,8 @@ func writeText(buf *bytes.Buffer, p *Page) {
 	switch {
 	case p.RetryAfter > 0:
 		buf.WriteString("Try again in " + p.RetryText() + ".\n")
+	case p.ClientFault:
+		buf.WriteString("Check your connection, then send the request again.\n")
 	case p.Transient:
 		buf.WriteString("Try again in a minute: problems like this usually clear up quickly.\n")
 	default:

@@ -1,6 +1,7 @@
 package errorpage_test
 
 import (
+	"net/http"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -52,15 +53,16 @@ func TestTemplateLookup(t *testing.T) {
 }
 
 // TestTemplateFailure: a template that fails while rendering (here, after
-// writing some output, it reads .Operator.Hint, and Operator is nil for an
-// untrusted visitor) yields the built-in page, never a blank or
-// half-written one, and an error log.
+// writing some output, it reads .Operator.Hint on one path only, which the
+// constructor's check cannot foresee, and Operator is nil for an untrusted
+// visitor) yields the built-in page, never a blank or half-written one, and
+// an error log.
 func TestTemplateFailure(t *testing.T) {
 	var lg logs
 	h := newHandler(t, errorpage.Options{Logger: lg.logger(), Templates: files(
-		"default.html", `<h1>partial output</h1>{{.Operator.Hint}}`,
+		"default.html", `<h1>partial output</h1>{{if eq .Path "/boom"}}{{.Operator.Hint}}{{end}}`,
 	)})
-	w := serve(h.Wrap(fail(failure(gateway.ClassReset))), "GET", "/", acceptChrome)
+	w := serve(h.Wrap(fail(failure(gateway.ClassReset))), "GET", "/boom", acceptChrome)
 	assert.Equal(t, 502, w.Code)
 	body := w.Body.String()
 	assert.NotContains(t, body, "partial output")
@@ -149,4 +151,90 @@ func TestBrand(t *testing.T) {
 	assert.NotContains(t, body, "ZgotmplZ")
 	assert.Contains(t, body, `href="mailto:help@acme.example?subject=Error%20502%2C%20request%20ID%20r1"`)
 	assert.Contains(t, w.Header().Get("Content-Security-Policy"), "img-src data:;")
+}
+
+// TestTemplateDefineStaysInItsPage: every page file is its own template
+// set, so a {{define}} in one page overrides that block on its own page
+// only — whether the block lives in a partial (layout.html) or in another
+// page the file includes (default.html). Before, all files shared one set
+// and the last file parsed won for every page (issue 11, 8a).
+func TestTemplateDefineStaysInItsPage(t *testing.T) {
+	h := newHandler(t, errorpage.Options{Templates: files(
+		// A page used as the layout of another page.
+		"default.html", `<h1>{{block "headline" .}}{{.Title}}{{end}}</h1>`,
+		"open.html", `{{define "headline"}}resting{{end}}{{template "default.html" .}}`,
+		"502.html", `{{template "default.html" .}}`,
+		// A partial used as a layout.
+		"layout.html", `[{{block "note" .}}{{.Class}}{{end}}]`,
+		"timeout.html", `{{define "note"}}slow{{end}}{{template "layout.html" .}}`,
+		"reset.html", `{{template "layout.html" .}}`,
+		// A page that overrides a block of a page it includes through another.
+		"no_upstream.html", `{{define "headline"}}empty{{end}}{{template "502.html" .}}`,
+	)})
+	render := func(c gateway.Class) string {
+		return serve(h.Wrap(fail(failure(c))), "GET", "/", acceptChrome).Body.String()
+	}
+	assert.Equal(t, "<h1>resting</h1>", render(gateway.ClassOpen))
+	assert.Equal(t, "<h1>We can&#39;t reach the service right now</h1>", render(gateway.ClassRefused),
+		"502.html through default.html: open.html's headline stays on the open page")
+	assert.Equal(t, "<h1>We can&#39;t reach the service right now</h1>", render(gateway.ClassConnectTimeout),
+		"504: default.html itself")
+	assert.Equal(t, "[slow]", render(gateway.ClassTimeout))
+	assert.Equal(t, "[reset]", render(gateway.ClassReset), "timeout.html's note stays on the timeout page")
+	assert.Equal(t, "<h1>empty</h1>", render(gateway.ClassNoUpstream))
+}
+
+// TestTemplateCheckedAsVisitorsSeeIt: the constructor renders each page
+// with the data its requests get. Page.Operator is nil for an untrusted
+// visitor, so a template reading {{.Operator.Hint}} unguarded is refused
+// unless Debug shows operator details to everyone; and with Trusted (or
+// Debug) set, the operator's page is checked too (issue 11, 8c).
+func TestTemplateCheckedAsVisitorsSeeIt(t *testing.T) {
+	unguarded := files("default.html", `<p>{{.Operator.Hint}}</p>`)
+	guarded := files("default.html", `{{with .Operator}}<p>{{.Hint}}</p>{{end}}`)
+	misspelt := files("open.html", `{{with .Operator}}<p>{{.Hnt}}</p>{{end}}`)
+	trusted := func(*http.Request) bool { return false }
+
+	for name, o := range map[string]errorpage.Options{
+		"plain":   {Templates: unguarded},
+		"trusted": {Templates: unguarded, Trusted: trusted},
+	} {
+		_, err := errorpage.New(o)
+		require.Error(t, err, name)
+		assert.Contains(t, err.Error(), "errorpage: template default.html", name)
+		assert.Contains(t, err.Error(), "Operator is nil", name)
+		assert.Contains(t, err.Error(), "{{with .Operator}}", name, "the fix is named")
+		assert.Contains(t, err.Error(), "nil pointer", name, "the template error is wrapped")
+	}
+	_, err := errorpage.New(errorpage.Options{Templates: unguarded, Debug: true})
+	assert.NoError(t, err, "with Debug every visitor gets Operator")
+
+	for name, o := range map[string]errorpage.Options{
+		"plain":   {Templates: guarded},
+		"trusted": {Templates: guarded, Trusted: trusted},
+		"debug":   {Templates: guarded, Debug: true},
+	} {
+		_, err := errorpage.New(o)
+		assert.NoError(t, err, name)
+	}
+
+	// The operator's page is checked whatever the mode: a misspelt operator
+	// field is a mistake before anyone turns Debug on.
+	for name, o := range map[string]errorpage.Options{
+		"plain":   {Templates: misspelt},
+		"trusted": {Templates: misspelt, Trusted: trusted},
+		"debug":   {Templates: misspelt, Debug: true},
+	} {
+		_, err := errorpage.New(o)
+		require.Error(t, err, name)
+		assert.Contains(t, err.Error(), "errorpage: template open.html", name)
+		assert.Contains(t, err.Error(), "Hnt", name)
+	}
+
+	// What passes the check renders for visitors, not the fallback.
+	var lg logs
+	h := newHandler(t, errorpage.Options{Logger: lg.logger(), Templates: guarded})
+	w := serve(h.Wrap(fail(failure(gateway.ClassRefused))), "GET", "/", acceptChrome)
+	assert.Equal(t, "", w.Body.String())
+	assert.Empty(t, lg.lines(t, "ERROR"))
 }

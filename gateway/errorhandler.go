@@ -28,9 +28,11 @@ func ErrorHandler(w http.ResponseWriter, r *http.Request, err error) {
 //   - otherwise writes the class's status (Retry-After when known) with a
 //     short plain-text body built from the class's explanation: never the
 //     error text or the upstream address;
-//   - logs one line at warn level when no enclosing layer took the Failure
-//     (that layer logs the final outcome instead, so a retried request does
-//     not produce a line per attempt), and at debug level otherwise.
+//   - logs one line (see [LogFailure] for its level) when no enclosing layer
+//     took the Failure (that layer logs the final outcome instead, so a
+//     retried request does not produce a line per attempt), and at debug
+//     level otherwise, with the attempt that failed: the length of the
+//     request's [Trail] when the Failure does not say.
 //
 // A nil logger means slog.Default() at the time of each call.
 func NewErrorHandler(logger *slog.Logger) func(http.ResponseWriter, *http.Request, error) {
@@ -45,8 +47,11 @@ func handleError(logger *slog.Logger, w http.ResponseWriter, r *http.Request, er
 		up = hostPort(r.URL.Scheme, r.URL.Host)
 	}
 	f := ClassifyError(err, up, true)
-	if f.Class != ClassCanceled && errors.Is(r.Context().Err(), context.Canceled) {
+	if f.Class != ClassCanceled && f.Class != ClassClientBody && errors.Is(r.Context().Err(), context.Canceled) {
 		// The client left; whatever broke afterwards is a consequence.
+		// (Not for a client body that broke: net/http cancels the context
+		// on a failed read of the client's connection, a timeout too, and
+		// the client may still be there to read a 408.)
 		c := *f
 		c.Class, c.Status = ClassCanceled, ClassCanceled.Status()
 		f = &c
@@ -55,11 +60,17 @@ func handleError(logger *slog.Logger, w http.ResponseWriter, r *http.Request, er
 	if f.Class != ClassCanceled {
 		WriteFailure(w, r, f)
 	}
+	// r is the outbound request of this attempt: its Trail, when a retry
+	// layer put one in the context, counts the attempts so far.
+	attempts := f.Attempts
+	if attempts == 0 {
+		attempts = TrailFrom(r.Context()).Len()
+	}
 	if outer {
-		logFailure(logger, slog.LevelDebug, r, f, 0)
+		logFailure(logger, slog.LevelDebug, r, f, attempts, 0)
 		return
 	}
-	LogFailure(logger, r, f, 0)
+	logFailure(logger, failureLevel(f), r, f, attempts, 0)
 	AbortIfCanceled(f)
 }
 

@@ -7,17 +7,25 @@ import (
 	"time"
 )
 
-// LogFailure writes the one log line for a failed request: at warn level,
-// or at debug level for a client that went away (not a fault). Attributes:
-// class, status, upstream, sent, attempts, method, path, request_id,
-// duration (when elapsed > 0) and error. The error text is for operators
-// and never reaches a client. A nil logger means slog.Default().
+// LogFailure writes the one log line for a failed request: at warn level;
+// at info level for a client body that could not be read (the client's
+// fault, and one a client can repeat at will: not a warning); at debug
+// level for a client that went away (not a fault). Attributes: class,
+// status, upstream, sent, attempts, method, path, request_id, duration
+// (when elapsed > 0) and error. The error text is for operators and never
+// reaches a client. A nil logger means slog.Default().
 func LogFailure(logger *slog.Logger, r *http.Request, f *Failure, elapsed time.Duration) {
-	level := slog.LevelWarn
-	if f.Class == ClassCanceled {
-		level = slog.LevelDebug
+	logFailure(logger, failureLevel(f), r, f, f.Attempts, elapsed)
+}
+
+func failureLevel(f *Failure) slog.Level {
+	switch f.Class {
+	case ClassCanceled:
+		return slog.LevelDebug
+	case ClassClientBody:
+		return slog.LevelInfo
 	}
-	logFailure(logger, level, r, f, elapsed)
+	return slog.LevelWarn
 }
 
 // RequestAttrs appends the attributes that identify r in a log line:
@@ -37,7 +45,8 @@ func RequestAttrs(attrs []slog.Attr, r *http.Request) []slog.Attr {
 	return attrs
 }
 
-func logFailure(logger *slog.Logger, level slog.Level, r *http.Request, f *Failure, elapsed time.Duration) {
+// logFailure writes f's line; attempts 0 means 1.
+func logFailure(logger *slog.Logger, level slog.Level, r *http.Request, f *Failure, attempts int, elapsed time.Duration) {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -48,7 +57,6 @@ func logFailure(logger *slog.Logger, level slog.Level, r *http.Request, f *Failu
 	if !logger.Enabled(ctx, level) {
 		return
 	}
-	attempts := f.Attempts
 	if attempts == 0 {
 		attempts = 1
 	}

@@ -3,6 +3,8 @@ package gateway
 import (
 	"crypto/rand"
 	"net/http"
+	"net/textproto"
+	"strings"
 )
 
 // RequestIDHeader is the header that carries a request's ID, inbound,
@@ -21,6 +23,10 @@ const MaxRequestIDLen = 128
 // that the client can quote it. It costs no allocation when the client's ID
 // is kept.
 //
+// A client cannot strip the ID on its way upstream: an X-Request-ID token
+// in the inbound Connection header (which would make ReverseProxy drop the
+// header as hop-by-hop) is removed from it.
+//
 // The middleware sets r.Header in place rather than cloning the request: a
 // clone would copy every header of every request.
 func RequestID(next http.Handler) http.Handler {
@@ -30,9 +36,51 @@ func RequestID(next http.Handler) http.Handler {
 			vals = []string{NewRequestID()}
 			r.Header[RequestIDHeader] = vals
 		}
+		if conn := r.Header["Connection"]; len(conn) > 0 {
+			dropConnectionToken(r.Header, conn, RequestIDHeader)
+		}
 		w.Header()[RequestIDHeader] = vals
 		next.ServeHTTP(w, r)
 	})
+}
+
+// dropConnectionToken removes name, case-insensitively, from the
+// comma-separated tokens of conn, h's Connection header, and drops values
+// left empty. It allocates only when the token is present.
+func dropConnectionToken(h http.Header, conn []string, name string) {
+	found := false
+	for _, v := range conn {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(tok), name) {
+				found = true
+			}
+		}
+	}
+	if !found {
+		return
+	}
+	kept := make([]string, 0, len(conn))
+	for _, v := range conn {
+		var b strings.Builder
+		for tok := range strings.SplitSeq(v, ",") {
+			tok = textproto.TrimString(tok)
+			if tok == "" || strings.EqualFold(tok, name) {
+				continue
+			}
+			if b.Len() > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(tok)
+		}
+		if b.Len() > 0 {
+			kept = append(kept, b.String())
+		}
+	}
+	if len(kept) == 0 {
+		delete(h, "Connection")
+		return
+	}
+	h["Connection"] = kept
 }
 
 // RequestIDOf returns r's request ID, or "" if it has none or an invalid

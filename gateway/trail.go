@@ -6,12 +6,21 @@ import "context"
 // attempts of a retry layer, so that a balancer can send the next attempt
 // elsewhere. It is carried in the request's context; see [TrailFrom].
 //
+// A balancer records its pick (Add) when it routes an attempt. [Transport]
+// records the upstream each request goes out to, unless the balancer
+// recorded that same upstream for this attempt already, and records again
+// every time net/http's Transport sends the request once more by itself
+// (see [Transport.Resends]). So Len counts the attempts that reached a
+// balancer or the network, and Last names the upstream the latest one went
+// to, with or without a balancer.
+//
 // A Trail is used by one request at a time: attempts run one after another.
 // Its zero value is empty and ready.
 type Trail struct {
 	inline [4]string
 	n      int
 	more   []string
+	marked int // Len when Transport last recorded a send
 }
 
 // Add records that upstream (host:port) was tried.
@@ -64,7 +73,19 @@ func (t *Trail) Last() string {
 // Reset empties the Trail.
 func (t *Trail) Reset() {
 	clear(t.inline[:])
-	t.n, t.more = 0, t.more[:0]
+	t.n, t.more, t.marked = 0, t.more[:0], 0
+}
+
+// sent records that a request goes out to upstream: as a new entry, unless
+// an entry for upstream was added since the last send was recorded (a
+// balancer's pick for this attempt).
+func (t *Trail) sent(upstream string) {
+	if n := t.Len(); n > t.marked && t.Last() == upstream {
+		t.marked = n
+		return
+	}
+	t.Add(upstream)
+	t.marked = t.Len()
 }
 
 type trailKey struct{}
@@ -99,11 +120,16 @@ type TrailContext struct {
 	own   Trail
 }
 
-// Init sets the parent context and an empty Trail owned by c.
+// Init sets the parent context and the Trail c carries: the parent's, if
+// it carries one already (an outer layer's, for the same request), so that
+// every layer of one request sees one record; else an empty Trail owned by c.
 func (c *TrailContext) Init(parent context.Context) {
 	c.Context = parent
 	c.own.Reset()
-	c.trail = &c.own
+	c.trail = TrailFrom(parent)
+	if c.trail == nil {
+		c.trail = &c.own
+	}
 }
 
 // Trail returns the Trail c carries.

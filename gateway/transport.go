@@ -2,11 +2,16 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Transport is an http.RoundTripper that measures how far each request got
@@ -17,7 +22,45 @@ import (
 // whether a connection was obtained, whether request headers were written
 // (Failure.Sent) and whether a response byte arrived. Responses pass through
 // unchanged, whatever their status; classifying an upstream's own 502/503/504
-// is left to the layers that see the response (see [ClassifyResponse]).
+// is left to the layers that see the response (see [ClassifyResponse]). The
+// upstream each request goes out to is recorded in the request's [Trail],
+// when its context carries one, so those layers can name it.
+//
+// An error reading the request's body — for a proxy, the client's body: a
+// malformed chunked encoding, an upload that stalled past its read deadline
+// (see [ClientBodyTimeout]), a body over an http.MaxBytesReader limit — is
+// the client's fault, whatever the transport made of it: a Failure of class
+// [ClassClientBody] with status 400 (408 when the read timed out, 413 over a
+// size limit), or [ClassCanceled] when the client went away. It never counts
+// against the upstream.
+//
+// # Resends by net/http
+//
+// net/http's Transport sends a request again by itself, on another
+// connection, when it failed on a reused keep-alive connection and looks
+// replayable: no body (ReverseProxy drops an empty one) and GET, HEAD,
+// OPTIONS or TRACE, or any method with an Idempotency-Key or
+// X-Idempotency-Key header. That resend cannot be switched off, and it
+// happens behind any retry policy: a body-less POST with an Idempotency-Key
+// that the upstream read before closing the connection is applied twice,
+// and a GET may go out once per idle connection.
+//
+// When Base is an *http.Transport (such as [NewHTTPTransport]'s), Transport
+// stops those resends: when net/http asks for a connection a second time
+// within one RoundTrip after an HTTP/1 connection, it cancels the request
+// and makes any connection it is handed refuse the write (a write deadline
+// in the past, so no byte of the resend reaches the wire). RoundTrip then
+// returns a Failure of class [ClassStaleConn], whose Sent says whether the
+// first pass wrote the request headers; a retry layer decides whether to
+// send it again, within its attempt cap and budget. HTTP/2 resends are let
+// through: net/http makes them only for streams the server refused
+// unprocessed (REFUSED_STREAM, GOAWAY) or when no connection was used.
+//
+// With any other Base (a RoundTripper wrapping an *http.Transport, or one
+// of a different kind), resends cannot be prevented; each one (a connection
+// obtained again within one RoundTrip) is counted in [Transport.Resends]
+// and recorded in the request's [Trail], so logs count it as an attempt.
+// Such a Base can apply a request twice behind the retry policy's back.
 //
 // A Transport must not be copied after first use.
 type Transport struct {
@@ -26,11 +69,23 @@ type Transport struct {
 	Base http.RoundTripper
 
 	trackers sync.Pool // of *tracker
+	resends  atomic.Int64
 }
 
 // NewTransport returns a Transport over a new [NewHTTPTransport].
 func NewTransport() *Transport {
 	return &Transport{Base: NewHTTPTransport()}
+}
+
+// errStaleConn is the cause of a ClassStaleConn Failure: net/http's own
+// error is gone once its resend was stopped.
+var errStaleConn = errors.New("the upstream closed a reused keep-alive connection without answering; the transport's automatic resend was stopped")
+
+func (t *Transport) base() http.RoundTripper {
+	if t.Base == nil {
+		return http.DefaultTransport
+	}
+	return t.Base
 }
 
 // RoundTrip implements http.RoundTripper. A non-nil error is always a
@@ -40,54 +95,134 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if tr == nil {
 		tr = newTracker()
 	}
-	tr.reset()
-	base := t.Base
-	if base == nil {
-		base = http.DefaultTransport
+	base := t.base()
+	ctx := req.Context()
+	tr.reset(t, TrailFrom(ctx))
+	if tr.trail != nil {
+		tr.name = UpstreamName(req.URL)
+		tr.trail.sent(tr.name)
 	}
-	res, err := base.RoundTrip(req.WithContext(tr.attach(req.Context())))
-	p := tr.progress()
+	out := req.WithContext(tr.attach(ctx))
+	if req.Body != nil && req.Body != http.NoBody {
+		tr.body.rc = req.Body
+		out.Body = &tr.body
+	}
+	if h, ok := base.(*http.Transport); ok {
+		tr.stopper, tr.out = h, out
+	}
+	res, err := base.RoundTrip(out)
 	if err != nil {
 		// Not recycled: RoundTrip may return (write error, header timeout,
 		// HTTP/2 cancellation) while the read loop can still fire
-		// GotFirstResponseByte on this tracker.
-		var inner *Failure
-		if errors.As(err, &inner) {
-			return nil, inner // the Base classified it already (a breaker, a pool)
-		}
-		f := newFailure(err, hostPort(req.URL.Scheme, req.URL.Host), p)
-		if cerr := req.Context().Err(); errors.Is(cerr, context.Canceled) {
-			f.Class, f.Status = ClassCanceled, ClassCanceled.Status()
-		}
-		return nil, f
+		// GotFirstResponseByte on this tracker, or the write loop read the
+		// body.
+		return nil, tr.failure(req, err)
 	}
-	if p.sent {
-		// A response was read and the headers were written: every hook we
-		// set has fired and none fires again, so the tracker can serve
+	if tr.sent.Load() && (tr.body.rc == nil || tr.body.closed.Load()) {
+		// A response was read, the headers were written and the body (if
+		// any) closed: every hook we set has fired and none fires again,
+		// nothing reads the body any more, so the tracker can serve
 		// another request. (A server may answer before reading; then the
-		// write loop could still call WroteHeaders: let GC have it.)
+		// write loop could still call WroteHeaders or read the body: let
+		// GC have it.)
+		tr.out, tr.stopper, tr.trail, tr.conn, tr.body.rc = nil, nil, nil, nil, nil
 		t.trackers.Put(tr)
 	}
 	res.Request = req // the caller's request, not our traced copy
 	return res, nil
 }
 
-// CloseIdleConnections closes idle connections of the Base, if it can.
+// Resends returns how many times a Base that is not an *http.Transport sent
+// a request again by itself (a connection obtained again within one
+// RoundTrip), since t was created. Those resends reached the upstream
+// without any retry policy deciding them. With an *http.Transport as Base
+// they are prevented instead, and this stays zero except for HTTP/2
+// resends of streams the server refused unprocessed.
+func (t *Transport) Resends() int64 { return t.resends.Load() }
+
+// CloseIdleConnections closes the idle connections of the Base (of
+// http.DefaultTransport when Base is nil), if it can.
 func (t *Transport) CloseIdleConnections() {
 	type closeIdler interface{ CloseIdleConnections() }
-	if c, ok := t.Base.(closeIdler); ok {
+	if c, ok := t.base().(closeIdler); ok {
 		c.CloseIdleConnections()
 	}
+}
+
+// failure classifies err, the Base's error for req.
+func (tr *tracker) failure(req *http.Request, err error) *Failure {
+	name := tr.name
+	if name == "" {
+		name = UpstreamName(req.URL)
+	}
+	canceled := errors.Is(req.Context().Err(), context.Canceled)
+	if berr := tr.body.error(); berr != nil {
+		// The client's body broke first: the transport's error is a
+		// consequence (net/http may report a canceled context, since a
+		// failed read on the client's connection cancels it).
+		return clientBodyFailure(berr, name, tr.sent.Load(), canceled)
+	}
+	var f *Failure
+	switch {
+	case errors.As(err, &f):
+		return f // the Base classified it already (a breaker, a pool)
+	case tr.stopped:
+		f = &Failure{Class: ClassStaleConn, Status: ClassStaleConn.Status(), Upstream: name,
+			Sent: tr.staleSent, Err: errStaleConn}
+	default:
+		f = newFailure(err, name, tr.progress())
+	}
+	if canceled {
+		f.Class, f.Status = ClassCanceled, ClassCanceled.Status()
+	}
+	return f
+}
+
+// clientBodyFailure is the Failure for err, an error reading the request
+// body: the client's.
+func clientBodyFailure(err error, upstream string, sent, canceled bool) *Failure {
+	f := &Failure{Class: ClassClientBody, Status: http.StatusBadRequest, Upstream: upstream, Sent: sent,
+		Err: fmt.Errorf("reading the client's request body: %w", err)}
+	var tooBig *http.MaxBytesError
+	switch {
+	case isTimeout(err):
+		f.Status = http.StatusRequestTimeout
+	case canceled:
+		// The client went away mid-body (its connection closed or reset).
+		f.Class, f.Status = ClassCanceled, ClassCanceled.Status()
+	case errors.As(err, &tooBig):
+		f.Status = http.StatusRequestEntityTooLarge
+	}
+	return f
 }
 
 // tracker records one request's progress. It sets no TLS or dial hooks on
 // purpose: the transport may run those from a background dial after
 // RoundTrip returned, when the tracker already serves another request.
-// Its hook funcs are bound once, at
-// creation, so that reusing a tracker costs no closure allocations.
+// Its hook funcs are bound once, at creation, so that reusing a tracker
+// costs no closure allocations.
 type tracker struct {
+	// Set by hooks that may run on the transport's goroutines.
 	connected, sent, responded atomic.Bool
 
+	// Owned by the RoundTrip goroutine: net/http calls GetConn and GotConn
+	// synchronously from its resend loop (HTTP/2's too).
+	t       *Transport
+	trail   *Trail
+	name    string          // the upstream's name, when needed
+	stopper *http.Transport // the Base, when it is one: resends can be stopped
+	out     *http.Request   // the request given to stopper
+	gets    int             // GetConn calls in this RoundTrip
+	conns   int             // GotConn calls in this RoundTrip
+	conn    net.Conn        // the connection of the last GotConn
+	stopped bool            // a resend was stopped: a stale connection
+	// staleSent is whether the headers were written before the resend
+	// was stopped: the pass that failed on the stale connection.
+	staleSent bool
+
+	body trackedBody
+
+	getConn      func(string)
 	gotConn      func(httptrace.GotConnInfo)
 	wroteHeaders func()
 	gotFirstByte func()
@@ -95,10 +230,76 @@ type tracker struct {
 
 func newTracker() *tracker {
 	tr := new(tracker)
-	tr.gotConn = func(httptrace.GotConnInfo) { tr.connected.Store(true) }
+	tr.getConn = tr.onGetConn
+	tr.gotConn = tr.onGotConn
 	tr.wroteHeaders = func() { tr.sent.Store(true) }
 	tr.gotFirstByte = func() { tr.responded.Store(true) }
 	return tr
+}
+
+// onGetConn runs each time the transport looks for a connection. A second
+// time in one RoundTrip after an HTTP/1 connection was used is net/http
+// about to send the request again on its own: stop it, when Base is an
+// *http.Transport.
+func (tr *tracker) onGetConn(string) {
+	tr.gets++
+	if tr.gets == 1 || tr.conns == 0 || tr.stopped || tr.stopper == nil || isHTTP2(tr.conn) {
+		// The first pass; or no connection was used yet (HTTP/2's pool had
+		// none cached: nothing was sent); or HTTP/2 retrying a stream the
+		// server refused unprocessed; or nothing can stop it (GotConn
+		// counts it).
+		return
+	}
+	tr.stopped = true
+	tr.staleSent = tr.sent.Load()
+	// Cancel the transport's request: its resend loop checks the
+	// cancellation before each pass and while waiting for a connection.
+	// CancelRequest is deprecated in favour of contexts, but the context
+	// is ours only by allocating a cancelable one per request; net/http
+	// maps CancelRequest to its own per-request context already. Should it
+	// ever become a no-op, the write refusal in onGotConn still keeps the
+	// resend off the wire (net/http then gives up after a fresh connection
+	// refuses too).
+	//lint:ignore SA1019 the one cancellation that costs nothing per request; see above
+	tr.stopper.CancelRequest(tr.out)
+}
+
+// onGotConn runs each time the transport hands a connection to the request.
+func (tr *tracker) onGotConn(info httptrace.GotConnInfo) {
+	tr.connected.Store(true)
+	tr.conns++
+	if tr.conns > 1 {
+		if tr.stopped {
+			// getConn may hand over an idle connection despite the
+			// cancellation, and the write would race it: make the write
+			// fail before any byte leaves. The connection is closed after
+			// the failed write. Never on an HTTP/2 connection, which other
+			// requests share.
+			if info.Conn != nil && !isHTTP2(info.Conn) {
+				_ = info.Conn.SetWriteDeadline(time.Unix(1, 0))
+			}
+			return
+		}
+		// A resend that could not be stopped: it reaches the upstream.
+		tr.t.resends.Add(1)
+		if tr.trail != nil {
+			tr.trail.Add(tr.name)
+			tr.trail.marked = tr.trail.Len()
+		}
+	}
+	tr.conn = info.Conn
+}
+
+// isHTTP2 reports whether c carries HTTP/2: a TLS connection that
+// negotiated h2, or one whose handshake never ran (net/http's wrapper for
+// unencrypted HTTP/2).
+func isHTTP2(c net.Conn) bool {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return false
+	}
+	cs := tc.ConnectionState()
+	return !cs.HandshakeComplete || cs.NegotiatedProtocol == "h2"
 }
 
 // attach returns ctx with tr's hooks added to its ClientTrace.
@@ -122,6 +323,11 @@ func (tr *tracker) attach(ctx context.Context) context.Context {
 }
 
 func (tr *tracker) install(t *httptrace.ClientTrace) {
+	if prev := t.GetConn; prev != nil {
+		t.GetConn = func(hp string) { tr.getConn(hp); prev(hp) }
+	} else {
+		t.GetConn = tr.getConn
+	}
 	if prev := t.GotConn; prev != nil {
 		t.GotConn = func(i httptrace.GotConnInfo) { tr.gotConn(i); prev(i) }
 	} else {
@@ -156,10 +362,15 @@ func (c *tracedContext) Value(key any) any {
 	return v
 }
 
-func (tr *tracker) reset() {
+func (tr *tracker) reset(t *Transport, trail *Trail) {
 	tr.connected.Store(false)
 	tr.sent.Store(false)
 	tr.responded.Store(false)
+	tr.t, tr.trail, tr.name = t, trail, ""
+	tr.stopper, tr.out = nil, nil
+	tr.gets, tr.conns, tr.conn = 0, 0, nil
+	tr.stopped, tr.staleSent = false, false
+	tr.body.reset()
 }
 
 func (tr *tracker) progress() progress {
@@ -169,4 +380,49 @@ func (tr *tracker) progress() progress {
 		sent:      tr.sent.Load(),
 		responded: tr.responded.Load(),
 	}
+}
+
+// trackedBody wraps a request body to tell the client's read errors from
+// the upstream's. It lives in the tracker, so wrapping costs no allocation;
+// a tracker whose body was not closed by the time RoundTrip returned is
+// never recycled, because the transport may still read it.
+type trackedBody struct {
+	rc     io.ReadCloser
+	closed atomic.Bool
+
+	mu  sync.Mutex
+	err error // the first read error other than io.EOF
+}
+
+func (b *trackedBody) reset() {
+	b.rc = nil
+	b.closed.Store(false)
+	b.err = nil // no reader left: a tracker is recycled only once closed
+}
+
+func (b *trackedBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF && !errors.Is(err, http.ErrBodyReadAfterClose) {
+		b.mu.Lock()
+		if b.err == nil {
+			b.err = err
+		}
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+func (b *trackedBody) Close() error {
+	err := b.rc.Close()
+	b.closed.Store(true) // last: the tracker may be recycled from here on
+	return err
+}
+
+func (b *trackedBody) error() error {
+	if b.rc == nil {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"sync"
+	"sync/atomic"
 )
 
 var (
@@ -39,28 +40,71 @@ const keepBufferCap = 64 << 10
 //
 // The client's body is never closed here: net/http closes it after the
 // handler returns.
+//
+// Buffer memory is also counted in a total shared by the requests of one
+// Retry (mem): the buffer's capacity is reserved there before it is used,
+// and given back when the request ends (release), whether it ended
+// normally, with a panic, or with a detached reader still reading. When the
+// total has no room, the body is dropped from the buffer as if it were over
+// limit: it streams on, unkept, and can no longer be replayed.
 type replay struct {
 	mu     sync.Mutex
 	readMu sync.Mutex // held while a reader is inside src.Read
 
-	src   io.ReadCloser
-	buf   []byte // the first n bytes of the body, while len(buf) == n
-	limit int    // the most bytes kept; 0 keeps none
-	size  int64  // the body's Content-Length when known and ≤ limit, else 0
-	n     int64  // bytes read from src so far
-	err   error  // src's sticky error; io.EOF at the end
-	cur   *attemptBody
+	src      io.ReadCloser
+	mem      *replayMemory // the total the buffer is counted in
+	buf      []byte        // the first n bytes of the body, while len(buf) == n
+	limit    int           // the most bytes kept; 0 keeps none
+	reserved int           // bytes of buf's capacity counted in mem
+	ended    bool          // the request is over: nothing more is kept
+	size     int64         // the body's Content-Length when known and ≤ limit, else 0
+	n        int64         // bytes read from src so far
+	err      error         // src's sticky error; io.EOF at the end
+	cur      *attemptBody
 }
 
-// reset prepares rp for a new request body. A body whose declared length
-// exceeds limit could never be replayed once read, so none of it is kept.
-func (rp *replay) reset(src io.ReadCloser, limit int, contentLength int64) {
+// replayMemory is the total of replay buffer memory of one Retry: the
+// capacity of the buffers that requests in flight use, in bytes. Idle
+// buffers kept by recycled request states (at most keepBufferCap each) are
+// not counted: no request holds them, and sync.Pool lets the garbage
+// collector take them.
+type replayMemory struct {
+	max     int64        // the most bytes reserved at once
+	used    atomic.Int64 // bytes reserved now
+	skipped atomic.Int64 // bodies that went unkept because used was at max
+}
+
+// reserve counts n more bytes, if that stays within max.
+func (m *replayMemory) reserve(n int64) bool {
+	for {
+		u := m.used.Load()
+		if n > m.max-u {
+			return false
+		}
+		if m.used.CompareAndSwap(u, u+n) {
+			return true
+		}
+	}
+}
+
+// release gives back n reserved bytes.
+func (m *replayMemory) release(n int64) {
+	if n > 0 {
+		m.used.Add(-n)
+	}
+}
+
+// reset prepares rp for a new request body, counting its buffer in mem. A
+// body whose declared length exceeds limit could never be replayed once
+// read, so none of it is kept.
+func (rp *replay) reset(src io.ReadCloser, mem *replayMemory, limit int, contentLength int64) {
 	rp.mu.Lock()
 	defer rp.mu.Unlock()
 	if contentLength > int64(limit) {
 		limit = 0
 	}
-	rp.src, rp.limit, rp.n, rp.err, rp.cur = src, limit, 0, nil, nil
+	rp.src, rp.mem, rp.limit, rp.n, rp.err, rp.cur = src, mem, limit, 0, nil, nil
+	rp.reserved, rp.ended = 0, false
 	rp.size = max(contentLength, 0)
 	rp.buf = rp.buf[:0]
 }
@@ -119,19 +163,28 @@ func (rp *replay) consumed() int64 {
 	return rp.n
 }
 
-// release detaches the current reader and forgets the client's body. It
-// reports whether rp can be reused: not while a detached reader is still
-// inside src.Read (it will finish on this replay, which must then not
-// serve another request).
+// release ends the request: it detaches the current reader, gives the
+// buffer's reservation back to the total, and forgets the client's body.
+// It reports whether rp can be reused: not while a detached reader is
+// still inside src.Read (it will finish on this replay, which must then
+// not serve another request; what it reads is no longer kept, and the
+// buffer is left to the garbage collector).
 func (rp *replay) release() bool {
 	rp.detach()
+	rp.mu.Lock()
+	rp.ended = true
+	rp.unreserve()
+	rp.mu.Unlock()
 	if !rp.readMu.TryLock() {
+		rp.mu.Lock()
+		rp.buf = nil
+		rp.mu.Unlock()
 		return false
 	}
 	defer rp.readMu.Unlock()
 	rp.mu.Lock()
 	defer rp.mu.Unlock()
-	rp.src, rp.err = nil, nil
+	rp.src, rp.err, rp.mem = nil, nil, nil
 	if cap(rp.buf) > keepBufferCap {
 		rp.buf = nil
 	}
@@ -139,43 +192,80 @@ func (rp *replay) release() bool {
 	return true
 }
 
-// keep records p, just read from src; rp.mu is held.
+// keep records p, just read from src; rp.mu is held. While every byte read
+// so far is kept, p is kept too if it fits the limit and the total has
+// room for the buffer; otherwise the buffer is dropped, for good.
 func (rp *replay) keep(p []byte) {
 	if len(p) == 0 {
 		return
 	}
-	switch {
-	case int64(len(rp.buf)) != rp.n:
-		// Already lost: nothing more is kept.
-	case len(rp.buf)+len(p) > rp.limit:
-		if cap(rp.buf) > keepBufferCap {
-			rp.buf = nil
+	if int64(len(rp.buf)) == rp.n { // nothing lost yet
+		need := len(rp.buf) + len(p)
+		switch {
+		case rp.ended || need > rp.limit:
+			rp.drop()
+		case need > rp.reserved && !rp.ensure(need):
+			rp.mem.skipped.Add(1)
+			rp.drop()
+		default:
+			rp.buf = append(rp.buf, p...)
 		}
-		rp.buf = rp.buf[:0]
-	default:
-		if need := len(rp.buf) + len(p); need > cap(rp.buf) {
-			rp.grow(need)
-		}
-		rp.buf = append(rp.buf, p...)
 	}
 	rp.n += int64(len(p))
 }
 
-// grow makes room for need bytes. A declared length (within the limit) is
-// allocated in one piece; otherwise the buffer doubles, up to the limit, so
-// that keeping n bytes allocates less than 2n (append alone grows large
-// slices by 1.25×, which allocates about 4× the final size).
-func (rp *replay) grow(need int) {
-	// Double from what actually arrived, never past the declared length or
-	// the limit: a client that declares 1 MiB and then trickles one byte
-	// costs minBuffer, not 1 MiB.
-	c := max(need, 2*cap(rp.buf), minBuffer)
-	if rp.size > 0 {
-		c = min(c, max(int(rp.size), need))
+// drop empties the buffer and gives back its reservation: the body is no
+// longer kept. A small buffer stays for the next request of a recycled
+// state; rp.mu is held.
+func (rp *replay) drop() {
+	rp.unreserve()
+	if cap(rp.buf) > keepBufferCap {
+		rp.buf = nil
 	}
-	nb := make([]byte, len(rp.buf), min(c, rp.limit))
-	copy(nb, rp.buf)
-	rp.buf = nb
+	rp.buf = rp.buf[:0]
+}
+
+// unreserve gives the buffer's reservation back to the total; rp.mu is held.
+func (rp *replay) unreserve() {
+	if rp.reserved > 0 {
+		rp.mem.release(int64(rp.reserved))
+		rp.reserved = 0
+	}
+}
+
+// ensure makes room for need bytes (need ≤ limit) in a buffer whose whole
+// capacity is counted in the total, and reports whether the total had room;
+// rp.mu is held.
+//
+// A buffer left by the previous request of a recycled state is counted
+// whole once it is used. A new one is sized for the declared length (within
+// the limit) in one piece; otherwise the buffer doubles, up to the limit,
+// so that keeping n bytes allocates less than 2n (append alone grows large
+// slices by 1.25×, which allocates about 4× the final size).
+func (rp *replay) ensure(need int) bool {
+	c := cap(rp.buf)
+	if need > c {
+		// Double from what actually arrived, never past the declared
+		// length or the limit: a client that declares 1 MiB and then
+		// trickles one byte costs minBuffer, not 1 MiB.
+		c = max(need, 2*c, minBuffer)
+		if rp.size > 0 {
+			c = min(c, max(int(rp.size), need))
+		}
+		c = min(c, rp.limit)
+	}
+	if extra := c - rp.reserved; extra > 0 {
+		if !rp.mem.reserve(int64(extra)) {
+			return false
+		}
+		rp.reserved = c
+	}
+	if c > cap(rp.buf) {
+		nb := make([]byte, len(rp.buf), c)
+		copy(nb, rp.buf)
+		rp.buf = nb
+	}
+	return true
 }
 
 // minBuffer is the first allocation of a buffer for a body of unknown length.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -56,9 +57,15 @@ func (s *source) Read(p []byte) (int, error) {
 
 func (s *source) Close() error { s.closed.Store(true); return nil }
 
+// newReplay returns a replay of src counted in a total without a cap.
 func newReplay(src *source, limit int, contentLength int64) *replay {
+	return newReplayIn(&replayMemory{max: math.MaxInt64}, src, limit, contentLength)
+}
+
+// newReplayIn returns a replay of src counted in mem.
+func newReplayIn(mem *replayMemory, src *source, limit int, contentLength int64) *replay {
 	rp := &replay{}
-	rp.reset(src, limit, contentLength)
+	rp.reset(src, mem, limit, contentLength)
 	return rp
 }
 
@@ -243,4 +250,86 @@ func TestReplayCloseDetaches(t *testing.T) {
 	all, err := io.ReadAll(rp.attempt())
 	require.NoError(t, err)
 	assert.True(t, bytes.Equal(src.data, all))
+}
+
+// TestReplayTotalCap: replays counted in one total share it. A buffer
+// reserves its capacity as it grows; one that finds no room drops what it
+// kept and streams on, whole and byte-exact, but can no longer be replayed;
+// release gives every reservation back, and the room is there again.
+func TestReplayTotalCap(t *testing.T) {
+	mem := &replayMemory{max: 40 << 10}
+	a := newReplayIn(mem, newSource(30<<10, 10<<10), 1<<20, -1)
+	readN(t, a.attempt(), 30<<10)
+	assert.Equal(t, int64(32<<10), mem.used.Load(), "16 KiB, then doubled to 32 KiB")
+	assert.Equal(t, int64(cap(a.buf)), mem.used.Load(), "the reservation is the capacity")
+	require.True(t, a.settle())
+
+	src := newSource(50<<10, 10<<10)
+	b := newReplayIn(mem, src, 1<<20, -1)
+	all, err := io.ReadAll(b.attempt())
+	require.NoError(t, err)
+	assert.Equal(t, src.data, all, "a body over the total still streams whole")
+	assert.False(t, b.settle(), "but cannot be replayed")
+	assert.Zero(t, cap(b.buf))
+	assert.Equal(t, int64(32<<10), mem.used.Load())
+	assert.Equal(t, int64(1), mem.skipped.Load())
+
+	all, err = io.ReadAll(a.attempt())
+	require.NoError(t, err)
+	assert.Len(t, all, 30<<10, "the first replay kept its room")
+	assert.True(t, a.release())
+	assert.True(t, b.release())
+	assert.Zero(t, mem.used.Load())
+
+	c := newReplayIn(mem, newSource(30<<10, 10<<10), 1<<20, -1)
+	readN(t, c.attempt(), 30<<10)
+	assert.True(t, c.settle(), "released room is reused")
+	assert.True(t, c.release())
+	assert.Zero(t, mem.used.Load())
+}
+
+// TestReplayRecycledBufferIsCounted: a buffer left by the previous request
+// of a recycled state counts in the total again once the next request uses
+// it, and not while it is idle.
+func TestReplayRecycledBufferIsCounted(t *testing.T) {
+	mem := &replayMemory{max: 1 << 20}
+	rp := newReplayIn(mem, newSource(20<<10, 4<<10), 1<<20, 20<<10)
+	readN(t, rp.attempt(), 20<<10)
+	require.Equal(t, int64(20<<10), mem.used.Load())
+	require.True(t, rp.release())
+	assert.Zero(t, mem.used.Load(), "an idle buffer is not counted")
+	assert.Equal(t, 20<<10, cap(rp.buf), "but kept for the next request")
+
+	rp.reset(newSource(100, 100), mem, 1<<20, -1)
+	readN(t, rp.attempt(), 100)
+	assert.Equal(t, int64(20<<10), mem.used.Load(), "counted whole when used again")
+	require.True(t, rp.release())
+	assert.Zero(t, mem.used.Load())
+}
+
+// TestReplayReleaseWithReaderOut: a request that ends while a detached
+// reader is still inside the client body's Read gives its reservation back
+// at once; what that read brings is not kept.
+func TestReplayReleaseWithReaderOut(t *testing.T) {
+	mem := &replayMemory{max: 1 << 20}
+	src := newSource(3000, 1000).gated()
+	rp := newReplayIn(mem, src, 1<<20, -1)
+	a := rp.attempt()
+	src.gate <- struct{}{}
+	readN(t, a, 1000)
+	require.Equal(t, int64(minBuffer), mem.used.Load())
+
+	late := make(chan error, 1)
+	go func() {
+		_, err := a.Read(make([]byte, 1000))
+		late <- err
+	}()
+	<-src.entered
+	<-src.entered // the second read is in flight
+	assert.False(t, rp.release(), "not reusable while a read is out")
+	assert.Zero(t, mem.used.Load(), "but its memory is given back")
+	src.gate <- struct{}{}
+	assert.ErrorIs(t, <-late, errDetached)
+	assert.Zero(t, mem.used.Load(), "the late read reserved nothing")
+	assert.Zero(t, cap(rp.buf))
 }

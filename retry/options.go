@@ -27,6 +27,12 @@ const (
 	// DefaultMaxReplayBytes is how much of a request body is kept for
 	// replay: 1 MiB.
 	DefaultMaxReplayBytes = 1 << 20
+	// DefaultMaxReplayTotal is how much memory the replay buffers of all
+	// requests in flight through one Retry may hold together: 64 MiB, 64
+	// bodies at DefaultMaxReplayBytes. Past it, bodies stream without
+	// replay, so hostile clients (stalled uploads) cannot grow the
+	// process without bound.
+	DefaultMaxReplayTotal = 64 << 20
 	// DefaultBudgetRatio is the share of extra load retries may add over
 	// [BudgetWindow]: 20%.
 	DefaultBudgetRatio = 0.2
@@ -79,9 +85,22 @@ type Options struct {
 	// MaxReplayBytes is how many bytes of a request body are kept, as the
 	// upstream reads them, so that a retry can replay them. A body longer
 	// than this is retried only when no byte of it was read. 0 means
-	// DefaultMaxReplayBytes (1 MiB). Bodies of requests that could only be
-	// retried unread (non-idempotent methods) are never buffered.
+	// DefaultMaxReplayBytes (1 MiB), or MaxReplayTotal when only that is
+	// set and is smaller. Bodies of requests that could only be retried
+	// unread (non-idempotent methods) are never buffered.
 	MaxReplayBytes int
+
+	// MaxReplayTotal caps, in bytes, the memory that the replay buffers of
+	// all requests in flight through this Retry hold together (a buffer
+	// counts with its allocated capacity, from its first kept byte until
+	// its request ends, however it ends). A body that would take the total
+	// past the cap is not kept, or no longer kept: it still streams to the
+	// upstream whole and unchanged, but its request is not retried once
+	// any byte of it was read (as a body over MaxReplayBytes). 0 means
+	// DefaultMaxReplayTotal (64 MiB), or MaxReplayBytes when only that is
+	// set and is larger. It must not be smaller than MaxReplayBytes when
+	// both are set; math.MaxInt lifts the cap.
+	MaxReplayTotal int
 
 	// TrustIdempotencyKey treats a non-idempotent request (POST, PATCH …)
 	// that carries an Idempotency-Key header as idempotent, so that it may
@@ -124,16 +143,17 @@ type Options struct {
 
 // config is Options with the defaults applied.
 type config struct {
-	attempts      int
-	base, cap     time.Duration
-	perTry        time.Duration
-	maxRetryAfter time.Duration
-	maxReplay     int
-	trustKey      bool
-	ratio, floor  float64
-	attemptHeader string
-	onRetry       func(int, *gateway.Failure, time.Duration)
-	logger        *slog.Logger
+	attempts       int
+	base, cap      time.Duration
+	perTry         time.Duration
+	maxRetryAfter  time.Duration
+	maxReplay      int
+	maxReplayTotal int
+	trustKey       bool
+	ratio, floor   float64
+	attemptHeader  string
+	onRetry        func(int, *gateway.Failure, time.Duration)
+	logger         *slog.Logger
 }
 
 // resolve validates o and applies the defaults. Every invalid field is
@@ -141,18 +161,19 @@ type config struct {
 func (o Options) resolve() (config, error) {
 	var errs []error
 	c := config{
-		attempts:      orDefault(&errs, "Attempts", o.Attempts, DefaultAttempts),
-		base:          orDefault(&errs, "BaseDelay", o.BaseDelay, DefaultBaseDelay),
-		cap:           orDefault(&errs, "MaxDelay", o.MaxDelay, DefaultMaxDelay),
-		perTry:        orDefault(&errs, "PerTryTimeout", o.PerTryTimeout, 0),
-		maxRetryAfter: orDefault(&errs, "MaxRetryAfter", o.MaxRetryAfter, DefaultMaxRetryAfter),
-		maxReplay:     orDefault(&errs, "MaxReplayBytes", o.MaxReplayBytes, DefaultMaxReplayBytes),
-		trustKey:      o.TrustIdempotencyKey,
-		ratio:         orDefault(&errs, "BudgetRatio", o.BudgetRatio, DefaultBudgetRatio),
-		floor:         orDefault(&errs, "BudgetMinPerSecond", o.BudgetMinPerSecond, DefaultBudgetMinPerSecond),
-		attemptHeader: http.CanonicalHeaderKey(o.AttemptHeader),
-		onRetry:       o.OnRetry,
-		logger:        o.Logger,
+		attempts:       orDefault(&errs, "Attempts", o.Attempts, DefaultAttempts),
+		base:           orDefault(&errs, "BaseDelay", o.BaseDelay, DefaultBaseDelay),
+		cap:            orDefault(&errs, "MaxDelay", o.MaxDelay, DefaultMaxDelay),
+		perTry:         orDefault(&errs, "PerTryTimeout", o.PerTryTimeout, 0),
+		maxRetryAfter:  orDefault(&errs, "MaxRetryAfter", o.MaxRetryAfter, DefaultMaxRetryAfter),
+		maxReplay:      orDefault(&errs, "MaxReplayBytes", o.MaxReplayBytes, DefaultMaxReplayBytes),
+		maxReplayTotal: orDefault(&errs, "MaxReplayTotal", o.MaxReplayTotal, DefaultMaxReplayTotal),
+		trustKey:       o.TrustIdempotencyKey,
+		ratio:          orDefault(&errs, "BudgetRatio", o.BudgetRatio, DefaultBudgetRatio),
+		floor:          orDefault(&errs, "BudgetMinPerSecond", o.BudgetMinPerSecond, DefaultBudgetMinPerSecond),
+		attemptHeader:  http.CanonicalHeaderKey(o.AttemptHeader),
+		onRetry:        o.OnRetry,
+		logger:         o.Logger,
 	}
 	// One of the pair set alone: the defaulted one yields to it, so that
 	// Options{MaxDelay: 10 * time.Millisecond} means what it says.
@@ -164,6 +185,17 @@ func (o Options) resolve() (config, error) {
 	}
 	if o.BaseDelay >= 0 && o.MaxDelay >= 0 && c.base > c.cap {
 		errs = append(errs, fmt.Errorf("retry: Options.BaseDelay (%v) exceeds MaxDelay (%v)", c.base, c.cap))
+	}
+	// Likewise for the replay pair: a default never contradicts the field
+	// that is set.
+	if o.MaxReplayBytes == 0 && o.MaxReplayTotal > 0 {
+		c.maxReplay = min(c.maxReplay, c.maxReplayTotal)
+	}
+	if o.MaxReplayTotal == 0 && o.MaxReplayBytes > 0 {
+		c.maxReplayTotal = max(c.maxReplayTotal, c.maxReplay)
+	}
+	if o.MaxReplayBytes > 0 && o.MaxReplayTotal > 0 && c.maxReplayTotal < c.maxReplay {
+		errs = append(errs, fmt.Errorf("retry: Options.MaxReplayTotal (%d bytes) is less than MaxReplayBytes (%d bytes): no body could be kept whole", c.maxReplayTotal, c.maxReplay))
 	}
 	if !validHeaderName(o.AttemptHeader) {
 		errs = append(errs, fmt.Errorf("retry: Options.AttemptHeader %q is not a valid header name", o.AttemptHeader))

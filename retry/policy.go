@@ -2,6 +2,7 @@ package retry
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/proxykit/proxykit/gateway"
 )
@@ -34,17 +35,41 @@ func repeatable(r *http.Request, trustKey bool) bool {
 // budget and the client are checked separately.
 func eligible(f *gateway.Failure, repeatable bool) bool {
 	switch f.Class {
-	case gateway.ClassCanceled, gateway.ClassNoUpstream:
-		// The client went away; or nothing is left to try.
+	case gateway.ClassCanceled, gateway.ClassNoUpstream, gateway.ClassClientBody:
+		// The client went away; nothing is left to try; or the client's
+		// own body broke, which no upstream can mend (and which cannot be
+		// read again).
 		return false
 	case gateway.ClassOpen:
-		// The breaker answered without contacting the upstream: another
-		// host may be picked.
-		return true
+		// The breaker answered without contacting the upstream. One that
+		// names its upstream (a per-host breaker) is retried so that the
+		// balancer picks another host; one that names none guards the
+		// whole route (breaker.New), and the next attempt would meet it
+		// open again.
+		return f.Upstream != ""
 	}
 	// Not sent (measured): nothing can have been applied, any method may
-	// go again. Sent, or perhaps sent: only a repeatable request.
+	// go again. Sent, or perhaps sent: only a repeatable request. A stale
+	// keep-alive connection follows the same rule: if the upstream may
+	// have read the request before it closed, only a repeatable one goes
+	// again.
 	return !f.Sent || repeatable
+}
+
+// immediate reports whether a retry of f starts at once, without the
+// backoff delay: a stale keep-alive connection says nothing about the
+// upstream's health, and the next attempt gets a fresh connection.
+func immediate(f *gateway.Failure) bool {
+	return f.Class == gateway.ClassStaleConn
+}
+
+// retryDelay returns the wait before retry n (n = 0 for the first retry)
+// of an attempt that failed with f, before any Retry-After is considered.
+func (rt *Retry) retryDelay(f *gateway.Failure, n int) time.Duration {
+	if immediate(f) {
+		return 0
+	}
+	return rt.backoff.delay(n)
 }
 
 // honoursRetryAfter reports whether the Retry-After of a response with

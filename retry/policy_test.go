@@ -3,6 +3,7 @@ package retry
 import (
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 
@@ -11,36 +12,67 @@ import (
 
 // TestDecisionTable checks eligible against DESIGN.md's taxonomy, row by
 // row: "retry: any method" and "retry: idempotent", with the sent flag each
-// class has in practice (reset and internal both ways: they are measured).
+// class has in practice (reset, internal and stale_connection both ways:
+// they are measured). An open breaker is retried only when it names an
+// upstream (a per-host breaker: another host may be picked); the route
+// breaker's open names none, and the next attempt would meet it again.
 func TestDecisionTable(t *testing.T) {
 	type row struct {
 		class      gateway.Class
+		upstream   string
 		sent       bool
 		anyMethod  bool // a POST may be retried
 		idempotent bool // a GET may be retried
 	}
+	const up = "10.0.0.5:8080"
 	rows := []row{
-		{gateway.ClassDNS, false, true, true},
-		{gateway.ClassRefused, false, true, true},
-		{gateway.ClassUnreachable, false, true, true},
-		{gateway.ClassConnectTimeout, false, true, true},
-		{gateway.ClassTLS, false, true, true},
-		{gateway.ClassReset, false, true, true},
-		{gateway.ClassReset, true, false, true},
-		{gateway.ClassMalformed, true, false, true},
-		{gateway.ClassTimeout, true, false, true},
-		{gateway.ClassUpstreamStatus, true, false, true},
-		{gateway.ClassOpen, false, true, true},
-		{gateway.ClassNoUpstream, false, false, false},
-		{gateway.ClassCanceled, false, false, false},
-		{gateway.ClassCanceled, true, false, false},
-		{gateway.ClassInternal, false, true, true},
-		{gateway.ClassInternal, true, false, true},
+		{gateway.ClassDNS, up, false, true, true},
+		{gateway.ClassRefused, up, false, true, true},
+		{gateway.ClassUnreachable, up, false, true, true},
+		{gateway.ClassConnectTimeout, up, false, true, true},
+		{gateway.ClassTLS, up, false, true, true},
+		{gateway.ClassReset, up, false, true, true},
+		{gateway.ClassReset, up, true, false, true},
+		{gateway.ClassMalformed, up, true, false, true},
+		{gateway.ClassTimeout, up, true, false, true},
+		{gateway.ClassUpstreamStatus, up, true, false, true},
+		{gateway.ClassOpen, up, false, true, true},
+		{gateway.ClassOpen, "", false, false, false},
+		{gateway.ClassNoUpstream, "", false, false, false},
+		{gateway.ClassNoUpstream, up, false, false, false},
+		{gateway.ClassCanceled, up, false, false, false},
+		{gateway.ClassCanceled, up, true, false, false},
+		{gateway.ClassInternal, up, false, true, true},
+		{gateway.ClassInternal, up, true, false, true},
+		{gateway.ClassClientBody, up, false, false, false},
+		{gateway.ClassClientBody, up, true, false, false},
+		{gateway.ClassClientBody, "", false, false, false},
+		{gateway.ClassStaleConn, up, false, true, true},
+		{gateway.ClassStaleConn, up, true, false, true},
 	}
 	for _, r := range rows {
-		f := &gateway.Failure{Class: r.class, Sent: r.sent}
-		assert.Equal(t, r.anyMethod, eligible(f, false), "%s sent=%t, POST", r.class, r.sent)
-		assert.Equal(t, r.idempotent, eligible(f, true), "%s sent=%t, GET", r.class, r.sent)
+		f := &gateway.Failure{Class: r.class, Upstream: r.upstream, Sent: r.sent}
+		assert.Equal(t, r.anyMethod, eligible(f, false), "%s upstream=%q sent=%t, POST", r.class, r.upstream, r.sent)
+		assert.Equal(t, r.idempotent, eligible(f, true), "%s upstream=%q sent=%t, GET", r.class, r.upstream, r.sent)
+	}
+}
+
+// TestRetryDelayByClass: a stale keep-alive connection is retried at once,
+// whatever the attempt; every other class waits the jittered backoff.
+func TestRetryDelayByClass(t *testing.T) {
+	rt := mustNew(t, Options{BaseDelay: 10 * time.Millisecond, MaxDelay: 40 * time.Millisecond})
+	// The largest delay the jitter can draw: a source that always returns
+	// n-1, so that a zero can only come from the policy.
+	rt.backoff.int64n = func(n int64) int64 { return n - 1 }
+	for _, c := range gateway.Classes() {
+		for n := range 4 {
+			d := rt.retryDelay(&gateway.Failure{Class: c, Upstream: "u:1", Sent: true}, n)
+			if c == gateway.ClassStaleConn {
+				assert.Zero(t, d, "%s, retry %d", c, n)
+				continue
+			}
+			assert.Equal(t, rt.backoff.ceiling(n)-1, d, "%s, retry %d", c, n)
+		}
 	}
 }
 
@@ -59,15 +91,19 @@ func TestIdempotentMethods(t *testing.T) {
 	assert.True(t, repeatable(post, true))
 }
 
-// FuzzEligible: whatever the method, class, sent flag and key, a request
-// that may have been applied is retried only if it is repeatable, and a
-// client that went away or an empty pool is never retried.
+// FuzzEligible: whatever the method, class, sent flag, key and upstream, a
+// request that may have been applied is retried only if it is repeatable; a
+// client that went away, an empty pool or a broken client body is never
+// retried; an open breaker is retried only when it names an upstream.
 func FuzzEligible(f *testing.F) {
-	f.Add("POST", uint8(gateway.ClassReset), true, false, false)
-	f.Add("GET", uint8(gateway.ClassTimeout), true, false, false)
-	f.Add("PATCH", uint8(gateway.ClassRefused), false, true, true)
-	f.Add("DELETE", uint8(gateway.ClassCanceled), false, false, false)
-	f.Fuzz(func(t *testing.T, method string, class uint8, sent, key, trust bool) {
+	f.Add("POST", uint8(gateway.ClassReset), true, false, false, true)
+	f.Add("GET", uint8(gateway.ClassTimeout), true, false, false, true)
+	f.Add("PATCH", uint8(gateway.ClassRefused), false, true, true, true)
+	f.Add("DELETE", uint8(gateway.ClassCanceled), false, false, false, true)
+	f.Add("GET", uint8(gateway.ClassOpen), false, false, false, false)
+	f.Add("PUT", uint8(gateway.ClassClientBody), false, false, false, true)
+	f.Add("POST", uint8(gateway.ClassStaleConn), true, true, false, true)
+	f.Fuzz(func(t *testing.T, method string, class uint8, sent, key, trust, hostBreaker bool) {
 		r, err := http.NewRequest(http.MethodGet, "http://x/", nil)
 		if err != nil {
 			t.Fatal(err)
@@ -77,6 +113,9 @@ func FuzzEligible(f *testing.F) {
 			r.Header.Set(IdempotencyKeyHeader, "k")
 		}
 		fl := &gateway.Failure{Class: gateway.Class(class), Sent: sent}
+		if hostBreaker {
+			fl.Upstream = "10.0.0.5:8080"
+		}
 		rep := repeatable(r, trust)
 		got := eligible(fl, rep)
 		c := fl.Class
@@ -84,9 +123,13 @@ func FuzzEligible(f *testing.F) {
 			c = gateway.ClassInternal // unknown classes behave as internal
 		}
 		switch {
-		case c == gateway.ClassCanceled || c == gateway.ClassNoUpstream:
+		case c == gateway.ClassCanceled || c == gateway.ClassNoUpstream || c == gateway.ClassClientBody:
 			if got {
 				t.Fatalf("retried %s", c)
+			}
+		case c == gateway.ClassOpen:
+			if got != (fl.Upstream != "") {
+				t.Fatalf("open with upstream %q: retried=%t", fl.Upstream, got)
 			}
 		case sent && c != gateway.ClassOpen && got && !idempotentMethod(method) && !(key && trust):
 			t.Fatalf("retried a sent %q (%s) without an idempotency guarantee", method, c)

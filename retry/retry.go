@@ -11,19 +11,29 @@
 // gateway's failure taxonomy:
 //
 //   - A failure where the request was certainly not sent (dns, refused,
-//     unreachable, connect_timeout, tls, open, and reset or internal when
-//     the transport measured that nothing was written) is retried for every
-//     method: nothing can have been applied. An open breaker is retried so
-//     that the balancer picks another host.
+//     unreachable, connect_timeout, tls, and reset, internal or
+//     stale_connection when the transport measured that nothing was
+//     written) is retried for every method: nothing can have been applied.
 //   - A failure after the request may have been sent (reset, malformed,
-//     timeout, internal, and an upstream's 502/503/504) is retried only for
-//     idempotent methods: GET, HEAD, OPTIONS, TRACE, PUT, DELETE; and for
-//     other methods carrying an Idempotency-Key header when
-//     Options.TrustIdempotencyKey is set.
-//   - no_upstream (nothing left to try) and canceled (the client went away)
-//     are never retried; nor is anything once a response byte reached the
-//     client, a connection was upgraded or hijacked, or the request's
-//     context is done.
+//     timeout, internal, stale_connection, and an upstream's 502/503/504)
+//     is retried only for idempotent methods: GET, HEAD, OPTIONS, TRACE,
+//     PUT, DELETE; and for other methods carrying an Idempotency-Key header
+//     when Options.TrustIdempotencyKey is set.
+//   - stale_connection (the upstream closed a reused keep-alive connection
+//     before answering) says nothing about the upstream's health: when the
+//     two rules above allow it, it is retried at once, without the backoff
+//     delay, but within the attempt cap and the budget like any retry.
+//   - open (a breaker fast-failed the attempt; nothing was sent) is
+//     retried, for every method, only when the Failure names an upstream:
+//     a per-host breaker (breaker.Hosts), so that the balancer picks
+//     another host. The open of a breaker that guards the whole route
+//     (breaker.New, Upstream "") is not: every attempt would meet it, and
+//     the client gets the fast 503 at once.
+//   - no_upstream (nothing left to try), canceled (the client went away)
+//     and client_body (the client's own request body could not be read:
+//     its fault, and it cannot be read again) are never retried; nor is
+//     anything once a response byte reached the client, a connection was
+//     upgraded or hijacked, or the request's context is done.
 //   - An upstream's 503 or 429 with a Retry-After is retried after that
 //     delay only if it is at most Options.MaxRetryAfter and fits before the
 //     request's deadline; otherwise the response goes to the client as it
@@ -38,10 +48,15 @@
 // Bodies are streamed, never read up front. The first attempt keeps what
 // the upstream reads, up to Options.MaxReplayBytes (1 MiB); a retry replays
 // that, then reads on from the client. A body longer than that is retried
-// only if no byte of it was read. Each attempt reads through its own
-// reader, detached when the attempt ends, so that a transport still
-// reading after RoundTrip returned cannot take bytes meant for the next
-// attempt. The client's body is never closed here and never truncated.
+// only if no byte of it was read. The buffers of all requests in flight
+// together hold at most Options.MaxReplayTotal (64 MiB); a body that finds
+// no room is not kept and is treated as one over MaxReplayBytes: it
+// streams on whole, and is retried only if no byte of it was read. A
+// buffer is given back when its request ends, however it ends. Each
+// attempt reads through its own reader, detached when the attempt ends, so
+// that a transport still reading after RoundTrip returned cannot take
+// bytes meant for the next attempt. The client's body is never closed
+// here, never truncated, and never read again after it failed.
 //
 // # Budget
 //
@@ -81,7 +96,8 @@ type Retry struct {
 	cfg     config
 	backoff backoff
 	budget  *budget
-	states  sync.Pool // of *state
+	states  sync.Pool    // of *state
+	replay  replayMemory // the replay buffers of requests in flight
 
 	retries   atomic.Int64 // retries made, since New
 	exhausted atomic.Int64 // retries the budget denied, since New
@@ -102,6 +118,7 @@ func New(o Options) (*Retry, error) {
 		backoff: backoff{base: cfg.base, cap: cfg.cap},
 		budget:  newBudget(cfg.ratio, cfg.floor, time.Now()),
 	}
+	rt.replay.max = int64(cfg.maxReplayTotal)
 	rt.states.New = func() any { return new(state) }
 	return rt, nil
 }
@@ -124,6 +141,14 @@ type Stats struct {
 	TotalRetries int64
 	// BudgetExhausted is how many retries the budget denied since New.
 	BudgetExhausted int64
+	// ReplayBytes is the memory, in bytes, that the replay buffers of the
+	// requests in flight hold now: at most Options.MaxReplayTotal.
+	ReplayBytes int64
+	// ReplaySkipped is how many request bodies, since New, could not be
+	// kept for replay because the replay buffers of the requests in flight
+	// held MaxReplayTotal already. They streamed on unkept, so such a
+	// request is not retried once any of its body was read.
+	ReplaySkipped int64
 }
 
 // Stats returns the current counters.
@@ -134,6 +159,8 @@ func (rt *Retry) Stats() Stats {
 		Retries:         ret,
 		TotalRetries:    rt.retries.Load(),
 		BudgetExhausted: rt.exhausted.Load(),
+		ReplayBytes:     rt.replay.used.Load(),
+		ReplaySkipped:   rt.replay.skipped.Load(),
 	}
 }
 
@@ -209,16 +236,14 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st.serve(rt, h.next, w, r)
 }
 
-// release cleans up after a request and recycles its state when nothing can
-// still reach it: not after a panic, not while a detached body reader is
-// still reading.
+// release cleans up after a request, gives its replay buffer back to the
+// total in every case, and recycles its state when nothing can still reach
+// it: not after a panic, not while a detached body reader is still reading.
 func (rt *Retry) release(st *state) {
 	st.cleanup()
-	if !st.finished {
-		return // a panic is on its way up; let the state go
-	}
-	if st.hasBody && !st.body.release() {
-		return
+	reusable := !st.hasBody || st.body.release()
+	if !st.finished || !reusable {
+		return // a panic is on its way up, or a reader is still out: let the state go
 	}
 	st.clear()
 	rt.states.Put(st)

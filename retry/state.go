@@ -75,7 +75,7 @@ func (st *state) serve(rt *Retry, next http.Handler, w http.ResponseWriter, r *h
 		if !st.repeatable {
 			limit = 0
 		}
-		st.body.reset(r.Body, limit, r.ContentLength)
+		st.body.reset(r.Body, &rt.replay, limit, r.ContentLength)
 	}
 	if name := rt.cfg.attemptHeader; name != "" {
 		if r.Header == nil {
@@ -240,7 +240,7 @@ func (st *state) retry(f *gateway.Failure, status int) bool {
 	if st.attempt >= rt.cfg.attempts || ctx.Err() != nil || !eligible(f, st.repeatable) {
 		return false
 	}
-	delay := rt.backoff.delay(st.attempt - 1)
+	delay := rt.retryDelay(f, st.attempt-1)
 	if f.Class == gateway.ClassUpstreamStatus && honoursRetryAfter(status) && f.RetryAfter > 0 {
 		if f.RetryAfter > rt.cfg.maxRetryAfter {
 			return false

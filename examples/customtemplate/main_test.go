@@ -37,6 +37,9 @@ func TestCustomPages(t *testing.T) {
 	assert.Contains(t, body, "502 · Bad Gateway")
 	assert.Contains(t, body, rec.Header().Get("X-Request-Id"))
 	assert.NotContains(t, body, down.Addr)
+	assert.Contains(t, body, "<h1>We can&#39;t reach the service right now</h1>")
+	assert.NotContains(t, body, "The kitchen is taking a short break",
+		"open.html's headline stays on the open page (issue 11, 8a)")
 
 	// An open breaker: the class template overrides the headline only.
 	open := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

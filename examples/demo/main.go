@@ -37,11 +37,14 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/proxykit/proxykit"
 	"github.com/proxykit/proxykit/breaker"
+	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/examples/internal/loadgen"
-	"github.com/proxykit/proxykit/examples/internal/stack"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/status"
+	"github.com/proxykit/proxykit/retry"
 )
 
 func main() {
@@ -76,6 +79,13 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if *requests < 1 {
 		return fmt.Errorf("-requests %d: want at least 1", *requests)
 	}
+	// The demo's pages show operator hints (upstream addresses, error
+	// classes), and its status view is open: loopback only.
+	for _, a := range []struct{ flag, addr string }{{"-listen", *listen}, {"-admin", *admin}} {
+		if !status.IsLoopback(a.addr) {
+			return fmt.Errorf("%s %s: the demo shows operator details and serves only on loopback (127.0.0.1, ::1, localhost)", a.flag, a.addr)
+		}
+	}
 
 	// The upstreams, each answering with its name.
 	healthy := upstream("healthy")
@@ -92,25 +102,28 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	// Logs: warnings only, so that the tour's output stays readable.
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	var trips atomic.Int64
-	st, err := stack.Build(stack.Config{
-		Upstreams:  targets,
-		Brand:      "proxykit demo",
-		Debug:      true, // loopback only: show the operator hints on the page
-		Logger:     logger,
-		TryTimeout: 2 * time.Second,
-		OnBreakerChange: func(_, _ string, _, to breaker.State) {
+	pages := errorpage.Options{
+		Brand: errorpage.Brand{Name: "proxykit demo"},
+		Debug: true, // loopback only: show the operator hints on the page
+	}
+	st, err := proxykit.New(proxykit.Config{
+		Upstreams: targets,
+		Pages:     pages,
+		Logger:    logger,
+		Retry:     retry.Options{PerTryTimeout: 2 * time.Second},
+		Breaker: breaker.Settings{OnStateChange: func(_, _ string, _, to breaker.State) {
 			if to == breaker.StateOpen {
 				trips.Add(1)
 			}
-		},
+		}},
 	})
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 	// A route whose only upstream is down, to show the error page.
-	broken, err := stack.Build(stack.Config{
-		Upstreams: []*url.URL{mustURL(down.URL)}, Brand: "proxykit demo", Debug: true, Logger: logger,
+	broken, err := proxykit.New(proxykit.Config{
+		Upstreams: []*url.URL{mustURL(down.URL)}, Pages: pages, Logger: logger,
 	})
 	if err != nil {
 		return err
@@ -131,7 +144,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	quiet := log.New(io.Discard, "", 0)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: quiet}
-	asrv := &http.Server{Handler: st.Status, ReadHeaderTimeout: 10 * time.Second, ErrorLog: quiet}
+	asrv := &http.Server{Handler: status.ReadOnly(st.Status, *admin), ReadHeaderTimeout: 10 * time.Second, ErrorLog: quiet}
 	go func() { _ = srv.Serve(ln) }()
 	go func() { _ = asrv.Serve(aln) }()
 	defer asrv.Close()
@@ -171,7 +184,7 @@ Ctrl-C to stop.
 
 // runTour sends the same requests through a bare ReverseProxy and through
 // proxykit and prints the two results side by side.
-func runTour(ctx context.Context, out io.Writer, targets []*url.URL, proxykitURL string, n int, st *stack.Stack, trips *atomic.Int64) error {
+func runTour(ctx context.Context, out io.Writer, targets []*url.URL, proxykitURL string, n int, st *proxykit.Stack, trips *atomic.Int64) error {
 	// The bare proxy: stock ReverseProxy, round robin over the same three
 	// upstreams, on the same tuned transport. What most setups run.
 	var rr atomic.Uint64

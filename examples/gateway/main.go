@@ -4,7 +4,9 @@
 //	request ID → monitor → errorpage → retry → ReverseProxy
 //	             (pool balancer, per-host breakers, instrumented tuned transport)
 //
-// The wiring lives in examples/internal/stack; copy it into your service.
+// The wiring is proxykit.New with the packages' defaults; the listeners are
+// safe by default (proxykit.NewServer; the admin listener is read-only,
+// answers only to its own Host names and warns when not on loopback).
 //
 //	go run ./examples/gateway -upstream http://127.0.0.1:9001 -upstream http://127.0.0.1:9002 -admin 127.0.0.1:8081
 //
@@ -18,6 +20,9 @@
 //	-try-timeout D     timeout per attempt, e.g. 2s (default: none)
 //	-brand NAME        the name on error pages
 //	-log-json          log JSON lines instead of text
+//	-hide-upstream-5xx replace upstreams' own 502/503/504 bodies with the
+//	                   error page (by default they pass through: API error
+//	                   bodies matter, but they may carry internal details)
 //
 // It prints "listening on http://ADDR" once it accepts connections, and on
 // SIGINT or SIGTERM stops accepting, drains in-flight requests (up to 10 s)
@@ -40,7 +45,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/proxykit/proxykit/examples/internal/stack"
+	"github.com/proxykit/proxykit"
+	"github.com/proxykit/proxykit/errorpage"
+	"github.com/proxykit/proxykit/gateway/status"
+	"github.com/proxykit/proxykit/retry"
 )
 
 // drainTimeout bounds graceful shutdown.
@@ -91,6 +99,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		tryTimeout = fs.Duration("try-timeout", 0, "timeout per attempt (0: none)")
 		brand      = fs.String("brand", "", "the name on error pages")
 		logJSON    = fs.Bool("log-json", false, "log JSON lines")
+
+		hideUpstream5xx = fs.Bool("hide-upstream-5xx", false, "replace the bodies of upstreams' own 502/503/504 with the error page (they may carry internal details)")
 	)
 	fs.Var(&upstreams, "upstream", "upstream base URL (repeatable)")
 	if err := fs.Parse(args); err != nil {
@@ -120,29 +130,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logger := slog.New(handler)
 
-	st, err := stack.Build(stack.Config{
-		Upstreams:  upstreams,
-		Attempts:   *attempts,
-		TryTimeout: *tryTimeout,
-		Brand:      *brand,
-		Debug:      *debug,
-		Logger:     logger,
+	upstreamMode := errorpage.UpstreamPass
+	if *hideUpstream5xx {
+		upstreamMode = errorpage.UpstreamReplace
+	}
+	st, err := proxykit.New(proxykit.Config{
+		Upstreams: upstreams,
+		Retry:     retry.Options{Attempts: *attempts, PerTryTimeout: *tryTimeout},
+		Pages: errorpage.Options{
+			Brand:       errorpage.Brand{Name: *brand},
+			Debug:       *debug,
+			Upstream5xx: upstreamMode,
+		},
+		Logger: logger,
 	})
 	if err != nil {
 		return err
 	}
 	defer st.Close()
+	if *debug && !status.IsLoopback(*listen) {
+		logger.Warn("-debug shows operator hints (upstream addresses, error classes) to every client of a non-loopback listener", "listen", *listen)
+	}
 
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           st.Handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(handler, slog.LevelWarn),
-	}
+	srv := proxykit.NewServer(st, logger)
 	servers := []*http.Server{srv}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
@@ -153,7 +167,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			_ = srv.Close()
 			return fmt.Errorf("admin: %w", err)
 		}
-		asrv := &http.Server{Handler: st.Status, ReadHeaderTimeout: 10 * time.Second}
+		if !status.IsLoopback(*admin) {
+			logger.Warn("the admin listener is not on loopback: it shows upstream addresses to whoever reaches it; bind it to 127.0.0.1 or a private interface", "admin", *admin)
+		}
+		asrv := &http.Server{
+			Handler:           status.ReadOnly(st.Status, *admin, aln.Addr().String()),
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      10 * time.Second,
+			IdleTimeout:       time.Minute,
+			MaxHeaderBytes:    16 << 10,
+			ErrorLog:          slog.NewLogLogger(handler, slog.LevelWarn),
+		}
 		servers = append(servers, asrv)
 		go func() { errc <- asrv.Serve(aln) }()
 		fmt.Fprintf(stdout, "status view on http://%s\n", aln.Addr())

@@ -42,10 +42,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/proxykit/proxykit"
 	"github.com/proxykit/proxykit/examples/internal/loadgen"
-	"github.com/proxykit/proxykit/examples/internal/stack"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/retry"
 )
 
 func main() {
@@ -248,10 +249,10 @@ func build(name string, targets []*url.URL, tryTimeout time.Duration) (http.Hand
 		}
 		return p, tr.CloseIdleConnections, nil
 	case "proxykit":
-		st, err := stack.Build(stack.Config{
-			Upstreams:  targets,
-			TryTimeout: tryTimeout,
-			Logger:     slog.New(slog.DiscardHandler),
+		st, err := proxykit.New(proxykit.Config{
+			Upstreams: targets,
+			Retry:     retry.Options{PerTryTimeout: tryTimeout},
+			Logger:    slog.New(slog.DiscardHandler),
 		})
 		if err != nil {
 			return nil, nil, err

@@ -11,7 +11,7 @@ import (
 // InMemory is an http.RoundTripper that answers every request itself, with
 // no network, while behaving as a transport that reached a healthy upstream
 // over a reused connection: it fires the ClientTrace hooks a real transport
-// fires (GotConn, WroteHeaders, WroteRequest, GotFirstResponseByte), reads
+// fires (GetConn, GotConn, WroteHeaders, WroteRequest, GotFirstResponseByte), reads
 // and closes the request body, and returns a 200 with Body. It keeps the
 // network out of benchmarks, so that a proxy's own cost dominates.
 type InMemory struct {
@@ -22,6 +22,9 @@ type InMemory struct {
 // RoundTrip implements http.RoundTripper.
 func (m InMemory) RoundTrip(req *http.Request) (*http.Response, error) {
 	tr := httptrace.ContextClientTrace(req.Context())
+	if tr != nil && tr.GetConn != nil {
+		tr.GetConn(req.URL.Host)
+	}
 	if tr != nil && tr.GotConn != nil {
 		tr.GotConn(httptrace.GotConnInfo{Reused: true})
 	}

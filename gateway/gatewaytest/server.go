@@ -55,10 +55,17 @@ const (
 	// Silent accepts each connection and never reads or writes: a TLS
 	// handshake or an HTTP request on it waits until the client gives up.
 	Silent
+	// CloseAfterRequest reads each request, body included, then closes the
+	// connection (a FIN, not a reset) without answering: what a client
+	// meets when an upstream's keep-alive timeout closes a connection just
+	// as a request goes out on it. On a reused connection, net/http's
+	// Transport resends such a request by itself when it deems it
+	// replayable. The request counts as received.
+	CloseAfterRequest
 )
 
 var faultNames = [...]string{"healthy", "refused", "reset_on_accept", "reset_after_request",
-	"hang", "slow_headers", "garbage", "close_mid_body", "status", "silent"}
+	"hang", "slow_headers", "garbage", "close_mid_body", "status", "silent", "close_after_request"}
 
 func (f Fault) String() string {
 	if f >= 0 && int(f) < len(faultNames) {
@@ -397,6 +404,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		if c := hijack(w); c != nil {
 			reset(c)
+		}
+	case CloseAfterRequest:
+		_, _ = io.Copy(io.Discard, r.Body)
+		if c := hijack(w); c != nil {
+			_ = c.Close()
 		}
 	case Garbage:
 		_, _ = io.Copy(io.Discard, r.Body)

@@ -27,11 +27,13 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/proxykit/proxykit"
 	"github.com/proxykit/proxykit/breaker"
+	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/examples/internal/loadgen"
-	"github.com/proxykit/proxykit/examples/internal/stack"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/status"
 	"github.com/proxykit/proxykit/retry"
 )
 
@@ -119,7 +121,7 @@ func verifying(addr string) http.Handler {
 // so that a hanging upstream fails as a timeout.
 type fastStack struct {
 	handler http.Handler
-	monitor *gateway.Monitor
+	monitor *status.Monitor
 	hosts   *breaker.Hosts
 	retry   *retry.Retry
 	close   func() // closes idle upstream connections
@@ -135,17 +137,16 @@ func buildFast(t *testing.T, servers []*gatewaytest.Server, openFor, tryTimeout 
 	for i, s := range servers {
 		targets[i] = mustURL(t, s.URL)
 	}
-	st, err := stack.Build(stack.Config{
-		Upstreams:  targets,
-		TryTimeout: tryTimeout,
-		Brand:      "Chaos",
-		Logger:     quiet,
-		Breaker:    breaker.Settings{Timeout: openFor},
-		OnBreakerChange: func(_, _ string, _, to breaker.State) {
+	st, err := proxykit.New(proxykit.Config{
+		Upstreams: targets,
+		Retry:     retry.Options{PerTryTimeout: tryTimeout},
+		Pages:     errorpage.Options{Brand: errorpage.Brand{Name: "Chaos"}},
+		Logger:    quiet,
+		Breaker: breaker.Settings{Timeout: openFor, OnStateChange: func(_, _ string, _, to breaker.State) {
 			fs.mu.Lock()
 			fs.transitions[to]++
 			fs.mu.Unlock()
-		},
+		}},
 	})
 	require.NoError(t, err)
 	fs.handler, fs.monitor, fs.hosts, fs.retry, fs.close = st.Handler, st.Monitor, st.Hosts, st.Retry, st.Close

@@ -25,19 +25,21 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/proxykit/proxykit"
 	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/examples/internal/loadgen"
-	"github.com/proxykit/proxykit/examples/internal/stack"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/pool"
+	"github.com/proxykit/proxykit/gateway/status"
 	"github.com/proxykit/proxykit/retry"
 )
 
 // built is stack.Build over servers, with round robin so that the first
 // attempt of a fresh stack goes to servers[0] and a retry to servers[1];
 // and a front server. Everything is closed at the end of the test.
-func built(t *testing.T, logger *slog.Logger, servers ...*gatewaytest.Server) (*stack.Stack, *httptest.Server) {
+func built(t *testing.T, logger *slog.Logger, servers ...*gatewaytest.Server) (*proxykit.Stack, *httptest.Server) {
 	t.Helper()
 	targets := make([]*url.URL, len(servers))
 	for i, s := range servers {
@@ -47,9 +49,9 @@ func built(t *testing.T, logger *slog.Logger, servers ...*gatewaytest.Server) (*
 	if logger == nil {
 		logger = quiet
 	}
-	st, err := stack.Build(stack.Config{Upstreams: targets, Logger: logger, Brand: "Acme"})
+	st, err := proxykit.New(proxykit.Config{Upstreams: targets, Logger: logger,
+		Pages: errorpage.Options{Brand: errorpage.Brand{Name: "Acme"}}, Policy: pool.RoundRobin})
 	require.NoError(t, err)
-	st.Pool.Policy = gateway.RoundRobin // before first use
 	t.Cleanup(st.Close)
 	front := httptest.NewServer(st.Handler)
 	t.Cleanup(front.Close)
@@ -298,7 +300,7 @@ func TestStackResponseController(t *testing.T) {
 	require.NoError(t, err)
 	br, err := breaker.New(breaker.Settings{Logger: quiet})
 	require.NoError(t, err)
-	monitor := &gateway.Monitor{Logger: quiet}
+	monitor := &status.Monitor{Logger: quiet}
 	controllerChecks(t, func(h http.Handler) http.Handler {
 		return gateway.RequestID(monitor.Wrap(pages.Wrap(rt.Wrap(br.Wrap(h)))))
 	})
@@ -334,14 +336,14 @@ func TestStackClientDisconnect(t *testing.T) {
 		name     string
 		methods  []string
 		upstream func() *gatewaytest.Server
-		gone     func(st *stack.Stack, servers []*gatewaytest.Server) bool // when to leave
-		failures uint32                                                    // breaker failures before the client left
+		gone     func(st *proxykit.Stack, servers []*gatewaytest.Server) bool // when to leave
+		failures uint32                                                       // breaker failures before the client left
 	}{
 		{"upstream working", []string{http.MethodGet, http.MethodPost}, func() *gatewaytest.Server { return gatewaytest.NewServer(gatewaytest.Hang) },
-			func(_ *stack.Stack, s []*gatewaytest.Server) bool { return s[0].Requests() == 1 }, 0},
+			func(_ *proxykit.Stack, s []*gatewaytest.Server) bool { return s[0].Requests() == 1 }, 0},
 		// A POST that got a 503 is not retried: it may have been applied.
 		{"waiting to retry", []string{http.MethodGet}, func() *gatewaytest.Server { return gatewaytest.NewStatus(503, "1") },
-			func(st *stack.Stack, _ []*gatewaytest.Server) bool { return st.Monitor.Snapshot().Retries == 1 }, 1},
+			func(st *proxykit.Stack, _ []*gatewaytest.Server) bool { return st.Monitor.Snapshot().Retries == 1 }, 1},
 	}
 	for _, c := range cases {
 		for _, method := range c.methods {

@@ -1,4 +1,4 @@
-package gateway_test
+package pool
 
 import (
 	"context"
@@ -14,7 +14,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
 )
 
@@ -80,7 +79,7 @@ func drive(ctx context.Context, c *http.Client, url string, workers int, think t
 // policy, and returns the fraction the pool sent to servers[bad]. (The
 // pool's count, not the server's: http.Transport itself retries an
 // idempotent request once when a reused connection is reset.)
-func share(t *testing.T, policy gateway.Policy, bad int, servers []*gatewaytest.Server, n, workers int) float64 {
+func share(t *testing.T, policy Policy, bad int, servers []*gatewaytest.Server, n, workers int) float64 {
 	pool := newTestPool(t, servers...)
 	pool.Policy = policy
 	pool.Passive.RestAfter = -1 // the balancer alone
@@ -124,8 +123,8 @@ func TestPeakEWMASendsLessToBadHost(t *testing.T) {
 			a, bad, c := gatewaytest.NewHealthy(nil), tc.bad(), gatewaytest.NewHealthy(nil)
 			defer closeAll(a, bad, c)
 			servers := []*gatewaytest.Server{a, bad, c}
-			rr := share(t, gateway.RoundRobin, 1, servers, 300, 4)
-			p2c := share(t, gateway.PeakEWMA, 1, servers, 300, 4)
+			rr := share(t, RoundRobin, 1, servers, 300, 4)
+			p2c := share(t, PeakEWMA, 1, servers, 300, 4)
 			t.Logf("%s host's share: round robin %.1f%%, peak EWMA %.1f%%", tc.name, 100*rr, 100*p2c)
 			assert.InDelta(t, 1.0/3, rr, 0.02, "round robin spreads evenly")
 			// A failure costs a host twice the pool's slowest success: mild
@@ -153,13 +152,13 @@ func TestPassiveHealthMeasure(t *testing.T) {
 	}
 	configs := []struct {
 		name string
-		ph   gateway.PassiveHealth
+		ph   PassiveHealth
 	}{
-		{"none", gateway.PassiveHealth{RestAfter: -1}},
-		{"nginx: 1 failure, 10 s", gateway.PassiveHealth{RestAfter: 1, Rest: 10 * time.Second, MaxRest: 10 * time.Second}},
-		{"1 failure, 1 s fixed", gateway.PassiveHealth{RestAfter: 1, Rest: time.Second, MaxRest: time.Second}},
-		{"2 failures, 1 s→10 s", gateway.PassiveHealth{RestAfter: 2}},
-		{"default: 1 failure, 1 s→10 s", gateway.PassiveHealth{}},
+		{"none", PassiveHealth{RestAfter: -1}},
+		{"nginx: 1 failure, 10 s", PassiveHealth{RestAfter: 1, Rest: 10 * time.Second, MaxRest: 10 * time.Second}},
+		{"1 failure, 1 s fixed", PassiveHealth{RestAfter: 1, Rest: time.Second, MaxRest: time.Second}},
+		{"2 failures, 1 s→10 s", PassiveHealth{RestAfter: 2}},
+		{"default: 1 failure, 1 s→10 s", PassiveHealth{}},
 	}
 	loads := []struct {
 		name    string
@@ -171,7 +170,7 @@ func TestPassiveHealthMeasure(t *testing.T) {
 		{"~200/s", 4, 20 * time.Millisecond, 30 * time.Second},
 		{"max", 8, 0, 10 * time.Second},
 	}
-	for _, policy := range []gateway.Policy{gateway.PeakEWMA, gateway.RoundRobin} {
+	for _, policy := range []Policy{PeakEWMA, RoundRobin} {
 		for _, cfg := range configs {
 			for _, ld := range loads {
 				a, c := gatewaytest.NewHealthy(nil), gatewaytest.NewHealthy(nil)
@@ -197,7 +196,7 @@ func TestPassiveHealthMeasure(t *testing.T) {
 		a, b, c := gatewaytest.NewHealthy(nil), gatewaytest.NewHealthy(nil), gatewaytest.NewHealthy(nil)
 		pool := newTestPool(t, a, b, c)
 		pool.Passive = cfg.ph
-		pool.Policy = gateway.RoundRobin
+		pool.Policy = RoundRobin
 		front := poolFront(t, pool)
 		var tl tally
 		ctx, cancel := context.WithCancel(context.Background())

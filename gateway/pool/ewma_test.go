@@ -1,4 +1,4 @@
-package gateway
+package pool
 
 import (
 	"log/slog"
@@ -45,7 +45,7 @@ func fakeClockPool(t *testing.T, n int) (*Pool, *int64) {
 		require.NoError(t, err)
 		targets = append(targets, u)
 	}
-	p, err := NewPool(targets...)
+	p, err := New(targets...)
 	require.NoError(t, err)
 	p.Logger = slog.New(slog.DiscardHandler)
 	var now int64

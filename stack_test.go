@@ -1,4 +1,4 @@
-package stack
+package proxykit
 
 import (
 	"encoding/json"
@@ -12,14 +12,15 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/status"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func TestBuildRequiresUpstreams(t *testing.T) {
-	_, err := Build(Config{})
+func TestNewRequiresUpstreams(t *testing.T) {
+	_, err := New(Config{})
 	assert.Error(t, err)
 }
 
@@ -31,7 +32,7 @@ func TestStack(t *testing.T) {
 	defer ok.Close()
 	down := gatewaytest.NewServer(gatewaytest.Refused)
 	defer down.Close()
-	st, err := Build(Config{Upstreams: []*url.URL{mustParse(ok.URL), mustParse(down.URL)}, Logger: quiet, Brand: "Acme"})
+	st, err := New(Config{Upstreams: []*url.URL{mustParse(ok.URL), mustParse(down.URL)}, Logger: quiet, Pages: errorpage.Options{Brand: errorpage.Brand{Name: "Acme"}}})
 	require.NoError(t, err)
 	defer st.Close()
 	front := httptest.NewServer(st.Handler)
@@ -60,7 +61,7 @@ func TestStack(t *testing.T) {
 
 	rec := httptest.NewRecorder()
 	st.Status.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
-	var rep gateway.StatusReport
+	var rep status.Report
 	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &rep))
 	assert.Len(t, rep.Upstreams, 2)
 	require.NotNil(t, rep.Traffic)

@@ -1,6 +1,10 @@
-package gateway
+package pool
 
-import "math/rand/v2"
+import (
+	"math/rand/v2"
+
+	"github.com/proxykit/proxykit/gateway"
+)
 
 // Policy is how a [Pool] chooses among its eligible hosts.
 type Policy uint8
@@ -39,7 +43,7 @@ const (
 
 // pick chooses a host for a request with trail at now, or nil when every
 // host is unhealthy.
-func (p *Pool) pick(trail *Trail, now int64) *upstream {
+func (p *Pool) pick(trail *gateway.Trail, now int64) *upstream {
 	n := len(p.ups)
 	if n == 0 {
 		return nil // not made by NewPool
@@ -64,7 +68,7 @@ func (p *Pool) pick(trail *Trail, now int64) *upstream {
 		if trail.Tried(u.host) {
 			r += rankTried
 		}
-		if r > best || (p.Healthy != nil && !p.Healthy(u.host)) {
+		if r > best || !p.allows(u.host) {
 			continue
 		}
 		if r < best {

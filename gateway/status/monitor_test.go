@@ -1,4 +1,4 @@
-package gateway_test
+package status_test
 
 import (
 	"encoding/json"
@@ -17,8 +17,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/pool"
+	"github.com/proxykit/proxykit/gateway/status"
 )
 
 // TestMonitorCountsAndLogsOnce: behind a Monitor, a failed request is
@@ -46,7 +49,7 @@ func TestMonitorCountsAndLogsOnce(t *testing.T) {
 		ErrorHandler: gateway.NewErrorHandler(logger),
 	}
 	var hooked atomic.Int32
-	m := &gateway.Monitor{Logger: logger, OnFailure: func(r *http.Request, f *gateway.Failure, d time.Duration) {
+	m := &status.Monitor{Logger: logger, OnFailure: func(r *http.Request, f *gateway.Failure, d time.Duration) {
 		hooked.Add(1)
 		assert.Positive(t, d)
 	}}
@@ -85,7 +88,7 @@ func TestMonitorCountsAndLogsOnce(t *testing.T) {
 }
 
 func TestMonitorNoAllocsWhenHealthy(t *testing.T) {
-	m := &gateway.Monitor{}
+	m := &status.Monitor{}
 	h := m.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(204) }))
 	req := httptest.NewRequest("GET", "/", nil)
 	w := &discardWriter{h: http.Header{}}
@@ -95,32 +98,32 @@ func TestMonitorNoAllocsWhenHealthy(t *testing.T) {
 }
 
 func TestStatusView(t *testing.T) {
-	m := &gateway.Monitor{}
+	m := &status.Monitor{}
 	h := m.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
 	until := time.Date(2026, 11, 22, 12, 0, 10, 0, time.UTC)
-	v := &gateway.StatusView{
+	v := &status.View{
 		Monitor: m,
-		Upstreams: func() []gateway.UpstreamStatus {
-			return []gateway.UpstreamStatus{
+		Upstreams: func() []pool.HostStatus {
+			return []pool.HostStatus{
 				{Upstream: "10.0.0.5:8080", State: "ok", Healthy: true, Latency: 3 * time.Millisecond, Requests: 10},
 				{Upstream: "10.0.0.6:8080", State: "resting", Until: until, Failures: 4},
 			}
 		},
-		Breakers: func() []gateway.BreakerStatus {
-			return []gateway.BreakerStatus{{Name: "10.0.0.6:8080", State: "open", ConsecutiveFailures: 5, OpenUntil: until}}
+		Breakers: func() []breaker.Status {
+			return []breaker.Status{{Name: "routes", Key: "/api", State: breaker.StateOpen, Counts: breaker.Counts{ConsecutiveFailures: 5}, OpenUntil: until}}
 		},
 	}
 
 	rec := httptest.NewRecorder()
 	v.ServeHTTP(rec, httptest.NewRequest("GET", "/status", nil))
 	assert.Equal(t, "application/json", rec.Header().Get("Content-Type"))
-	var rep gateway.StatusReport
+	var rep status.Report
 	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &rep))
 	require.NotNil(t, rep.Traffic)
 	assert.EqualValues(t, 1, rep.Traffic.Requests)
 	assert.Len(t, rep.Upstreams, 2)
-	assert.Equal(t, "open", rep.Breakers[0].State)
+	assert.Equal(t, breaker.StateOpen, rep.Breakers[0].State)
 	assert.Equal(t, until, rep.Breakers[0].OpenUntil)
 
 	req := httptest.NewRequest("GET", "/status", nil)
@@ -130,7 +133,7 @@ func TestStatusView(t *testing.T) {
 	body := rec.Body.String()
 	assert.Equal(t, "text/html; charset=utf-8", rec.Header().Get("Content-Type"))
 	assert.Contains(t, rec.Header().Get("Content-Security-Policy"), "default-src 'none'")
-	for _, s := range []string{"10.0.0.5:8080", "resting", "3.0 ms", "connect_timeout", "12:00:10Z", `lang="en"`} {
+	for _, s := range []string{"10.0.0.5:8080", "resting", "3.0 ms", "connect_timeout", "12:00:10Z", "routes: /api", `lang="en"`} {
 		assert.Contains(t, body, s)
 	}
 	assert.NotContains(t, body, "<script")
@@ -140,7 +143,7 @@ func TestStatusView(t *testing.T) {
 	v.ServeHTTP(rec, req)
 	assert.Equal(t, "application/json", rec.Header().Get("Content-Type"))
 
-	empty := &gateway.StatusView{}
+	empty := &status.View{}
 	rec = httptest.NewRecorder()
 	empty.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
 	assert.JSONEq(t, `{"time":"`+rep.Time.Format(time.RFC3339Nano)+`","upstreams":[],"breakers":[]}`,
@@ -165,7 +168,7 @@ func TestMonitorCountsAbortedResponses(t *testing.T) {
 	base := gateway.NewHTTPTransport()
 	defer base.CloseIdleConnections()
 	var logs gatewaytest.SafeBuffer
-	m := &gateway.Monitor{Logger: slog.New(slog.NewJSONHandler(&logs, nil))}
+	m := &status.Monitor{Logger: slog.New(slog.NewJSONHandler(&logs, nil))}
 	h := m.Wrap(&httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
 		Transport: &gateway.Transport{Base: base},
@@ -184,3 +187,11 @@ func TestMonitorCountsAbortedResponses(t *testing.T) {
 	assert.EqualValues(t, 1, s.Failures["reset"])
 	assert.Contains(t, logs.String(), "response aborted")
 }
+
+// discardWriter is a reusable ResponseWriter, so that the recorder's own
+// allocations do not blur the count.
+type discardWriter struct{ h http.Header }
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) WriteHeader(int)             {}
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }

@@ -1,4 +1,4 @@
-package gateway
+package status
 
 import (
 	"bytes"
@@ -9,80 +9,48 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/proxykit/proxykit/breaker"
+	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
-// UpstreamStatus is one upstream's state, as a pool reports it to a
-// StatusView.
-type UpstreamStatus struct {
-	// Upstream is the upstream's host:port.
-	Upstream string `json:"upstream"`
-	// State is "ok", "resting", "open", "half-open" or another short word.
-	State string `json:"state"`
-	// Healthy reports whether new requests may be sent to it now.
-	Healthy bool `json:"healthy"`
-	// InFlight is the number of requests now in flight to it.
-	InFlight int64 `json:"in_flight"`
-	// Latency is the balancer's latency estimate (e.g. a peak EWMA); 0 if
-	// unknown.
-	Latency time.Duration `json:"latency_ns"`
-	// Requests and Failures count what was sent to it.
-	Requests int64 `json:"requests"`
-	Failures int64 `json:"failures"`
-	// Until is when a resting or open state ends; zero if none.
-	Until time.Time `json:"until,omitzero"`
-}
-
-// BreakerStatus is one circuit breaker's state, as a breaker reports it to
-// a StatusView.
-type BreakerStatus struct {
-	// Name is the breaker's key: an upstream host:port, a route, or "".
-	Name string `json:"name"`
-	// State is "closed", "open" or "half-open".
-	State string `json:"state"`
-	// Requests, Failures and ConsecutiveFailures are the counts in the
-	// breaker's current window.
-	Requests            uint32 `json:"requests"`
-	Failures            uint32 `json:"failures"`
-	ConsecutiveFailures uint32 `json:"consecutive_failures"`
-	// OpenUntil is when an open breaker turns half-open; zero otherwise.
-	OpenUntil time.Time `json:"open_until,omitzero"`
-}
-
-// StatusView is an http.Handler that shows a proxy's state for operators:
+// View is an http.Handler that shows a proxy's state for operators:
 // JSON for API clients (and for ?format=json), a small self-contained HTML
 // page (no scripts, no external resources, refreshing every 5 s) for
 // clients that accept text/html. Every source is optional.
 //
 // It reveals upstream addresses and breaker states: serve it on an admin
 // listener or behind authentication, never on the public one.
-type StatusView struct {
+type View struct {
 	// Title heads the page. Default "proxykit status".
 	Title string
 	// Monitor supplies request, retry and failure counts.
 	Monitor *Monitor
 	// Upstreams reports the pool's upstreams.
-	Upstreams func() []UpstreamStatus
-	// Breakers reports circuit breakers.
-	Breakers func() []BreakerStatus
+	Upstreams func() []pool.HostStatus
+	// Breakers reports circuit breakers: breaker.Breaker.States or
+	// breaker.Hosts.States.
+	Breakers func() []breaker.Status
 	// Now returns the current time. Nil means time.Now.
 	Now func() time.Time
 }
 
-// StatusReport is the JSON document a StatusView serves.
-type StatusReport struct {
-	Time      time.Time        `json:"time"`
-	Traffic   *MonitorSnapshot `json:"traffic,omitempty"`
-	Upstreams []UpstreamStatus `json:"upstreams"`
-	Breakers  []BreakerStatus  `json:"breakers"`
+// Report is the JSON document a View serves.
+type Report struct {
+	Time      time.Time         `json:"time"`
+	Traffic   *Snapshot         `json:"traffic,omitempty"`
+	Upstreams []pool.HostStatus `json:"upstreams"`
+	Breakers  []breaker.Status  `json:"breakers"`
 }
 
 // Report gathers the current state from every source.
-func (v *StatusView) Report() StatusReport {
+func (v *View) Report() Report {
 	now := time.Now
 	if v.Now != nil {
 		now = v.Now
 	}
-	rep := StatusReport{Time: now().UTC(), Upstreams: []UpstreamStatus{}, Breakers: []BreakerStatus{}}
+	rep := Report{Time: now().UTC(), Upstreams: []pool.HostStatus{}, Breakers: []breaker.Status{}}
 	if v.Monitor != nil {
 		s := v.Monitor.Snapshot()
 		rep.Traffic = &s
@@ -96,7 +64,7 @@ func (v *StatusView) Report() StatusReport {
 	return rep
 }
 
-//go:embed status.html
+//go:embed view.html
 var statusHTML string
 
 var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap{
@@ -112,11 +80,11 @@ var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap
 		}
 		return t.UTC().Format("15:04:05Z")
 	},
-	"classes": func() []Class { return Classes() },
+	"classes": gateway.Classes,
 }).Parse(statusHTML))
 
 // ServeHTTP serves the report.
-func (v *StatusView) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (v *View) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rep := v.Report()
 	h := w.Header()
 	h.Set("Cache-Control", "no-store")
@@ -130,7 +98,7 @@ func (v *StatusView) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if err := statusTemplate.Execute(&buf, struct {
 			Title string
-			StatusReport
+			Report
 		}{title, rep}); err != nil {
 			http.Error(w, "status page failed to render", http.StatusInternalServerError)
 			return

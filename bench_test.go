@@ -1,4 +1,4 @@
-package stack
+package proxykit
 
 import (
 	"bytes"
@@ -62,7 +62,7 @@ func layers(b *testing.B, up http.RoundTripper) []struct {
 	instrumented := &gateway.Transport{Base: up}
 	withBreaker := proxy(hosts.Transport(instrumented), eh)
 	withRetry := rt.Wrap(withBreaker)
-	full, err := Build(Config{Upstreams: []*url.URL{u}, Logger: quiet, Base: up})
+	full, err := New(Config{Upstreams: []*url.URL{u}, Logger: quiet, Transport: up})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func layers(b *testing.B, up http.RoundTripper) []struct {
 // against an in-memory upstream: the cost each layer adds per request on the
 // happy path.
 //
-//	go test -run '^$' -bench BenchmarkStack -benchmem ./examples/internal/stack/
+//	go test -run '^$' -bench BenchmarkStack -benchmem ./
 func BenchmarkStack(b *testing.B) {
 	up := gatewaytest.InMemory{Body: "ok\n"}
 	body := bytes.Repeat([]byte("x"), 4<<10)
@@ -127,7 +127,7 @@ func (refusing) RoundTrip(req *http.Request) (*http.Response, error) {
 // upstream's breaker is open: through the per-host breaker alone, and
 // through the full stack (pool: no upstream left; errorpage: problem+json).
 //
-//	go test -run '^$' -bench BenchmarkOpenFastFail -benchmem ./examples/internal/stack/
+//	go test -run '^$' -bench BenchmarkOpenFastFail -benchmem ./
 func BenchmarkOpenFastFail(b *testing.B) {
 	u, _ := url.Parse("http://upstream.test")
 	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet})
@@ -140,7 +140,7 @@ func BenchmarkOpenFastFail(b *testing.B) {
 		ErrorHandler: gateway.NewErrorHandler(quiet),
 		ErrorLog:     log.New(io.Discard, "", 0),
 	}
-	full, err := Build(Config{Upstreams: []*url.URL{u}, Logger: quiet, Base: refusing{}, Attempts: 1})
+	full, err := New(Config{Upstreams: []*url.URL{u}, Logger: quiet, Transport: refusing{}, Retry: retry.Options{Attempts: 1}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -180,7 +180,7 @@ func BenchmarkOpenFastFail(b *testing.B) {
 // over a real upstream on loopback, requests in parallel: the cost of the
 // stack including what it makes net/http do (trace hooks, context lookups).
 //
-//	go test -run '^$' -bench BenchmarkStackLoopback -benchmem ./examples/internal/stack/
+//	go test -run '^$' -bench BenchmarkStackLoopback -benchmem ./
 func BenchmarkStackLoopback(b *testing.B) {
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "ok\n")
@@ -193,7 +193,7 @@ func BenchmarkStackLoopback(b *testing.B) {
 		Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u) }, Transport: tr,
 		BufferPool: gateway.NewBufferPool(0, 0), ErrorLog: log.New(io.Discard, "", 0),
 	}
-	full, err := Build(Config{Upstreams: []*url.URL{u}, Logger: quiet, Base: tr})
+	full, err := New(Config{Upstreams: []*url.URL{u}, Logger: quiet, Transport: tr})
 	if err != nil {
 		b.Fatal(err)
 	}

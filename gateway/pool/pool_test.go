@@ -1,4 +1,4 @@
-package gateway_test
+package pool
 
 import (
 	"context"
@@ -33,13 +33,13 @@ func mustURL(t testing.TB, s string) *url.URL {
 }
 
 // newTestPool returns a pool over servers, logging nowhere.
-func newTestPool(t testing.TB, servers ...*gatewaytest.Server) *gateway.Pool {
+func newTestPool(t testing.TB, servers ...*gatewaytest.Server) *Pool {
 	t.Helper()
 	targets := make([]*url.URL, len(servers))
 	for i, s := range servers {
 		targets[i] = mustURL(t, s.URL)
 	}
-	p, err := gateway.NewPool(targets...)
+	p, err := New(targets...)
 	require.NoError(t, err)
 	p.Logger = quietLogger
 	return p
@@ -47,7 +47,7 @@ func newTestPool(t testing.TB, servers ...*gatewaytest.Server) *gateway.Pool {
 
 // poolFront serves a ReverseProxy over pool on loopback: the wiring of the
 // package documentation, with a fresh tuned transport.
-func poolFront(t testing.TB, pool *gateway.Pool) *httptest.Server {
+func poolFront(t testing.TB, pool *Pool) *httptest.Server {
 	t.Helper()
 	base := gateway.NewHTTPTransport()
 	t.Cleanup(base.CloseIdleConnections)
@@ -93,7 +93,7 @@ func TestNewPoolValidates(t *testing.T) {
 		"duplicate":  {ok, mustURL(t, "http://127.0.0.1:1/other")},
 	} {
 		t.Run(name, func(t *testing.T) {
-			p, err := gateway.NewPool(targets...)
+			p, err := New(targets...)
 			assert.Error(t, err)
 			assert.Nil(t, p)
 			if err != nil {
@@ -101,7 +101,7 @@ func TestNewPoolValidates(t *testing.T) {
 			}
 		})
 	}
-	p, err := gateway.NewPool(ok, mustURL(t, "https://example.com/prefix?k=v"))
+	p, err := New(ok, mustURL(t, "https://example.com/prefix?k=v"))
 	require.NoError(t, err)
 	assert.Len(t, p.Status(), 2)
 }
@@ -118,7 +118,7 @@ func TestPoolRewriteIsSetURL(t *testing.T) {
 	defer up.Close()
 	u, err := url.Parse(up.URL + "/api?k=v")
 	require.NoError(t, err)
-	pool, err := gateway.NewPool(u)
+	pool, err := New(u)
 	require.NoError(t, err)
 	front := poolFront(t, pool)
 	res, _ := get(t, front.Client(), front.URL+"/v1/items?page=2")
@@ -131,7 +131,7 @@ func TestPoolRoundRobin(t *testing.T) {
 	a, b, c := gatewaytest.NewHealthy(nil), gatewaytest.NewHealthy(nil), gatewaytest.NewHealthy(nil)
 	defer closeAll(a, b, c)
 	pool := newTestPool(t, a, b, c)
-	pool.Policy = gateway.RoundRobin
+	pool.Policy = RoundRobin
 	front := poolFront(t, pool)
 	var order []string
 	for range 30 {
@@ -147,7 +147,7 @@ func TestPoolRoundRobin(t *testing.T) {
 
 // rewrite runs pool.Rewrite on a request carrying trail (nil: none) and
 // returns the outbound URL.
-func rewrite(pool *gateway.Pool, trail *gateway.Trail) *url.URL {
+func rewrite(pool *Pool, trail *gateway.Trail) *url.URL {
 	in := httptest.NewRequest("GET", "http://front.test/x", nil)
 	if trail != nil {
 		in = in.WithContext(gateway.WithTrail(in.Context(), trail))
@@ -166,13 +166,13 @@ func TestPoolSkipsTriedAndUnhealthy(t *testing.T) {
 	for i, h := range hosts {
 		targets[i] = mustURL(t, "http://"+h)
 	}
-	for _, policy := range []gateway.Policy{gateway.PeakEWMA, gateway.RoundRobin} {
+	for _, policy := range []Policy{PeakEWMA, RoundRobin} {
 		t.Run(policy.String(), func(t *testing.T) {
-			pool, err := gateway.NewPool(targets...)
+			pool, err := New(targets...)
 			require.NoError(t, err)
 			pool.Policy = policy
 			var unhealthy sync.Map
-			pool.Healthy = func(h string) bool { _, bad := unhealthy.Load(h); return !bad }
+			pool.Health = healthFuncs{allows: func(h string) bool { _, bad := unhealthy.Load(h); return !bad }}
 
 			for range 50 {
 				var trail gateway.Trail
@@ -210,7 +210,8 @@ func TestPoolNoUpstream(t *testing.T) {
 	a, b := gatewaytest.NewHealthy(nil), gatewaytest.NewHealthy(nil)
 	defer closeAll(a, b)
 	pool := newTestPool(t, a, b)
-	pool.Healthy = func(string) bool { return false }
+	hf := &healthFuncs{allows: func(string) bool { return false }}
+	pool.Health = hf
 	front := poolFront(t, pool)
 
 	res, body := get(t, front.Client(), front.URL)
@@ -218,7 +219,7 @@ func TestPoolNoUpstream(t *testing.T) {
 	assert.Equal(t, "1", res.Header.Get("Retry-After"), "default when no host says how long")
 	assert.Contains(t, body, gateway.ClassNoUpstream.Explanation())
 
-	pool.RetryAfter = func(h string) time.Duration {
+	hf.openFor = func(h string) time.Duration {
 		if h == b.Addr {
 			return 6500 * time.Millisecond
 		}
@@ -232,9 +233,9 @@ func TestPoolNoUpstream(t *testing.T) {
 // TestPoolNoUpstreamFailure: the pool's Transport answers a marked request
 // with a classified Failure naming the last host tried.
 func TestPoolNoUpstreamFailure(t *testing.T) {
-	pool, err := gateway.NewPool(mustURL(t, "http://127.0.0.1:1001"))
+	pool, err := New(mustURL(t, "http://127.0.0.1:1001"))
 	require.NoError(t, err)
-	pool.Healthy = func(string) bool { return false }
+	pool.Health = healthFuncs{allows: func(string) bool { return false }}
 	var trail gateway.Trail
 	trail.Add("127.0.0.1:1001")
 	in := httptest.NewRequest("POST", "http://front.test/", strings.NewReader("body"))
@@ -264,8 +265,8 @@ func TestPoolRestsFailingHost(t *testing.T) {
 	a, b, c := gatewaytest.NewHealthy(nil), gatewaytest.NewStatus(503, ""), gatewaytest.NewHealthy(nil)
 	defer closeAll(a, b, c)
 	pool := newTestPool(t, a, b, c)
-	pool.Policy = gateway.RoundRobin
-	pool.Passive = gateway.PassiveHealth{Rest: 300 * time.Millisecond}
+	pool.Policy = RoundRobin
+	pool.Passive = PassiveHealth{Rest: 300 * time.Millisecond}
 	front := poolFront(t, pool)
 
 	res, _ := get(t, front.Client(), front.URL) // a
@@ -302,7 +303,7 @@ func TestPoolPanicsWhenAllResting(t *testing.T) {
 	a, b := gatewaytest.NewStatus(502, ""), gatewaytest.NewStatus(502, "")
 	defer closeAll(a, b)
 	pool := newTestPool(t, a, b)
-	pool.Passive = gateway.PassiveHealth{Rest: time.Minute}
+	pool.Passive = PassiveHealth{Rest: time.Minute}
 	front := poolFront(t, pool)
 	for range 6 {
 		res, body := get(t, front.Client(), front.URL)
@@ -369,12 +370,12 @@ func ExamplePool() {
 		servers, targets = append(servers, s), append(targets, u)
 	}
 
-	pool, err := gateway.NewPool(targets...)
+	pool, err := New(targets...)
 	if err != nil {
 		panic(err)
 	}
-	pool.Policy = gateway.RoundRobin
-	// With package breaker: pool.Healthy, pool.RetryAfter = hosts.Allows, hosts.OpenFor
+	pool.Policy = RoundRobin
+	// With package breaker: pool.Health = hosts
 	// and pool.Transport(hosts.Transport(gateway.NewTransport())).
 	transport := gateway.NewTransport()
 	defer transport.CloseIdleConnections()
@@ -425,12 +426,12 @@ func BenchmarkPoolRewrite(b *testing.B) {
 	b.Run("bare_SetURL", func(b *testing.B) {
 		run(b, func(pr *httputil.ProxyRequest) { pr.SetURL(targets[0]) })
 	})
-	for _, policy := range []gateway.Policy{gateway.RoundRobin, gateway.PeakEWMA} {
+	for _, policy := range []Policy{RoundRobin, PeakEWMA} {
 		b.Run(policy.String(), func(b *testing.B) {
-			pool, err := gateway.NewPool(targets...)
+			pool, err := New(targets...)
 			require.NoError(b, err)
 			pool.Policy = policy
-			pool.Healthy = func(string) bool { return true }
+			pool.Health = healthFuncs{allows: func(string) bool { return true }}
 			run(b, pool.Rewrite)
 		})
 	}
@@ -453,8 +454,31 @@ func BenchmarkPoolTransport(b *testing.B) {
 	}
 	b.Run("bare", func(b *testing.B) { run(b, up) })
 	b.Run("pool", func(b *testing.B) {
-		pool, err := gateway.NewPool(u)
+		pool, err := New(u)
 		require.NoError(b, err)
 		run(b, pool.Transport(up))
 	})
+}
+
+// healthFuncs is a Health made of functions; a nil one allows everything
+// and knows no wait.
+type healthFuncs struct {
+	allows  func(string) bool
+	openFor func(string) time.Duration
+}
+
+func (h healthFuncs) Allows(host string) bool { return h.allows == nil || h.allows(host) }
+
+func (h healthFuncs) OpenFor(host string) time.Duration {
+	if h.openFor == nil {
+		return 0
+	}
+	return h.openFor(host)
+}
+
+func requireFailure(t *testing.T, err error) *gateway.Failure {
+	t.Helper()
+	f, ok := err.(*gateway.Failure)
+	require.True(t, ok, "want *gateway.Failure, got %T %v", err, err)
+	return f
 }

@@ -1,4 +1,4 @@
-package gateway
+package status
 
 import (
 	"errors"
@@ -7,13 +7,15 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/proxykit/proxykit/gateway"
 )
 
 // Monitor is middleware for the outermost position of a proxy stack. It
 // sees every request's final outcome, counts outcomes by status and failure
 // class, counts retries (wire [Monitor.ObserveRetry] into the retry
 // layer's hook), and writes the one log line for each failed request:
-// failures travel outward along the ResponseWriter chain ([RecordFailure]),
+// failures travel outward along the ResponseWriter chain ([gateway.RecordFailure]),
 // so the inner layers leave logging to it.
 //
 // An upstream's own 502/503/504 that reaches the client is counted and
@@ -31,7 +33,7 @@ type Monitor struct {
 	// OnFailure, if set, is called once per failed request, after logging,
 	// with the final Failure and the time the request took. It must be safe
 	// for concurrent use and should return quickly (a metrics counter).
-	OnFailure func(r *http.Request, f *Failure, elapsed time.Duration)
+	OnFailure func(r *http.Request, f *gateway.Failure, elapsed time.Duration)
 
 	// Now returns the current time. Nil means time.Now.
 	Now func() time.Time
@@ -43,13 +45,17 @@ type Monitor struct {
 	inFlight atomic.Int64
 	retries  atomic.Int64
 	byStatus [6]atomic.Int64 // index status/100; 0 holds "nothing written"
-	byClass  [numClasses]atomic.Int64
+	byClass  [classSlots]atomic.Int64
 
 	states sync.Pool // of *monitorState
 }
 
+// classSlots bounds the failure classes a Monitor counts: more than the
+// taxonomy has, so that classes added to gateway need no change here.
+const classSlots = 32
+
 type monitorState struct {
-	i Interceptor
+	i gateway.Interceptor
 }
 
 func (m *Monitor) now() time.Time {
@@ -81,20 +87,20 @@ func (m *Monitor) Wrap(next http.Handler) http.Handler {
 				panic(v)
 			}
 			m.finish(r, &st.i, start)
-			st.i = Interceptor{} // drop references to the request's writer
+			st.i = gateway.Interceptor{} // drop references to the request's writer
 			m.states.Put(st)
 		}()
 		next.ServeHTTP(&st.i, r)
 	})
 }
 
-func (m *Monitor) finish(r *http.Request, i *Interceptor, start time.Time) {
+func (m *Monitor) finish(r *http.Request, i *gateway.Interceptor, start time.Time) {
 	status := i.Status()
 	f := i.Failure()
 	if f == nil && status != 0 {
-		f = ClassifyStatus(status, i.Header(), "", start)
+		f = gateway.ClassifyStatus(status, i.Header(), "", start)
 	}
-	if f != nil && f.Class == ClassCanceled {
+	if f != nil && f.Class == gateway.ClassCanceled {
 		status = 0 // nothing reached the client
 	}
 	switch {
@@ -113,7 +119,7 @@ func (m *Monitor) finish(r *http.Request, i *Interceptor, start time.Time) {
 	}
 	m.report(r, f, start)
 	if !i.Committed() {
-		AbortIfCanceled(f)
+		gateway.AbortIfCanceled(f)
 	}
 }
 
@@ -121,24 +127,24 @@ func (m *Monitor) finish(r *http.Request, i *Interceptor, start time.Time) {
 var errAborted = errors.New("response aborted: the handler panicked (an upstream body broken mid-copy, for a proxy)")
 
 // aborted counts and logs a request whose handler panicked.
-func (m *Monitor) aborted(r *http.Request, i *Interceptor, start time.Time) {
+func (m *Monitor) aborted(r *http.Request, i *gateway.Interceptor, start time.Time) {
 	f := i.Failure()
 	if f == nil {
-		f = &Failure{Class: ClassReset, Status: i.Status(), Sent: true, Err: errAborted}
+		f = &gateway.Failure{Class: gateway.ClassReset, Status: i.Status(), Sent: true, Err: errAborted}
 	}
 	m.byStatus[0].Add(1) // the client got no complete response
 	m.report(r, f, start)
 }
 
 // report counts f by class, logs it and calls the hook.
-func (m *Monitor) report(r *http.Request, f *Failure, start time.Time) {
+func (m *Monitor) report(r *http.Request, f *gateway.Failure, start time.Time) {
 	cls := f.Class
-	if cls >= numClasses {
-		cls = ClassInternal
+	if int(cls) >= classSlots {
+		cls = gateway.ClassInternal
 	}
 	m.byClass[cls].Add(1)
 	elapsed := m.now().Sub(start)
-	LogFailure(m.Logger, r, f, elapsed)
+	gateway.LogFailure(m.Logger, r, f, elapsed)
 	if m.OnFailure != nil {
 		m.OnFailure(r, f, elapsed)
 	}
@@ -147,12 +153,12 @@ func (m *Monitor) report(r *http.Request, f *Failure, start time.Time) {
 // ObserveRetry counts one retry. Its signature fits the retry layer's
 // OnRetry hook: attempt is the attempt about to run (2 for the first
 // retry), f the failure that caused it, delay the backoff before it.
-func (m *Monitor) ObserveRetry(attempt int, f *Failure, delay time.Duration) {
+func (m *Monitor) ObserveRetry(attempt int, f *gateway.Failure, delay time.Duration) {
 	m.retries.Add(1)
 }
 
-// MonitorSnapshot is a Monitor's counters at one moment.
-type MonitorSnapshot struct {
+// Snapshot is a Monitor's counters at one moment.
+type Snapshot struct {
 	// Since is when the Monitor first wrapped a handler.
 	Since time.Time `json:"since"`
 	// Requests counts requests started; InFlight those not finished.
@@ -170,21 +176,24 @@ type MonitorSnapshot struct {
 }
 
 // Snapshot returns the current counters.
-func (m *Monitor) Snapshot() MonitorSnapshot {
-	s := MonitorSnapshot{
+func (m *Monitor) Snapshot() Snapshot {
+	// Once orders this read of start after its write in Wrap.
+	m.startOnce.Do(func() { m.start = m.now() })
+	classes := gateway.Classes()
+	s := Snapshot{
 		Since:    m.start,
 		Requests: m.requests.Load(),
 		InFlight: m.inFlight.Load(),
 		Retries:  m.retries.Load(),
 		ByStatus: make(map[string]int64, 6),
-		Failures: make(map[string]int64, numClasses),
+		Failures: make(map[string]int64, len(classes)),
 	}
 	families := [...]string{"none", "1xx", "2xx", "3xx", "4xx", "5xx"}
 	for k := range m.byStatus {
 		s.ByStatus[families[k]] = m.byStatus[k].Load()
 	}
-	for c := range m.byClass {
-		s.Failures[Class(c).String()] = m.byClass[c].Load()
+	for _, c := range classes {
+		s.Failures[c.String()] = m.byClass[c].Load()
 	}
 	return s
 }

@@ -1,4 +1,4 @@
-package gateway
+package pool
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/proxykit/proxykit/gateway"
 )
 
 // Defaults of a Pool. See [PassiveHealth] for how the rest defaults were
@@ -36,45 +38,45 @@ const (
 
 // Pool is a set of upstream targets and a balancer over them. It is the
 // ReverseProxy's Rewrite (which picks a target) and wraps its Transport
-// (which observes each target's latency and failures):
+// (which observes each target's latency and failures). [Pool.Attach] sets
+// both on a ReverseProxy in one call:
 //
-//	pool, err := gateway.NewPool(targets...)
+//	p, err := pool.New(targets...)
 //	proxy := &httputil.ReverseProxy{
-//		Rewrite:      pool.Rewrite,
-//		Transport:    pool.Transport(gateway.NewTransport()),
+//		Transport:    gateway.NewTransport(),
 //		ErrorHandler: gateway.ErrorHandler,
 //	}
+//	err = p.Attach(proxy)
 //
-// With per-host circuit breakers (package breaker), the pool goes outside:
+// With per-host circuit breakers (package breaker), the breakers go inside
+// the pool's Transport, and the pool asks them which hosts may be used:
 //
-//	pool.Healthy, pool.RetryAfter = hosts.Allows, hosts.OpenFor
-//	proxy.Transport = pool.Transport(hosts.Transport(gateway.NewTransport()))
+//	p.Health = hosts
+//	proxy.Transport = hosts.Transport(gateway.NewTransport())
+//	err = p.Attach(proxy)
 //
-// Every pick skips hosts for which Healthy is false (a hard rule), and
-// prefers hosts this request has not tried yet (see [Trail]) and hosts that
-// are not resting after failures (see [PassiveHealth]); among the hosts of
-// the best preference the Policy chooses. Tried and resting hosts are used
-// only when nothing better is left, so that a retry layer over a one-host
-// pool can still retry, and resting never empties a pool. When every host
-// is unhealthy the request fails with [ClassNoUpstream] (503, Retry-After)
-// without dialing.
+// Every pick skips hosts that Health does not allow (a hard rule), and
+// prefers hosts this request has not tried yet (see [gateway.Trail]) and
+// hosts that are not resting after failures (see [PassiveHealth]); among
+// the hosts of the best preference the Policy chooses. Tried and resting
+// hosts are used only when nothing better is left, so that a retry layer
+// over a one-host pool can still retry, and resting never empties a pool.
+// When no host is allowed the request fails with [gateway.ClassNoUpstream]
+// (503, Retry-After) without dialing.
 //
-// Create a Pool with [NewPool]. The exported fields configure it; set them
+// Hosts are named by [gateway.UpstreamName]: host:port, with the scheme's
+// default port filled in.
+//
+// Create a Pool with [New]. The exported fields configure it; set them
 // before its first use and do not change them afterwards. A Pool is safe
 // for concurrent use.
 type Pool struct {
 	// Policy chooses among the eligible hosts. Default PeakEWMA.
 	Policy Policy
 
-	// Healthy, if set, reports whether a host (its URL.Host, as in the
-	// target) may be sent requests now; false excludes it. Wire a breaker's
-	// predicate here: pool.Healthy = hosts.Allows. It is called on the
-	// request path for several hosts per request: it must be fast.
-	Healthy func(host string) bool
-	// RetryAfter, if set, reports how long an unhealthy host stays so
-	// (breaker.Hosts.OpenFor); the no_upstream failure's Retry-After is the
-	// shortest positive one, or 1 s.
-	RetryAfter func(host string) time.Duration
+	// Health, if set, decides which hosts may be sent requests now; a
+	// *breaker.Hosts is one. Nil allows every host.
+	Health Health
 
 	// Passive configures resting hosts that fail.
 	Passive PassiveHealth
@@ -92,6 +94,19 @@ type Pool struct {
 	rr     atomic.Uint64
 	epoch  time.Time
 	clock  func() int64 // tests; nil: time since epoch
+}
+
+// Health is what a Pool asks about its hosts, by their [gateway.UpstreamName].
+// *breaker.Hosts implements it. Both methods are called on the request path,
+// for several hosts per request: they must be fast and safe for concurrent
+// use.
+type Health interface {
+	// Allows reports whether host may be sent a request now.
+	Allows(host string) bool
+	// OpenFor reports how long a host that is not allowed stays so, or 0
+	// when unknown. The shortest positive one becomes the Retry-After of a
+	// no_upstream failure (1 s when none is known).
+	OpenFor(host string) time.Duration
 }
 
 // PassiveHealth rests a host that fails: for a while the balancer sends it
@@ -134,6 +149,26 @@ type PassiveHealth struct {
 	Probation int
 }
 
+// HostStatus is one host's state, as a Pool reports it.
+type HostStatus struct {
+	// Upstream is the host's [gateway.UpstreamName].
+	Upstream string `json:"upstream"`
+	// State is "ok", "resting" or "unhealthy".
+	State string `json:"state"`
+	// Healthy reports whether new requests may be sent to it now.
+	Healthy bool `json:"healthy"`
+	// InFlight is the number of requests now in flight to it.
+	InFlight int64 `json:"in_flight"`
+	// Latency is the balancer's latency estimate (peak EWMA of successful
+	// requests, to the response header); 0 if unknown.
+	Latency time.Duration `json:"latency_ns"`
+	// Requests and Failures count what was sent to it.
+	Requests int64 `json:"requests"`
+	Failures int64 `json:"failures"`
+	// Until is when a resting state ends; zero if none.
+	Until time.Time `json:"until,omitzero"`
+}
+
 // upstream is one target and what the pool knows about it.
 type upstream struct {
 	target *url.URL
@@ -157,20 +192,20 @@ type upstream struct {
 // request's as [httputil.ProxyRequest.SetURL] does). Targets must have
 // distinct hosts, since health is kept per host, and carry no user info
 // or fragment. The URLs are copied.
-func NewPool(targets ...*url.URL) (*Pool, error) {
+func New(targets ...*url.URL) (*Pool, error) {
 	if len(targets) == 0 {
-		return nil, errors.New("gateway: NewPool: no targets")
+		return nil, errors.New("pool: New: no targets")
 	}
 	p := &Pool{byHost: make(map[string]*upstream, len(targets)), epoch: time.Now()}
 	for i, t := range targets {
 		if err := checkTarget(t); err != nil {
-			return nil, fmt.Errorf("gateway: NewPool: target %d: %w", i, err)
+			return nil, fmt.Errorf("pool: New: target %d: %w", i, err)
 		}
-		if p.byHost[t.Host] != nil {
-			return nil, fmt.Errorf("gateway: NewPool: target %d: host %s appears twice", i, t.Host)
+		if p.byHost[gateway.UpstreamName(t)] != nil {
+			return nil, fmt.Errorf("pool: New: target %d: host %s appears twice", i, gateway.UpstreamName(t))
 		}
 		c := *t
-		u := &upstream{target: &c, host: c.Host}
+		u := &upstream{target: &c, host: gateway.UpstreamName(&c)}
 		p.ups = append(p.ups, u)
 		p.byHost[u.host] = u
 	}
@@ -208,16 +243,16 @@ func (p *Pool) now() int64 {
 //
 //	Rewrite: func(pr *httputil.ProxyRequest) { pool.Rewrite(pr); pr.SetXForwarded() }
 //
-// The pick is recorded in the request's [Trail], if its context carries
+// The pick is recorded in the request's [gateway.Trail], if its context carries
 // one (a retry layer's), so that the next attempt goes elsewhere.
 //
 // When every host is unhealthy, Rewrite cannot fail the request itself: it
 // marks the outbound request instead, and the pool's [Pool.Transport]
-// answers it with a [ClassNoUpstream] failure without dialing. Without the
+// answers it with a [gateway.ClassNoUpstream] failure without dialing. Without the
 // pool's Transport in the chain, the mark makes the base transport fail
 // the request (unsupported protocol scheme, classified internal).
 func (p *Pool) Rewrite(pr *httputil.ProxyRequest) {
-	trail := TrailFrom(pr.In.Context())
+	trail := gateway.TrailFrom(pr.In.Context())
 	u := p.pick(trail, p.now())
 	if u == nil {
 		pr.Out.URL.Scheme, pr.Out.URL.Host, pr.Out.Host = noUpstreamScheme, "", ""
@@ -232,12 +267,12 @@ func (p *Pool) Rewrite(pr *httputil.ProxyRequest) {
 // Transport returns a RoundTripper that records, for each of the pool's
 // hosts, the requests in flight, the latency to the response header and
 // the failures, and answers the requests Rewrite marked as having no
-// upstream with a [ClassNoUpstream] failure. It must wrap whatever reaches
+// upstream with a [gateway.ClassNoUpstream] failure. It must wrap whatever reaches
 // the network, breakers included, so that it sees their outcomes; a nil
 // next means http.DefaultTransport. Requests to hosts outside the pool
 // pass through unobserved.
 //
-// A failure is an error whose class counts as one ([Class.CountsAsFailure])
+// A failure is an error whose class counts as one ([gateway.Class.CountsAsFailure])
 // or an upstream response of 502, 503 or 504. A client that went away, an
 // open breaker and an empty pool count for nothing.
 func (p *Pool) Transport(next http.RoundTripper) http.RoundTripper {
@@ -261,11 +296,11 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if req.Body != nil {
 			_ = req.Body.Close()
 		}
-		f := NewFailure(ClassNoUpstream, TrailFrom(req.Context()).Last(), errNoUpstream)
+		f := gateway.NewFailure(gateway.ClassNoUpstream, gateway.TrailFrom(req.Context()).Last(), errNoUpstream)
 		f.RetryAfter = p.noUpstreamRetryAfter()
 		return nil, f
 	}
-	u := p.byHost[req.URL.Host]
+	u := p.byHost[gateway.UpstreamName(req.URL)]
 	if u == nil {
 		return t.next.RoundTrip(req)
 	}
@@ -276,12 +311,12 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	u.inFlight.Add(-1)
 	switch {
 	case err != nil:
-		c := Classify(err)
+		c := gateway.Classify(err)
 		if c.CountsAsFailure() && !errors.Is(req.Context().Err(), context.Canceled) {
 			p.observe(u, true, end-start, end)
 		}
 	default:
-		p.observe(u, IsFailureStatus(res.StatusCode), end-start, end)
+		p.observe(u, gateway.IsFailureStatus(res.StatusCode), end-start, end)
 	}
 	return res, err
 }
@@ -370,13 +405,16 @@ func (ph PassiveHealth) withDefaults() PassiveHealth {
 	return ph
 }
 
+// allows reports whether Health allows host.
+func (p *Pool) allows(host string) bool { return p.Health == nil || p.Health.Allows(host) }
+
 // noUpstreamRetryAfter is the shortest time until an unhealthy host may be
 // usable, per RetryAfter, or DefaultNoUpstreamRetry.
 func (p *Pool) noUpstreamRetryAfter() time.Duration {
 	best := time.Duration(0)
-	if p.RetryAfter != nil {
+	if p.Health != nil {
 		for _, u := range p.ups {
-			if d := p.RetryAfter(u.host); d > 0 && (best == 0 || d < best) {
+			if d := p.Health.OpenFor(u.host); d > 0 && (best == 0 || d < best) {
 				best = d
 			}
 		}
@@ -388,17 +426,17 @@ func (p *Pool) noUpstreamRetryAfter() time.Duration {
 }
 
 // Status returns the state of every host, in target order, for a
-// [StatusView] (StatusView.Upstreams = pool.Status). State is "ok",
-// "resting" or "unhealthy" (Healthy reports false: a breaker is open).
-func (p *Pool) Status() []UpstreamStatus {
+// [status.View] (View.Upstreams = pool.Status). State is "ok",
+// "resting" or "unhealthy" (Health does not allow it: a breaker is open).
+func (p *Pool) Status() []HostStatus {
 	now := p.now()
 	tau := p.decay()
-	out := make([]UpstreamStatus, len(p.ups))
+	out := make([]HostStatus, len(p.ups))
 	for i, u := range p.ups {
-		s := UpstreamStatus{
+		s := HostStatus{
 			Upstream: u.host,
 			State:    "ok",
-			Healthy:  p.Healthy == nil || p.Healthy(u.host),
+			Healthy:  p.allows(u.host),
 			InFlight: u.inFlight.Load(),
 			Latency:  time.Duration(u.latency.value(now, tau)),
 			Requests: u.requests.Load(),

@@ -1,0 +1,231 @@
+// Package proxykit builds the recommended stack of its sub-packages in one
+// call: a reverse proxy that survives its upstreams.
+//
+//	st, err := proxykit.New(proxykit.Config{Upstreams: targets})
+//	if err != nil { … }
+//	defer st.Close()
+//	http.ListenAndServe(":8080", st)          // the public listener
+//	http.ListenAndServe("127.0.0.1:8081", st.Status) // the admin listener
+//
+// Outermost first, the stack is:
+//
+//	gateway.RequestID     keep or mint X-Request-ID, forward it upstream
+//	status.Monitor        count outcomes, log the one line per failed request
+//	errorpage             render the final failure: HTML, problem+json, text
+//	retry                 re-run the proxy on a safe, retryable failure
+//	httputil.ReverseProxy Rewrite: the pool's balancer (skips tried,
+//	                      resting and open hosts)
+//	  pool's Transport    observes latency and failures per host
+//	  breaker per host    fast-fails an open host without touching it
+//	  gateway.Transport   classifies errors, measures "sent"
+//	  base transport      gateway.NewHTTPTransport, or the user's
+//
+// errorpage sits outside retry so that it renders only the final outcome;
+// retry sits outside the breakers so that an open host sends the next
+// attempt elsewhere; the breakers sit nearest the upstream so that they see
+// every attempt. docs/ARCHITECTURE.md describes the request's path and the
+// protocol between the layers.
+//
+// Every layer is also usable alone: New only wires the packages' public
+// API, and the README shows the same stack wired by hand.
+package proxykit
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"time"
+
+	"github.com/proxykit/proxykit/breaker"
+	"github.com/proxykit/proxykit/errorpage"
+	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/pool"
+	"github.com/proxykit/proxykit/gateway/status"
+	"github.com/proxykit/proxykit/retry"
+)
+
+// Config configures the stack. The zero value of every field takes the
+// default of the package it configures; only Upstreams (or a Proxy that
+// routes by itself) is required.
+type Config struct {
+	// Upstreams are the pool's targets: absolute http or https URLs with
+	// distinct hosts, optionally with a path prefix. With none, Proxy must
+	// route by itself (its Rewrite or Director) and no pool is built.
+	Upstreams []*url.URL
+
+	// Proxy is an existing ReverseProxy to wrap. Nil means a new one. Its
+	// Rewrite or Director keeps running before the pool routes (see
+	// [pool.Pool.Attach]); its ModifyResponse, BufferPool, FlushInterval
+	// and ErrorLog are kept; its Transport becomes the base transport
+	// unless Transport is set. An ErrorHandler of its own is rejected: it
+	// would cut the failure hand-off between the layers (see
+	// [gateway.NewErrorHandler]). New modifies Proxy: do not use it
+	// elsewhere afterwards.
+	Proxy *httputil.ReverseProxy
+
+	// Transport is the base transport that reaches the network. Nil means
+	// Proxy's Transport, or else a new [gateway.NewHTTPTransport].
+	Transport http.RoundTripper
+
+	// Policy is the pool's balancer: pool.PeakEWMA (default) or
+	// pool.RoundRobin.
+	Policy pool.Policy
+	// Passive configures the pool's resting of hosts that fail.
+	Passive pool.PassiveHealth
+
+	// Breaker configures the per-host circuit breakers. Its Logger, when
+	// nil, is Logger.
+	Breaker breaker.Settings
+	// Retry configures the retry layer. Its Logger, when nil, is Logger;
+	// its OnRetry hook, when set, runs after the Monitor has counted the
+	// retry.
+	Retry retry.Options
+	// Pages configures the error pages. Its Logger, when nil, is Logger.
+	Pages errorpage.Options
+
+	// OnFailure, if set, is called once per failed request with the final
+	// Failure (see [status.Monitor.OnFailure]).
+	OnFailure func(r *http.Request, f *gateway.Failure, elapsed time.Duration)
+
+	// Logger receives every layer's logs. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Stack is a built stack: an http.Handler for the public listener, and the
+// handles an operator needs. Its fields are the layers, for inspection;
+// configure them through Config.
+type Stack struct {
+	// Handler is the outermost layer; Stack.ServeHTTP calls it.
+	Handler http.Handler
+	// Status serves the status view (JSON and HTML). It shows upstream
+	// addresses: serve it on an admin listener, never the public one.
+	Status *status.View
+
+	Monitor *status.Monitor
+	Pool    *pool.Pool // nil without Config.Upstreams
+	Hosts   *breaker.Hosts
+	Retry   *retry.Retry
+	Pages   *errorpage.Handler
+	Proxy   *httputil.ReverseProxy
+
+	base http.RoundTripper
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Stack) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.Handler.ServeHTTP(w, r) }
+
+// Close releases the base transport's idle connections. The stack keeps
+// serving; Close is for shutdown.
+func (s *Stack) Close() {
+	if c, ok := s.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// ErrOwnErrorHandler is returned by [New] for a Config.Proxy that has an
+// ErrorHandler of its own.
+var ErrOwnErrorHandler = errors.New("proxykit: Config.Proxy has an ErrorHandler: it would cut the failure hand-off between the layers; remove it and use Config.OnFailure to observe failures, or Config.Pages to change what clients see")
+
+// New builds the recommended stack. It fails on an invalid option of any
+// layer, on a Config with neither Upstreams nor a routing Proxy, and on a
+// Proxy with its own ErrorHandler ([ErrOwnErrorHandler]).
+func New(cfg Config) (*Stack, error) {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	proxy := cfg.Proxy
+	if proxy == nil {
+		proxy = &httputil.ReverseProxy{}
+	}
+	if proxy.ErrorHandler != nil {
+		return nil, ErrOwnErrorHandler
+	}
+	if len(cfg.Upstreams) == 0 && proxy.Rewrite == nil && proxy.Director == nil {
+		return nil, errors.New("proxykit: Config needs Upstreams, or a Proxy with a Rewrite or Director of its own")
+	}
+	base := cfg.Transport
+	if base == nil {
+		base = proxy.Transport
+	}
+	if base == nil {
+		base = gateway.NewHTTPTransport()
+	}
+
+	bs := cfg.Breaker
+	if bs.Logger == nil {
+		bs.Logger = logger
+	}
+	hosts, err := breaker.PerHost(bs)
+	if err != nil {
+		return nil, err
+	}
+	proxy.Transport = hosts.Transport(&gateway.Transport{Base: base})
+	proxy.ErrorHandler = gateway.NewErrorHandler(logger)
+	if proxy.BufferPool == nil {
+		proxy.BufferPool = gateway.NewBufferPool(0, 0)
+	}
+	if proxy.ErrorLog == nil {
+		proxy.ErrorLog = slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
+	}
+	var p *pool.Pool
+	if len(cfg.Upstreams) > 0 {
+		if p, err = pool.New(cfg.Upstreams...); err != nil {
+			return nil, err
+		}
+		p.Policy, p.Passive, p.Health, p.Logger = cfg.Policy, cfg.Passive, hosts, logger
+		if err := p.Attach(proxy); err != nil {
+			return nil, err
+		}
+	}
+
+	monitor := &status.Monitor{Logger: logger, OnFailure: cfg.OnFailure}
+	ro := cfg.Retry
+	if ro.Logger == nil {
+		ro.Logger = logger
+	}
+	if user := ro.OnRetry; user != nil {
+		ro.OnRetry = func(attempt int, f *gateway.Failure, delay time.Duration) {
+			monitor.ObserveRetry(attempt, f, delay)
+			user(attempt, f, delay)
+		}
+	} else {
+		ro.OnRetry = monitor.ObserveRetry
+	}
+	retrying, err := retry.New(ro)
+	if err != nil {
+		return nil, err
+	}
+	po := cfg.Pages
+	if po.Logger == nil {
+		po.Logger = logger
+	}
+	pages, err := errorpage.New(po)
+	if err != nil {
+		return nil, err
+	}
+
+	var h http.Handler = proxy
+	h = retrying.Wrap(h)
+	h = pages.Wrap(h)
+	h = monitor.Wrap(h)
+	h = gateway.RequestID(h)
+
+	view := &status.View{Monitor: monitor, Breakers: hosts.States}
+	if p != nil {
+		view.Upstreams = p.Status
+	}
+	return &Stack{
+		Handler: h,
+		Status:  view,
+		Monitor: monitor,
+		Pool:    p,
+		Hosts:   hosts,
+		Retry:   retrying,
+		Pages:   pages,
+		Proxy:   proxy,
+		base:    base,
+	}, nil
+}
