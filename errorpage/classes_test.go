@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 
 	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/gatewaytest"
 )
 
 // hopRE matches one hop of the built-in page's chain: state, name, note.
@@ -31,57 +34,69 @@ func chain(body string) [][3]string {
 }
 
 // TestClientBody: a client whose body could not be read gets a page that
-// puts the fault on the browser → gateway link, not on the service, and
-// the Failure's own status (408 for a body that stalled, else the class's
-// 400) in every format; the connection is closed after the response.
+// puts the fault on the browser → gateway link, not on the service, with
+// the Failure's own status (400 malformed, 408 stalled, 413 too large) in
+// every format, and advice that fits; the connection is closed after the
+// response.
 func TestClientBody(t *testing.T) {
 	h := newHandler(t, errorpage.Options{Brand: errorpage.Brand{Name: "Acme"}})
-	stalled := gateway.NewFailure(gateway.ClassClientBody, secretUpstream, errors.New(secretError))
-	stalled.Status = http.StatusRequestTimeout
-	malformed := gateway.NewFailure(gateway.ClassClientBody, secretUpstream, errors.New("invalid byte in chunk length"))
-
-	for _, c := range []struct {
-		f      *gateway.Failure
-		status int
-	}{{stalled, 408}, {malformed, 400}} {
-		w := serve(h.Wrap(fail(c.f)), "POST", "/upload", acceptAxios)
-		assert.Equal(t, c.status, w.Code)
-		assert.Equal(t, "close", w.Header().Get("Connection"))
-		p := decodeProblem(t, w.Body.Bytes())
-		assert.Equal(t, c.status, p.Status, "problem+json carries the Failure's own status")
-		assert.Equal(t, http.StatusText(c.status), p.Title)
-		assert.Equal(t, "client_body", p.Class)
-		assertNoLeak(t, w.Body.String(), c.f)
+	cases := []struct {
+		status      int
+		title, note string
+		where, todo string
+	}{
+		{400, "We couldn&#39;t read your request", "Unreadable request",
+			"your request could not be read completely.", "Check your connection, then send the request again."},
+		{408, "Your request didn&#39;t arrive completely", "Incomplete request",
+			"your request did not arrive completely in time.", "Check your connection, then send the request again."},
+		{413, "Your request is too large", "Too large",
+			"your request is larger than Acme accepts.", "Send a smaller request: this one is larger than the site accepts."},
 	}
+	for _, c := range cases {
+		t.Run(strconv.Itoa(c.status), func(t *testing.T) {
+			f := gateway.NewFailure(gateway.ClassClientBody, secretUpstream, errors.New(secretError))
+			f.Status = c.status
 
-	w := serve(h.Wrap(fail(stalled)), "PUT", "/upload", acceptChrome)
-	body := w.Body.String()
-	assert.Equal(t, 408, w.Code)
-	assert.Contains(t, body, "<title>408 Request Timeout · Acme</title>")
-	assert.Contains(t, body, "<h1>Your request didn&#39;t arrive completely</h1>")
-	assert.Equal(t, [][3]string{
-		{"ok", "Your browser", "Working"},
-		{"failed", "Acme", "Incomplete request"},
-		{"idle", "Service", "Not at fault"},
-	}, chain(body), "the browser → gateway link failed; the service is not at fault")
-	assert.Contains(t, body, "The problem is between your browser and Acme: your request did not arrive completely. Nothing points to a problem with the service.")
-	assert.Contains(t, body, "Check your connection, then send the request again.")
-	for _, down := range []string{"can&#39;t reach the service", "service is", "recovering", "unavailable",
-		"needs a fix on our side", "usually clear up", "between Acme and the service"} {
-		assert.NotContains(t, body, down, "nothing suggests the service is down")
+			w := serve(h.Wrap(fail(f)), "POST", "/upload", acceptAxios)
+			assert.Equal(t, c.status, w.Code)
+			assert.Equal(t, "close", w.Header().Get("Connection"))
+			p := decodeProblem(t, w.Body.Bytes())
+			assert.Equal(t, c.status, p.Status, "problem+json carries the Failure's own status")
+			assert.Equal(t, http.StatusText(c.status), p.Title)
+			assert.Equal(t, "client_body", p.Class)
+			assertNoLeak(t, w.Body.String(), f)
+
+			w = serve(h.Wrap(fail(f)), "PUT", "/upload", acceptChrome)
+			body := w.Body.String()
+			assert.Equal(t, c.status, w.Code)
+			assert.Contains(t, body, "<title>"+strconv.Itoa(c.status)+" "+http.StatusText(c.status)+" · Acme</title>")
+			assert.Contains(t, body, "<h1>"+c.title+"</h1>")
+			assert.Equal(t, [][3]string{
+				{"ok", "Your browser", "Working"},
+				{"failed", "Acme", c.note},
+				{"idle", "Service", "Not at fault"},
+			}, chain(body), "the browser → gateway link failed; the service is not at fault")
+			assert.Contains(t, body, "The problem is between your browser and Acme: "+c.where+
+				" Nothing points to a problem with the service.")
+			assert.Contains(t, body, "<li>"+c.todo)
+			for _, down := range []string{"can&#39;t reach the service", "service is", "recovering", "unavailable",
+				"needs a fix on our side", "usually clear up", "between Acme and the service"} {
+				assert.NotContains(t, body, down, "nothing suggests the service is down")
+			}
+			assertNoLeak(t, body, f)
+
+			text := serve(h.Wrap(fail(f)), "POST", "/upload", "text/plain").Body.String()
+			assert.True(t, strings.HasPrefix(text, strconv.Itoa(c.status)+" "+http.StatusText(c.status)+"\n"), text)
+			assert.Contains(t, text, "\n"+c.todo+"\n")
+			assert.NotContains(t, text, "usually clear up")
+		})
 	}
-	assertNoLeak(t, body, stalled)
-
-	text := serve(h.Wrap(fail(malformed)), "POST", "/upload", "text/plain").Body.String()
-	assert.Contains(t, text, "400 Bad Request\n")
-	assert.Contains(t, text, "Check your connection, then send the request again.\n")
-	assert.NotContains(t, text, "usually clear up")
 
 	// HTTP/2 has no Connection header: a stream's failure is the stream's.
 	r := httptest.NewRequest("POST", "/upload", nil)
 	r.ProtoMajor, r.ProtoMinor = 2, 0
-	w = httptest.NewRecorder()
-	h.Wrap(fail(malformed)).ServeHTTP(w, r)
+	w := httptest.NewRecorder()
+	h.Wrap(fail(failure(gateway.ClassClientBody))).ServeHTTP(w, r)
 	assert.Equal(t, 400, w.Code)
 	assert.Empty(t, w.Header().Values("Connection"))
 }
@@ -158,5 +173,44 @@ func TestEveryClassHasCopy(t *testing.T) {
 		}
 		body := serve(h.Wrap(fail(failure(c))), "GET", "/", acceptChrome).Body.String()
 		assert.NotEqual(t, internal, chain(body), "%s has the internal class's copy", c)
+	}
+}
+
+// TestRealClientBody: on real sockets, a malformed chunked body sent
+// through the gateway's Transport to a healthy upstream is the client's
+// failure: errorpage answers 400 client_body and closes the connection.
+func TestRealClientBody(t *testing.T) {
+	up := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+	}))
+	t.Cleanup(up.Close)
+	var lg logs
+	h := newHandler(t, errorpage.Options{Logger: lg.logger()})
+	s := front(t, h.Wrap(proxyTo(t, up.URL, lg.logger(), nil)))
+
+	conn, err := net.Dial("tcp", s.Listener.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second))) // a guard, not a wait
+	_, err = io.WriteString(conn, "POST /ok HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+	require.NoError(t, err)
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	body, err := io.ReadAll(res.Body)
+	require.NoError(t, err)
+	res.Body.Close()
+	assert.Equal(t, http.StatusBadRequest, res.StatusCode)
+	assert.True(t, res.Close, "Connection: close")
+	p := decodeProblem(t, body)
+	assert.Equal(t, "client_body", p.Class)
+	assert.Equal(t, 400, p.Status)
+	assert.NotContains(t, string(body), up.Addr)
+	_, err = br.ReadByte()
+	assert.ErrorIs(t, err, io.EOF, "the connection is not reused")
+	assert.Empty(t, lg.lines(t, "WARN"), "the client's fault is no warning about the upstream")
+	info := lg.lines(t, "INFO")
+	if assert.Len(t, info, 1, "logged once") {
+		assert.Equal(t, "client_body", info[0]["class"])
 	}
 }

@@ -79,12 +79,13 @@ const (
 	// statuses by which an upstream reports that it cannot serve (class
 	// upstream_status); other 5xx pass through.
 	UpstreamReplace
-	// UpstreamReplaceAll replaces every 5xx response (500–599) that the
-	// handler errorpage wraps wrote itself, including an application's own
-	// 500 with its stack trace. An application 5xx other than 502, 503 and
-	// 504 is an answer to one request, not a gateway failure: errorpage
-	// replaces its body but neither logs it nor hands it to the enclosing
-	// layers as a failure, exactly as when it passes through.
+	// UpstreamReplaceAll replaces what UpstreamReplace does and every
+	// other 5xx (500, 501, 505 …) that the wrapped handler writes,
+	// including an application's own 500 with its stack trace. Such a
+	// response is the application's answer to one request, not a gateway
+	// failure: errorpage replaces its body and headers and keeps its
+	// status, but neither logs it nor hands it to the enclosing layers as
+	// a failure, exactly as if it had passed through.
 	UpstreamReplaceAll
 )
 

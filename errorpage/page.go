@@ -39,11 +39,12 @@ type Page struct {
 	// marks the gateway hop.
 	GatewayFault bool
 	// ClientFault reports that the request stopped between the client and
-	// the gateway: the client's request (its body) could not be read
-	// completely — malformed, stalled or too large (class client_body).
-	// The service is not at fault. The chain then marks the gateway hop,
-	// the end of the failing link from the browser, and the page asks the
-	// visitor to check their connection and send the request again.
+	// the gateway: the client's request body could not be read — malformed
+	// (400), stalled (408) or too large (413); class client_body. The
+	// service is not at fault. The chain then marks the gateway hop, the
+	// end of the failing link from the browser, and the page asks the
+	// visitor to send a smaller request (413) or to check their connection
+	// and send it again.
 	ClientFault bool
 
 	// RetryAfter is the number of seconds after which trying again makes
@@ -196,10 +197,16 @@ var classCopies = map[gateway.Class]classCopy{
 	gateway.ClassOpen:           {"The service is recovering", "Resting", true},
 	gateway.ClassNoUpstream:     {"No server can take your request right now", "Unavailable", true},
 	gateway.ClassCanceled:       {"The request was canceled", "Canceled", true},
-	// The client's fault: its request did not arrive whole. Nothing here
-	// may suggest that the service is down; the gateway hop carries the note.
-	gateway.ClassClientBody: {"Your request didn't arrive completely", "Incomplete request", true},
+	// The client's fault (see clientBodyCopy): nothing may suggest that the
+	// service is down; the gateway hop carries the note.
+	gateway.ClassClientBody: {"We couldn't read your request", "Unreadable request", false},
 	gateway.ClassStaleConn:  {"The connection to the service was interrupted", "Interrupted", true},
+}
+
+// clientBodyCopy refines ClassClientBody by the Failure's status.
+var clientBodyCopy = map[int]classCopy{
+	http.StatusRequestTimeout:        {"Your request didn't arrive completely", "Incomplete request", true},
+	http.StatusRequestEntityTooLarge: {"Your request is too large", "Too large", false},
 }
 
 // upstreamStatusCopy refines ClassUpstreamStatus by the upstream's status.
@@ -209,8 +216,13 @@ var upstreamStatusCopy = map[int]classCopy{
 }
 
 func copyFor(f *gateway.Failure, status int) classCopy {
-	if f.Class == gateway.ClassUpstreamStatus {
+	switch f.Class {
+	case gateway.ClassUpstreamStatus:
 		if c, ok := upstreamStatusCopy[status]; ok {
+			return c
+		}
+	case gateway.ClassClientBody:
+		if c, ok := clientBodyCopy[status]; ok {
 			return c
 		}
 	}
@@ -254,8 +266,9 @@ func hops(dst []Hop, f *gateway.Failure, c classCopy, gatewayName string, gatewa
 	return append(dst, client, gw, svc)
 }
 
-// where says where along the chain the request stopped.
-func where(f *gateway.Failure, brand string, gatewayFault bool) string {
+// where says where along the chain the request stopped; status is the one
+// the client gets.
+func where(f *gateway.Failure, status int, brand string, gatewayFault bool) string {
 	const ok = "Your browser and connection are working. "
 	gw := brand
 	if gw == "" {
@@ -263,8 +276,15 @@ func where(f *gateway.Failure, brand string, gatewayFault bool) string {
 	}
 	switch {
 	case isClientFault(f):
-		return "The problem is between your browser and " + gw +
-			": your request did not arrive completely. Nothing points to a problem with the service."
+		what := "could not be read completely"
+		switch status {
+		case http.StatusRequestTimeout:
+			what = "did not arrive completely in time"
+		case http.StatusRequestEntityTooLarge:
+			what = "is larger than " + gw + " accepts"
+		}
+		return "The problem is between your browser and " + gw + ": your request " + what +
+			". Nothing points to a problem with the service."
 	case f.Class == gateway.ClassNoUpstream:
 		return ok + upperFirst(gw) + " has no server available to pass your request to."
 	case gatewayFault:
@@ -339,7 +359,7 @@ func (h *Handler) buildPage(p *Page, r *http.Request, f *gateway.Failure, status
 	}
 	p.Reload = p.Retryable && p.RetryAfter > 0
 	p.MaybeApplied = f.Sent && !p.Retryable && p.Method != http.MethodOptions
-	p.Where = where(f, h.brand.Name, gf)
+	p.Where = where(f, status, h.brand.Name, gf)
 	if h.brand.SupportEmail != "" {
 		p.mailto = mailto(h.brand.SupportEmail, "Error "+strconv.Itoa(status)+", request ID "+id)
 	}

@@ -129,6 +129,8 @@ func writeText(buf *bytes.Buffer, p *Page) {
 	switch {
 	case p.RetryAfter > 0:
 		buf.WriteString("Try again in " + p.RetryText() + ".\n")
+	case p.ClientFault && p.Status == http.StatusRequestEntityTooLarge:
+		buf.WriteString("Send a smaller request: this one is larger than the site accepts.\n")
 	case p.ClientFault:
 		buf.WriteString("Check your connection, then send the request again.\n")
 	case p.Transient:

@@ -203,8 +203,8 @@ func TestTemplateCheckedAsVisitorsSeeIt(t *testing.T) {
 		require.Error(t, err, name)
 		assert.Contains(t, err.Error(), "errorpage: template default.html", name)
 		assert.Contains(t, err.Error(), "Operator is nil", name)
-		assert.Contains(t, err.Error(), "{{with .Operator}}", name, "the fix is named")
-		assert.Contains(t, err.Error(), "nil pointer", name, "the template error is wrapped")
+		assert.Contains(t, err.Error(), "{{with .Operator}}", "%s: the fix is named", name)
+		assert.Contains(t, err.Error(), "nil pointer", "%s: the template error is wrapped", name)
 	}
 	_, err := errorpage.New(errorpage.Options{Templates: unguarded, Debug: true})
 	assert.NoError(t, err, "with Debug every visitor gets Operator")

@@ -5,11 +5,14 @@
 //	curl -H 'Accept: text/html' http://127.0.0.1:8090/
 //
 // templates/default.html is the page for every failure; templates/open.html
-// overrides only its headline, for an open circuit breaker, by redefining
-// the "headline" block. The lookup is per class (open.html), then per status
-// (503.html), then default.html, then the built-in page. Templates are
-// parsed when errorpage.New runs: a mistake fails at start-up, naming the
-// file, not on the first failing request.
+// uses it as its layout and overrides only its headline, for an open
+// circuit breaker, by redefining the "headline" block. Each page is a
+// template set of its own, so that {{define}} changes the open page only.
+// The lookup is per class (open.html), then per status (503.html), then
+// default.html, then the built-in page. Templates are parsed and tried when
+// errorpage.New runs, with the data a visitor's page gets (Operator nil):
+// a mistake fails at start-up, naming the file, not on the first failing
+// request.
 package main
 
 import (
