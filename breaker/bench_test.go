@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 	"testing"
 
 	"github.com/sony/gobreaker/v2"
@@ -87,6 +88,25 @@ func BenchmarkClosed(b *testing.B) {
 	})
 	b.Run("handler/keyed", func(b *testing.B) {
 		benchHandler(b, mustBreaker(b, breaker.Settings{Key: byTenant}).Wrap(ok), req)
+	})
+	b.Run("handler/keyed_flood", func(b *testing.B) {
+		// A new key on every request, at the cap: a window's ration of
+		// evictions, then the overflow path.
+		h := mustBreaker(b, breaker.Settings{Key: byTenant}).Wrap(ok)
+		keys := make([][]string, 1<<16)
+		for i := range keys {
+			keys[i] = []string{"junk-" + strconv.Itoa(i)}
+		}
+		r := req.Clone(req.Context())
+		w := &headerWriter{h: http.Header{}}
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			r.Header["X-Tenant"] = keys[i%len(keys)]
+			i++
+			clear(w.h)
+			h.ServeHTTP(w, r)
+		}
 	})
 
 	out := httptest.NewRequest("GET", "http://10.0.0.1:8080/path", nil)

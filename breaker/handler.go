@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"sync"
-	"time"
 
 	"github.com/proxykit/proxykit/gateway"
 )
@@ -56,7 +55,6 @@ func New(s Settings) (*Breaker, error) {
 // it written ([gateway.WriteFailure]).
 func (b *Breaker) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
 		key := ""
 		if b.key != nil {
 			key = b.key(r)
@@ -92,7 +90,7 @@ func (b *Breaker) Wrap(next http.Handler) http.Handler {
 		*o = observer{} // drop references to this request
 		b.pool.Put(o)
 		if f != nil && !forwarded {
-			b.handOut(w, r, f, committed, start)
+			b.handOut(w, r, f, committed)
 		}
 	})
 }
@@ -101,7 +99,7 @@ func (b *Breaker) Wrap(next http.Handler) http.Handler {
 // that was not forwarded when its response passed: hand it outward if
 // nothing was written yet, and if no enclosing layer takes it, log it and
 // abort the response of a client that went away.
-func (b *Breaker) handOut(w http.ResponseWriter, r *http.Request, f *gateway.Failure, committed bool, start time.Time) {
+func (b *Breaker) handOut(w http.ResponseWriter, r *http.Request, f *gateway.Failure, committed bool) {
 	outer := false
 	if !committed {
 		outer = gateway.RecordFailure(w, f)
@@ -112,7 +110,9 @@ func (b *Breaker) handOut(w http.ResponseWriter, r *http.Request, f *gateway.Fai
 	if outer {
 		return
 	}
-	gateway.LogFailure(b.set.c.Logger, r, f, time.Since(start))
+	// No duration, as from gateway.ErrorHandler: a clock read on every
+	// request would cost more than the rest of this duty.
+	gateway.LogFailure(b.set.c.Logger, r, f, 0)
 	if !committed {
 		gateway.AbortIfCanceled(f)
 	}
@@ -189,5 +189,5 @@ func statusOutcome(status int, serverErrors bool) error {
 }
 
 // States returns the state of every breaker, sorted by key; with a Key
-// function the overflow breaker comes last.
+// function the overflow entry comes last.
 func (b *Breaker) States() []Status { return b.set.states() }

@@ -205,7 +205,7 @@ func TestEvictionRation(t *testing.T) {
 	var logs gatewaytest.SafeBuffer
 	const maxKeys = 3
 	b, err := breaker.New(breaker.Settings{Key: byTenant, MaxKeys: maxKeys,
-		Interval: 200 * time.Millisecond, BucketPeriod: 50 * time.Millisecond,
+		Interval: 500 * time.Millisecond, BucketPeriod: 50 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	require.NoError(t, err)
 	h := b.Wrap(statusHandler(http.StatusOK))

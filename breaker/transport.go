@@ -43,7 +43,8 @@ func PerHost(s Settings) (*Hosts, error) {
 var errKeyPerHost = errors.New("breaker: invalid settings: Key is for New; PerHost keys by host")
 
 // Transport returns a RoundTripper that guards next with the breaker of
-// each request's host. next is typically a [gateway.Transport], whose
+// each request's upstream, named by [gateway.UpstreamName] (the outbound
+// URL and Host header are left as they are). next is typically a [gateway.Transport], whose
 // errors are classified *gateway.Failure values; other errors are
 // classified with [gateway.ClassifyError]. A nil next means
 // http.DefaultTransport.
@@ -125,5 +126,5 @@ func (h *Hosts) OpenFor(host string) time.Duration {
 }
 
 // States returns the state of every host's breaker, sorted by host; the
-// overflow breaker comes last.
+// overflow entry comes last.
 func (h *Hosts) States() []Status { return h.set.states() }

@@ -252,3 +252,32 @@ func TestDeadlineCounts(t *testing.T) {
 	}
 	assert.Equal(t, breaker.StateOpen, hosts.States()[0].State)
 }
+
+// TestHostsCanonicalName (issue 12): hosts are keyed by their canonical
+// name, host:port with the scheme's default port, so that a target written
+// without a port is one upstream for the breaker, the pool and the logs.
+func TestHostsCanonicalName(t *testing.T) {
+	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet, Timeout: time.Minute})
+	require.NoError(t, err)
+	var seen []string
+	rt := hosts.Transport(relRoundTrip(func(r *http.Request) (*http.Response, error) {
+		seen = append(seen, r.URL.Host+" "+r.Host)
+		return &http.Response{StatusCode: http.StatusBadGateway, Body: http.NoBody, Request: r}, nil
+	}))
+	for _, target := range []string{"http://svc/", "http://svc:80/x", "http://svc/", "http://svc:80/", "http://svc/"} {
+		res, err := rt.RoundTrip(httptest.NewRequest("GET", target, nil))
+		require.NoError(t, err)
+		res.Body.Close()
+	}
+	assert.Equal(t, "svc svc", seen[0], "the outbound URL and Host header stay as written")
+	assert.False(t, hosts.Allows("svc:80"), "five failures, one upstream")
+	assert.Positive(t, hosts.OpenFor("svc:80"))
+	assert.True(t, hosts.Allows("svc:443"), "https://svc is another upstream")
+	_, err = rt.RoundTrip(httptest.NewRequest("GET", "http://svc/", nil))
+	f := asFailure(t, err)
+	assert.Equal(t, gateway.ClassOpen, f.Class)
+	assert.Equal(t, "svc:80", f.Upstream)
+	st := hosts.States()
+	require.Len(t, st, 2)
+	assert.Equal(t, "svc:80", st[0].Key)
+}
