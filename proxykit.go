@@ -88,6 +88,9 @@ type Config struct {
 	// OnFailure, if set, is called once per failed request with the final
 	// Failure (see [status.Monitor.OnFailure]).
 	OnFailure func(r *http.Request, f *gateway.Failure, elapsed time.Duration)
+	// OnRequest, if set, is called once per finished request, failed or
+	// not (see [status.Monitor.OnRequest]): the hook for request metrics.
+	OnRequest func(r *http.Request, status int, f *gateway.Failure, elapsed time.Duration)
 
 	// Logger receives every layer's logs. Nil means slog.Default().
 	Logger *slog.Logger
@@ -181,7 +184,7 @@ func New(cfg Config) (*Stack, error) {
 		}
 	}
 
-	monitor := &status.Monitor{Logger: logger, OnFailure: cfg.OnFailure}
+	monitor := &status.Monitor{Logger: logger, OnFailure: cfg.OnFailure, OnRequest: cfg.OnRequest}
 	ro := cfg.Retry
 	if ro.Logger == nil {
 		ro.Logger = logger

@@ -35,6 +35,15 @@ type Monitor struct {
 	// for concurrent use and should return quickly (a metrics counter).
 	OnFailure func(r *http.Request, f *gateway.Failure, elapsed time.Duration)
 
+	// OnRequest, if set, is called once per finished request, failed or
+	// not, after OnFailure: with the status the client got (200 for
+	// net/http's implicit one, 101 for an upgrade, 499 for a client that
+	// went away, 0 for a response aborted mid-body), the final Failure or
+	// nil, and the time the request took. It is the hook for request
+	// metrics (package telemetry's http.server.request.duration). It must
+	// be safe for concurrent use and return quickly.
+	OnRequest func(r *http.Request, status int, f *gateway.Failure, elapsed time.Duration)
+
 	// Now returns the current time. Nil means time.Now.
 	Now func() time.Time
 
@@ -114,11 +123,16 @@ func (m *Monitor) finish(r *http.Request, i *gateway.Interceptor, start time.Tim
 	} else {
 		m.byStatus[0].Add(1)
 	}
-	if f == nil {
-		return
+	if f != nil {
+		m.report(r, f, start)
 	}
-	m.report(r, f, start)
-	if !i.Committed() {
+	if m.OnRequest != nil {
+		if status == 0 && f != nil && f.Class == gateway.ClassCanceled {
+			status = gateway.StatusClientClosedRequest
+		}
+		m.OnRequest(r, status, f, m.now().Sub(start))
+	}
+	if f != nil && !i.Committed() {
 		gateway.AbortIfCanceled(f)
 	}
 }
@@ -134,6 +148,9 @@ func (m *Monitor) aborted(r *http.Request, i *gateway.Interceptor, start time.Ti
 	}
 	m.byStatus[0].Add(1) // the client got no complete response
 	m.report(r, f, start)
+	if m.OnRequest != nil {
+		m.OnRequest(r, 0, f, m.now().Sub(start))
+	}
 }
 
 // report counts f by class, logs it and calls the hook.

@@ -195,3 +195,31 @@ type discardWriter struct{ h http.Header }
 func (w *discardWriter) Header() http.Header         { return w.h }
 func (w *discardWriter) WriteHeader(int)             {}
 func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestMonitorOnRequest: the hook hears every finished request once, with
+// the status the client got and the Failure, if any.
+func TestMonitorOnRequest(t *testing.T) {
+	type call struct {
+		status int
+		class  string
+	}
+	var calls []call
+	m := &status.Monitor{Logger: slog.New(slog.DiscardHandler), OnRequest: func(r *http.Request, st int, f *gateway.Failure, d time.Duration) {
+		c := call{status: st}
+		if f != nil {
+			c.class = f.Class.String()
+		}
+		assert.GreaterOrEqual(t, d, time.Duration(0))
+		calls = append(calls, c)
+	}}
+	ok := m.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	ok.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
+	failing := m.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gateway.RecordFailure(w, gateway.NewFailure(gateway.ClassRefused, "10.0.0.5:80", nil))
+		w.WriteHeader(http.StatusBadGateway)
+	}))
+	failing.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
+	upstream503 := m.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(503) }))
+	upstream503.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
+	assert.Equal(t, []call{{200, ""}, {502, "refused"}, {503, "upstream_status"}}, calls)
+}
