@@ -31,7 +31,9 @@
 package proxykit
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
@@ -84,6 +86,16 @@ type Config struct {
 	Retry retry.Options
 	// Pages configures the error pages. Its Logger, when nil, is Logger.
 	Pages errorpage.Options
+
+	// RequestTimeout, if positive, bounds each request as a whole: every
+	// attempt, the backoff between them, and the response body. When it
+	// expires before a response header, the client gets the branded 504
+	// (class timeout); a body still streaming is cut. Zero means no bound
+	// beyond the transport's response-header timeout, so that long
+	// downloads, server-sent events and WebSockets work. Use it rather than
+	// http.TimeoutHandler around the stack, which answers its own unbranded
+	// 503 while the stack logs a 504.
+	RequestTimeout time.Duration
 
 	// OnFailure, if set, is called once per failed request with the final
 	// Failure (see [status.Monitor.OnFailure]).
@@ -145,6 +157,9 @@ func New(cfg Config) (*Stack, error) {
 	}
 	if proxy.ErrorHandler != nil {
 		return nil, ErrOwnErrorHandler
+	}
+	if cfg.RequestTimeout < 0 {
+		return nil, fmt.Errorf("proxykit: RequestTimeout %v is negative", cfg.RequestTimeout)
 	}
 	if len(cfg.Upstreams) == 0 && proxy.Rewrite == nil && proxy.Director == nil {
 		return nil, errors.New("proxykit: Config needs Upstreams, or a Proxy with a Rewrite or Director of its own")
@@ -212,6 +227,9 @@ func New(cfg Config) (*Stack, error) {
 
 	var h http.Handler = proxy
 	h = retrying.Wrap(h)
+	if cfg.RequestTimeout > 0 {
+		h = withTimeout(h, cfg.RequestTimeout)
+	}
 	h = pages.Wrap(h)
 	h = monitor.Wrap(h)
 	h = gateway.RequestID(h)
@@ -231,4 +249,15 @@ func New(cfg Config) (*Stack, error) {
 		Proxy:   proxy,
 		base:    base,
 	}, nil
+}
+
+// withTimeout bounds each request's context by d, inside the error pages
+// (which render the resulting timeout) and outside the retries (which stop
+// when no attempt can finish in the time left).
+func withTimeout(next http.Handler, d time.Duration) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), d)
+		defer cancel()
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
 }

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -75,4 +76,30 @@ func mustParse(s string) *url.URL {
 		panic(err)
 	}
 	return u
+}
+
+// TestRequestTimeout: a hung upstream under Config.RequestTimeout ends in
+// the stack's own branded 504 (class timeout), in about the timeout.
+func TestRequestTimeout(t *testing.T) {
+	hung := gatewaytest.NewServer(gatewaytest.Hang)
+	defer hung.Close()
+	st, err := New(Config{Upstreams: []*url.URL{mustParse(hung.URL)}, Logger: quiet, RequestTimeout: 150 * time.Millisecond})
+	require.NoError(t, err)
+	defer st.Close()
+	front := httptest.NewServer(st)
+	defer front.Close()
+	req, _ := http.NewRequest("GET", front.URL+"/", nil)
+	req.Header.Set("Accept", "application/json")
+	start := time.Now()
+	res, err := front.Client().Do(req)
+	require.NoError(t, err)
+	var problem map[string]any
+	require.NoError(t, json.NewDecoder(res.Body).Decode(&problem))
+	res.Body.Close()
+	assert.Equal(t, http.StatusGatewayTimeout, res.StatusCode)
+	assert.Equal(t, "timeout", problem["class"])
+	assert.Less(t, time.Since(start), 5*time.Second, "bounded by the request timeout, not the transport's")
+
+	_, err = New(Config{Upstreams: []*url.URL{mustParse(hung.URL)}, RequestTimeout: -1})
+	assert.Error(t, err)
 }

@@ -48,6 +48,7 @@ type Monitor struct {
 	Now func() time.Time
 
 	startOnce sync.Once
+	misWired  sync.Once // the warning that the Monitor is not outermost
 	start     time.Time
 
 	requests atomic.Int64
@@ -124,7 +125,7 @@ func (m *Monitor) finish(r *http.Request, i *gateway.Interceptor, start time.Tim
 		m.byStatus[0].Add(1)
 	}
 	if f != nil {
-		m.report(r, f, start)
+		m.report(r, f, start, i.Forwarded())
 	}
 	if m.OnRequest != nil {
 		if status == 0 && f != nil && f.Class == gateway.ClassCanceled {
@@ -147,21 +148,34 @@ func (m *Monitor) aborted(r *http.Request, i *gateway.Interceptor, start time.Ti
 		f = &gateway.Failure{Class: gateway.ClassReset, Status: i.Status(), Sent: true, Err: errAborted}
 	}
 	m.byStatus[0].Add(1) // the client got no complete response
-	m.report(r, f, start)
+	m.report(r, f, start, i.Forwarded())
 	if m.OnRequest != nil {
 		m.OnRequest(r, 0, f, m.now().Sub(start))
 	}
 }
 
-// report counts f by class, logs it and calls the hook.
-func (m *Monitor) report(r *http.Request, f *gateway.Failure, start time.Time) {
+// report counts f by class, logs it and calls the hook. A Failure that was
+// forwarded to an enclosing layer is that layer's to log: the Monitor is
+// then not the outermost layer, a wiring mistake it says once.
+func (m *Monitor) report(r *http.Request, f *gateway.Failure, start time.Time, forwarded bool) {
 	cls := f.Class
 	if int(cls) >= classSlots {
 		cls = gateway.ClassInternal
 	}
 	m.byClass[cls].Add(1)
 	elapsed := m.now().Sub(start)
-	gateway.LogFailure(m.Logger, r, f, elapsed)
+	if forwarded {
+		m.misWired.Do(func() {
+			logger := m.Logger
+			if logger == nil {
+				logger = slog.Default()
+			}
+			logger.Warn("status.Monitor is not the outermost layer: a layer outside it (errorpage, retry, breaker) also sees and logs each failure; " +
+				"wrap the Monitor outside them: h = monitor.Wrap(pages.Wrap(retry.Wrap(proxy))), as proxykit.New does")
+		})
+	} else {
+		gateway.LogFailure(m.Logger, r, f, elapsed)
+	}
 	if m.OnFailure != nil {
 		m.OnFailure(r, f, elapsed)
 	}

@@ -2,6 +2,7 @@ package status_test
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"log"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/proxykit/proxykit/breaker"
+	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
 	"github.com/proxykit/proxykit/gateway/pool"
@@ -222,4 +224,35 @@ func TestMonitorOnRequest(t *testing.T) {
 	upstream503 := m.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(503) }))
 	upstream503.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
 	assert.Equal(t, []call{{200, ""}, {502, "refused"}, {503, "upstream_status"}}, calls)
+}
+
+// TestMonitorInsideAnotherLayer: wired inside errorpage (a mistake), the
+// Monitor still counts, but leaves the failure's line to the outer layer
+// and says once what is wrong: one line per failed request, not two.
+func TestMonitorInsideAnotherLayer(t *testing.T) {
+	var buf gatewaytest.SafeBuffer
+	logger := slog.New(slog.NewJSONHandler(&buf, nil))
+	m := &status.Monitor{Logger: logger}
+	pages, err := errorpage.New(errorpage.Options{Logger: logger})
+	require.NoError(t, err)
+	failing := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gateway.NewErrorHandler(logger)(w, r, gateway.NewFailure(gateway.ClassRefused, "10.0.0.5:80", errors.New("refused")))
+	})
+	h := pages.Wrap(m.Wrap(failing)) // wrong order
+	for range 3 {
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil))
+	}
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	var failures, wiring int
+	for _, l := range lines {
+		switch {
+		case strings.Contains(l, `"msg":"proxy: upstream failure"`) && strings.Contains(l, `"level":"WARN"`):
+			failures++
+		case strings.Contains(l, "not the outermost layer"):
+			wiring++
+		}
+	}
+	assert.Equal(t, 3, failures, "one line per failed request:\n%s", buf.String())
+	assert.Equal(t, 1, wiring, "the wiring mistake is said once")
+	assert.EqualValues(t, 3, m.Snapshot().Failures["refused"], "the Monitor still counts")
 }
