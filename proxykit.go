@@ -13,10 +13,11 @@
 //	status.Monitor        count outcomes, log the one line per failed request
 //	errorpage             render the final failure: HTML, problem+json, text
 //	retry                 re-run the proxy on a safe, retryable failure
-//	httputil.ReverseProxy Rewrite: the pool's balancer (skips tried,
-//	                      resting and open hosts)
+//	httputil.ReverseProxy Rewrite: the pool's balancer (skips tried and
+//	                      out hosts, passes over resting and warming ones)
 //	  pool's Transport    observes latency and failures per host
-//	  breaker per host    fast-fails an open host without touching it
+//	  breaker per host    the host-health model: fast-fails an out host
+//	                      without touching it, probes it back
 //	  gateway.Transport   classifies errors, measures "sent"
 //	  base transport      gateway.NewHTTPTransport, or the user's
 //
@@ -74,10 +75,9 @@ type Config struct {
 	// Policy is the pool's balancer: pool.PeakEWMA (default) or
 	// pool.RoundRobin.
 	Policy pool.Policy
-	// Passive configures the pool's resting of hosts that fail.
-	Passive pool.PassiveHealth
-
-	// Breaker configures the per-host circuit breakers. Its Logger, when
+	// Breaker configures the per-host circuit breakers and the host-health
+	// model (Breaker.Health: probing, resting — formerly the pool's passive
+	// health — and slow start; see [breaker.HostHealth]). Its Logger, when
 	// nil, is Logger.
 	Breaker breaker.Settings
 	// Retry configures the retry layer. Its Logger, when nil, is Logger;
@@ -131,9 +131,10 @@ type Stack struct {
 // ServeHTTP implements http.Handler.
 func (s *Stack) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.Handler.ServeHTTP(w, r) }
 
-// Close releases the base transport's idle connections. The stack keeps
-// serving; Close is for shutdown.
+// Close stops the host-health probes and releases the base transport's
+// idle connections. The stack keeps serving; Close is for shutdown.
 func (s *Stack) Close() {
+	s.Hosts.Close()
 	if c, ok := s.base.(interface{ CloseIdleConnections() }); ok {
 		c.CloseIdleConnections()
 	}
@@ -193,7 +194,7 @@ func New(cfg Config) (*Stack, error) {
 		if p, err = pool.New(cfg.Upstreams...); err != nil {
 			return nil, err
 		}
-		p.Policy, p.Passive, p.Health, p.Logger = cfg.Policy, cfg.Passive, hosts, logger
+		p.Policy, p.Health, p.Logger = cfg.Policy, hosts, logger
 		if err := p.Attach(proxy); err != nil {
 			return nil, err
 		}

@@ -31,7 +31,8 @@ func ExamplePerHost() {
 	u2, _ := url.Parse(down.URL)
 
 	logger := slog.New(slog.DiscardHandler) // a real service keeps slog.Default()
-	hosts, err := breaker.PerHost(breaker.Settings{Logger: logger})
+	hosts, err := breaker.PerHost(breaker.Settings{Logger: logger,
+		Health: breaker.HostHealth{RestAfter: -1}}) // show the breaker alone
 	if err != nil {
 		panic(err)
 	}
@@ -40,8 +41,8 @@ func ExamplePerHost() {
 		panic(err)
 	}
 	p.Policy = pool.RoundRobin
-	p.Passive.RestAfter = -1 // show the breaker alone
-	p.Health = hosts         // skip hosts whose breaker is open
+	p.Health = hosts // skip hosts whose breaker is open
+	defer hosts.Close()
 
 	transport := gateway.NewTransport()
 	defer transport.CloseIdleConnections()
@@ -110,7 +111,7 @@ func ExampleBreaker_Wrap() {
 	// 502
 	// 502
 	// 502
-	// 503 Retry-After: 10
-	// 503 Retry-After: 10
+	// 503 Retry-After: 1
+	// 503 Retry-After: 1
 	// handler calls: 5 state: open
 }

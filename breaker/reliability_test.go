@@ -116,7 +116,7 @@ func TestReliabilityConcurrentStateChanges(t *testing.T) {
 		tr := newRelTransitions()
 		// Four tenants, three keys: the fourth shares the overflow breaker.
 		b, err := breaker.New(breaker.Settings{Logger: quiet, Key: byTenant, MaxKeys: 3,
-			Timeout: 20 * time.Millisecond, OnStateChange: tr.hook})
+			Timeout: 20 * time.Millisecond, MaxTimeout: 80 * time.Millisecond, OnStateChange: tr.hook})
 		require.NoError(t, err)
 		h := b.Wrap(inner)
 
@@ -186,7 +186,7 @@ func TestReliabilityConcurrentStateChanges(t *testing.T) {
 			return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Request: r}, nil
 		})
 		tr := newRelTransitions()
-		hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet, Timeout: 20 * time.Millisecond, OnStateChange: tr.hook})
+		hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet, Timeout: 20 * time.Millisecond, MaxTimeout: 80 * time.Millisecond, OnStateChange: tr.hook})
 		require.NoError(t, err)
 		rt := hosts.Transport(upstream)
 

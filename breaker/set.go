@@ -49,6 +49,15 @@ type entry struct {
 	// hand: a breaker used since the hand last passed is spared once more.
 	used atomic.Bool
 
+	// host is the host-health model of a Hosts breaker; nil otherwise.
+	host *hostState
+	// trips counts the trips of this out spell, closedAt (ns) is when the
+	// breaker last closed, and period is the current open period; all
+	// under cb's lock.
+	trips    int
+	closedAt int64
+	period   time.Duration
+
 	pending atomic.Bool // queue is not empty
 	mu      sync.Mutex  // guards queue
 	queue   []transition
@@ -61,6 +70,8 @@ const evicted = math.MinInt64 / 2
 
 type transition struct {
 	from, to State
+	period   time.Duration // the open period, for a transition to open
+	spell    bool          // open→half-open→open within one out spell
 }
 
 // Kinds of entry.
@@ -73,15 +84,27 @@ const (
 func (s *set) newEntry(key string, kind int) *entry {
 	e := &entry{set: s, key: key, overflow: kind == kindOverflow, evictable: kind == kindKeyed}
 	readyToTrip := func(n gobreaker.Counts) bool { return s.c.readyToTrip(countsOf(n)) }
+	if s.prober != nil && kind == kindKeyed {
+		e.host = new(hostState)
+		readyToTrip = func(n gobreaker.Counts) bool {
+			c := countsOf(n)
+			// Only evidence about the host runs in a row: an upstream's
+			// own status counts toward the ratio alone.
+			c.ConsecutiveFailures = e.host.consecutive.Load()
+			return s.c.readyToTrip(c)
+		}
+	}
 	if e.overflow {
 		readyToTrip = func(gobreaker.Counts) bool { return false } // fails open
 	}
 	e.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
-		Name:          key,
-		MaxRequests:   s.c.MaxRequests,
-		Interval:      s.c.Interval,
-		BucketPeriod:  s.c.BucketPeriod,
-		Timeout:       s.c.Timeout,
+		Name:         key,
+		MaxRequests:  s.c.MaxRequests,
+		Interval:     s.c.Interval,
+		BucketPeriod: s.c.BucketPeriod,
+		// gobreaker goes half-open as soon as it is asked; the open
+		// period is openUntil's, on the set's clock.
+		Timeout:       time.Nanosecond,
 		ReadyToTrip:   readyToTrip,
 		OnStateChange: e.onStateChange,
 		IsExcluded:    func(err error) bool { return err == errExcluded },
@@ -92,9 +115,44 @@ func (s *set) newEntry(key string, kind int) *entry {
 // onStateChange runs under cb's lock: it records, and leaves the hooks to
 // flush.
 func (e *entry) onStateChange(_ string, from, to gobreaker.State) {
-	t := transition{stateOf(from), stateOf(to)}
-	if t.to == StateOpen {
-		e.openUntil.Store(time.Now().Add(e.set.c.Timeout).UnixNano())
+	t := transition{from: stateOf(from), to: stateOf(to)}
+	s := e.set
+	now := s.now()
+	switch t.to {
+	case StateOpen:
+		if e.closedAt != 0 && now-e.closedAt >= int64(s.c.Interval) {
+			e.trips = 0 // a healthy spell since the last trip
+		}
+		t.spell = t.from == StateHalfOpen && e.trips > 0
+		e.trips++
+		period := s.c.Timeout
+		for i := 1; i < e.trips && period < s.c.MaxTimeout; i++ {
+			period *= 2
+		}
+		period = min(period, s.c.MaxTimeout)
+		if h := e.host; h != nil {
+			if t.from == StateClosed {
+				h.outSince.Store(now)
+				h.probeStep.Store(0)
+			}
+			c := gateway.Class(h.lastClass.Load())
+			if !connLevel(c) && !s.othersServing(e) {
+				// A whole pool out: try it again soon, with real requests.
+				period = min(period, 3*s.c.Health.PanicInterval)
+			}
+		}
+		e.period, t.period = period, period
+		e.openUntil.Store(now + int64(period))
+		e.state.Store(uint32(t.to))
+		if e.host != nil {
+			s.startProbe(e)
+		}
+	case StateClosed:
+		e.closedAt = now
+		if h := e.host; h != nil && t.from != StateClosed {
+			h.warmFrom.Store(now)
+			h.consecutive.Store(0)
+		}
 	}
 	e.state.Store(uint32(t.to))
 	e.mu.Lock()
@@ -161,20 +219,30 @@ func (e *entry) touch() {
 // returns the open failure for upstream; otherwise the request reports its
 // outcome with finish.
 func (e *entry) allow(upstream string) (func(error), *gateway.Failure) {
+	if State(e.state.Load()) == StateOpen {
+		if now := e.set.now(); now < e.openUntil.Load() {
+			return nil, e.refuse(upstream, gobreaker.ErrOpenState, now)
+		}
+	}
 	done, err := e.cb.Allow()
 	e.notify()
 	if err != nil {
-		e.unpin()
-		f := gateway.NewFailure(gateway.ClassOpen, upstream, err)
-		f.RetryAfter = e.openFor(time.Now())
-		if f.RetryAfter <= 0 {
-			// Half-open with every probe slot taken: the answer is a
-			// probe's round trip away.
-			f.RetryAfter = time.Second
-		}
-		return nil, f
+		return nil, e.refuse(upstream, err, e.set.now())
 	}
 	return done, nil
+}
+
+// refuse unpins e and returns the open failure for upstream.
+func (e *entry) refuse(upstream string, err error, now int64) *gateway.Failure {
+	e.unpin()
+	f := gateway.NewFailure(gateway.ClassOpen, upstream, err)
+	f.RetryAfter = e.openFor(now)
+	if f.RetryAfter <= 0 {
+		// Half-open with every probe slot taken: the answer is a
+		// probe's round trip away.
+		f.RetryAfter = time.Second
+	}
+	return f
 }
 
 // finish reports a request's outcome (nil, errFailure or errExcluded) and
@@ -186,11 +254,11 @@ func (e *entry) finish(done func(error), outcome error) {
 }
 
 // openFor returns how long the breaker stays open, or 0.
-func (e *entry) openFor(now time.Time) time.Duration {
+func (e *entry) openFor(now int64) time.Duration {
 	if State(e.state.Load()) != StateOpen {
 		return 0
 	}
-	return max(0, time.Duration(e.openUntil.Load()-now.UnixNano()))
+	return max(0, time.Duration(e.openUntil.Load()-now))
 }
 
 // allows reports whether a request would be let through now, without
@@ -200,7 +268,7 @@ func (e *entry) allows() bool {
 	case StateClosed:
 		return true
 	case StateOpen:
-		if time.Now().UnixNano() < e.openUntil.Load() {
+		if e.set.now() < e.openUntil.Load() {
 			return false
 		}
 	}
@@ -218,11 +286,30 @@ func (e *entry) allows() bool {
 }
 
 func (e *entry) status() Status {
-	st := stateOf(e.cb.State()) // rolls the window first
-	e.notify()
+	now := e.set.now()
+	st := State(e.state.Load())
+	if st != StateOpen || now >= e.openUntil.Load() {
+		st = stateOf(e.cb.State()) // rolls the window first; may go half-open
+		e.notify()
+	}
 	s := Status{Name: e.set.c.Name, Key: e.key, Overflow: e.overflow, State: st, Counts: countsOf(e.cb.Counts())}
 	if st == StateOpen {
 		s.OpenUntil = time.Unix(0, e.openUntil.Load())
+	}
+	if h := e.host; h != nil {
+		s.Health, s.Share = e.hostHealth(now)
+		if st != StateClosed {
+			s.Since = time.Unix(0, h.outSince.Load())
+			if c := gateway.Class(h.lastClass.Load()); c != gateway.ClassInternal || h.consecutive.Load() > 0 {
+				s.LastClass = c.String()
+			}
+		}
+		if n := h.nextProbe.Load(); n > 0 {
+			s.NextProbe = time.Unix(0, n)
+		}
+		if s.Health == "resting" {
+			s.RestUntil = time.Unix(0, h.restUntil.Load())
+		}
 	}
 	return s
 }
@@ -268,6 +355,12 @@ type set struct {
 	// to the overflow breaker without taking mu.
 	fullUntil atomic.Int64
 
+	// prober runs a Hosts' probes; nil for a Breaker.
+	prober *prober
+	// clock is the set's clock in Unix ns; nil means time.Now. Tests set
+	// it before first use.
+	clock func() int64
+
 	mu        sync.Mutex // serialises writers of entries; guards the fields below
 	ring      []*entry   // the keyed breakers, one per slot: the clock's face
 	hand      int
@@ -276,7 +369,11 @@ type set struct {
 }
 
 func newSet(c config, keyed bool) *set {
-	s := &set{c: c, keyed: keyed}
+	return newSetWith(c, keyed, nil)
+}
+
+func newSetWith(c config, keyed bool, p *prober) *set {
+	s := &set{c: c, keyed: keyed, prober: p}
 	if keyed {
 		s.entries.Store(&map[string]*entry{})
 		s.overflow = s.newEntry("", kindOverflow)
@@ -322,7 +419,7 @@ func (s *set) admit(key string) *entry {
 	if len(key) > maxKeyLen {
 		return s.overflow
 	}
-	if len(*s.entries.Load()) >= s.c.MaxKeys && time.Now().UnixNano() < s.fullUntil.Load() {
+	if len(*s.entries.Load()) >= s.c.MaxKeys && s.now() < s.fullUntil.Load() {
 		return s.overflow
 	}
 	return s.insert(key)
@@ -348,7 +445,7 @@ func (s *set) insert(key string) *entry {
 	}
 	slot, victim := len(s.ring), (*entry)(nil)
 	if len(old) >= s.c.MaxKeys {
-		now := time.Now().UnixNano()
+		now := s.now()
 		var ok bool
 		if ok, spent = s.ration(now); !ok {
 			return s.overflow
@@ -446,7 +543,7 @@ func (s *set) report(e *entry, t transition) {
 		logger = slog.Default()
 	}
 	ctx := context.Background()
-	if logger.Enabled(ctx, slog.LevelWarn) {
+	if logger.Enabled(ctx, slog.LevelDebug) || logger.Enabled(ctx, slog.LevelWarn) {
 		attrs := []slog.Attr{
 			slog.String("breaker", s.c.Name),
 			slog.String("key", e.key),
@@ -457,11 +554,25 @@ func (s *set) report(e *entry, t transition) {
 			attrs = append(attrs, slog.Bool("overflow", true))
 		}
 		if t.to == StateOpen {
-			attrs = append(attrs, slog.Duration("open_for", s.c.Timeout))
+			attrs = append(attrs, slog.Duration("open_for", t.period))
 		}
-		logger.LogAttrs(ctx, slog.LevelWarn, "breaker: state changed", attrs...)
+		level := slog.LevelWarn
+		if t.spell || (t.from == StateOpen && t.to == StateHalfOpen) {
+			// Within one out spell (half-open tries that fail) the
+			// transitions are debug: the spell's start and end are warn.
+			level = slog.LevelDebug
+		}
+		logger.LogAttrs(ctx, level, "breaker: state changed", attrs...)
 	}
 	if s.c.OnStateChange != nil {
 		s.c.OnStateChange(s.c.Name, e.key, t.from, t.to)
 	}
+}
+
+// now is the set's clock, in Unix ns.
+func (s *set) now() int64 {
+	if s.clock != nil {
+		return s.clock()
+	}
+	return time.Now().UnixNano()
 }

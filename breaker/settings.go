@@ -43,7 +43,8 @@ const (
 	DefaultMinRequests         = 20
 	DefaultInterval            = 10 * time.Second
 	DefaultBucketPeriod        = time.Second
-	DefaultTimeout             = 10 * time.Second
+	DefaultTimeout             = 1 * time.Second
+	DefaultMaxTimeout          = 30 * time.Second
 	DefaultMaxRequests         = 3
 	DefaultMaxKeys             = 1024
 )
@@ -57,9 +58,12 @@ const maxBuckets = 1000
 //
 //   - trip on 5 consecutive failures, or on ≥ 50% failures over ≥ 20
 //     completed requests in a 10 s rolling window of 1 s buckets;
-//   - stay open 10 s, then half-open: up to 3 probe requests at a time;
+//   - stay open 1 s, then half-open: up to 3 probe requests at a time;
 //     3 consecutive successful probes close the breaker, a failed one
-//     reopens it for another 10 s;
+//     reopens it for twice as long as the last open period, up to 30 s;
+//     a breaker that stayed closed a whole Interval (10 s) since it last
+//     closed starts again from 1 s;
+//   - for [Hosts], the host-health defaults of [HostHealth];
 //   - 500 and 501 are successes (the application's own answers);
 //   - client cancellations are excluded from the counts;
 //   - with a Key function (or per host), at most 1024 breakers; beyond
@@ -95,9 +99,16 @@ type Settings struct {
 	// Interval (or Interval itself, if a tenth does not divide it).
 	BucketPeriod time.Duration
 
-	// Timeout is how long the breaker stays open before it lets probes
-	// through. Default 10 s.
+	// Timeout is the first open period: how long the breaker stays open
+	// before it lets probes through. Each further trip without a healthy
+	// spell in between (a whole Interval closed) doubles it, up to
+	// MaxTimeout, as Envoy multiplies its base ejection time by the number
+	// of ejections. Default 1 s: a short first period costs little, since
+	// a breaker that trips again at once waits twice as long.
 	Timeout time.Duration
+	// MaxTimeout caps the growing open period. Default 30 s (at least
+	// Timeout).
+	MaxTimeout time.Duration
 	// MaxRequests is how many probes may be in flight while half-open, and
 	// how many consecutive successes close the breaker. Default 3.
 	MaxRequests uint32
@@ -132,6 +143,10 @@ type Settings struct {
 	// cannot become a shared outage; it is logged at warn level at most
 	// once per Interval.
 	MaxKeys int
+
+	// Health configures the host-health model of [Hosts] (probing, resting,
+	// slow start); [New] ignores it.
+	Health HostHealth
 
 	// OnStateChange, if set, is called after each transition with the
 	// breaker's key ("" for a single breaker, the host:port for [Hosts]).
@@ -171,6 +186,8 @@ func (s Settings) normalize() (config, error) {
 	}
 	orDefault(&c.BucketPeriod, min(DefaultBucketPeriod, c.Interval))
 	orDefault(&c.Timeout, DefaultTimeout)
+	orDefault(&c.MaxTimeout, DefaultMaxTimeout)
+	c.MaxTimeout = max(c.MaxTimeout, c.Timeout)
 	orDefault(&c.MaxRequests, DefaultMaxRequests)
 	orDefault(&c.MaxKeys, DefaultMaxKeys)
 	var errs []error
@@ -181,7 +198,11 @@ func (s Settings) normalize() (config, error) {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"Interval", s.Interval}, {"BucketPeriod", s.BucketPeriod}, {"Timeout", s.Timeout}} {
+	}{{"Interval", s.Interval}, {"BucketPeriod", s.BucketPeriod}, {"Timeout", s.Timeout},
+		{"MaxTimeout", s.MaxTimeout}, {"Health.ProbeInterval", s.Health.ProbeInterval},
+		{"Health.MaxProbeInterval", s.Health.MaxProbeInterval}, {"Health.PanicInterval", s.Health.PanicInterval},
+		{"Health.ProbeTimeout", s.Health.ProbeTimeout}, {"Health.Rest", s.Health.Rest},
+		{"Health.MaxRest", s.Health.MaxRest}} {
 		if d.v < 0 {
 			negative = true
 			errs = append(errs, fmt.Errorf("negative %s %v", d.name, d.v))
@@ -194,6 +215,10 @@ func (s Settings) normalize() (config, error) {
 	case c.Interval/c.BucketPeriod > maxBuckets:
 		errs = append(errs, fmt.Errorf("BucketPeriod %v cuts Interval %v into more than %d buckets", c.BucketPeriod, c.Interval, maxBuckets))
 	}
+	if c.Health.Probation < 0 {
+		errs = append(errs, fmt.Errorf("negative Health.Probation %d", c.Health.Probation))
+	}
+	c.Health = c.Health.withDefaults()
 	if c.MaxKeys < 0 {
 		errs = append(errs, fmt.Errorf("negative MaxKeys %d", c.MaxKeys))
 	}
@@ -297,4 +322,19 @@ type Status struct {
 	// OpenUntil is when an open breaker lets probes through; zero unless
 	// open.
 	OpenUntil time.Time `json:"open_until,omitzero"`
+
+	// The host-health model's view, for [Hosts] only (see [HostHealth]).
+	// Health is the host's one state: "serving", "resting", "warming",
+	// "out", "probing" or "half-open".
+	Health string `json:"health,omitempty"`
+	// Share is the host's share of new requests, 0–1 (warming ramps it).
+	Share float64 `json:"share,omitempty"`
+	// Since is when the host last went out; zero while closed.
+	Since time.Time `json:"since,omitzero"`
+	// LastClass is the class of the host's last failure, while not closed.
+	LastClass string `json:"last_class,omitempty"`
+	// NextProbe is when the next probe is due; zero if none.
+	NextProbe time.Time `json:"next_probe,omitzero"`
+	// RestUntil is when a resting host's rest ends; zero unless resting.
+	RestUntil time.Time `json:"rest_until,omitzero"`
 }

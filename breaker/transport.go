@@ -1,7 +1,9 @@
 package breaker
 
 import (
+	"context"
 	"errors"
+	"net"
 	"net/http"
 	"time"
 
@@ -23,6 +25,17 @@ import (
 //	p.Health = hosts // a *pool.Pool
 //	proxy.Transport = hosts.Transport(gateway.NewTransport())
 //	err = p.Attach(proxy)
+//
+// Hosts is also the host-health model (see [HostHealth]): one state per
+// host, which a pool reads through Allows, OpenFor, Share and HostState.
+// A host is taken out only by evidence about the host: connection-level
+// failures, resets and timeouts count toward both rules of Settings
+// (ConsecutiveFailures and the ratio), while an upstream's own 502, 503
+// and 504 count toward the ratio over the host's whole traffic only, so
+// that one failing route beside healthy ones cannot take the host out,
+// while a host that fails everything still is. One client request counts
+// once per host however many attempts it makes there (its
+// [gateway.Trail] tells). Call [Hosts.Close] to stop its probes.
 type Hosts struct {
 	set *set
 }
@@ -37,7 +50,47 @@ func PerHost(s Settings) (*Hosts, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Hosts{set: newSet(c, true)}, nil
+	ctx, cancel := context.WithCancel(context.Background())
+	var d net.Dialer
+	p := &prober{ctx: ctx, cancel: cancel, dial: d.DialContext}
+	return &Hosts{set: newSetWith(c, true, p)}, nil
+}
+
+// Close stops the probes and waits for those in flight to end. Hosts
+// keeps guarding requests; a host that is out stays out until its open
+// period ends.
+func (h *Hosts) Close() {
+	p := h.set.prober
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.cancel()
+	p.wg.Wait()
+}
+
+// Share returns host's share of new requests, in [0, 1], for a pool's
+// balancer: 1 normally; 0 while it rests after failures (use it only when
+// no other host is left); between 0.1 and 1 while it warms up after a
+// return (see HostHealth.SlowStart). A host that is not allowed, or that
+// Hosts does not know, has share 1.
+func (h *Hosts) Share(host string) float64 {
+	e := h.set.lookup(host)
+	if e == nil || e.host == nil || State(e.state.Load()) != StateClosed {
+		return 1
+	}
+	return e.share(h.set.now())
+}
+
+// HostState returns host's one-word state (see [HostHealth]): "serving",
+// "resting", "warming", "out", "probing" or "half-open"; "serving" for a
+// host Hosts does not know.
+func (h *Hosts) HostState(host string) string {
+	e := h.set.lookup(host)
+	if e == nil || e.host == nil {
+		return "serving"
+	}
+	st, _ := e.hostHealth(h.set.now())
+	return st
 }
 
 var errKeyPerHost = errors.New("breaker: invalid settings: Key is for New; PerHost keys by host")
@@ -87,10 +140,22 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if clientGone(req) {
 			outcome = errExcluded // the client went away; whatever broke is a consequence
 		}
+		if outcome == errFailure && e.host != nil && !e.hostFailure(req, f.Class) {
+			outcome = errExcluded // counted once for this request already
+		}
 		e.finish(done, outcome)
 		return nil, err
 	}
-	e.finish(done, statusOutcome(res.StatusCode, t.set.c.CountServerErrors))
+	outcome := statusOutcome(res.StatusCode, t.set.c.CountServerErrors)
+	if e.host != nil {
+		switch {
+		case outcome == nil:
+			e.hostSuccess()
+		case !e.hostStatusFailure(req):
+			outcome = errExcluded
+		}
+	}
+	e.finish(done, outcome)
 	return res, nil
 }
 
@@ -120,7 +185,7 @@ func (h *Hosts) Allows(host string) bool {
 // a no_upstream failure.
 func (h *Hosts) OpenFor(host string) time.Duration {
 	if e := h.set.lookup(host); e != nil {
-		return e.openFor(time.Now())
+		return e.openFor(h.set.now())
 	}
 	return 0
 }

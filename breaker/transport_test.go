@@ -60,9 +60,12 @@ func asFailure(t *testing.T, err error) *gateway.Failure {
 func TestHostsIsolate(t *testing.T) {
 	bad := newControlled(t, modeStatus, http.StatusServiceUnavailable)
 	good := newControlled(t, modeOK, 0)
-	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet, Timeout: time.Minute})
+	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet, MinRequests: 5, Timeout: time.Minute})
 	require.NoError(t, err)
 	rt := hostTransport(t, hosts)
+	res, err := roundTrip(t, rt, good.URL) // another host serves: not a whole pool out
+	require.NoError(t, err)
+	res.Body.Close()
 
 	for range 5 {
 		res, err := roundTrip(t, rt, bad.URL)
@@ -87,7 +90,7 @@ func TestHostsIsolate(t *testing.T) {
 	assert.EqualValues(t, 5, bad.Requests(), "the open host is not touched")
 	t.Logf("open fast-fail took %v", elapsed)
 
-	res, err := roundTrip(t, rt, good.URL)
+	res, err = roundTrip(t, rt, good.URL)
 	require.NoError(t, err)
 	assert.Equal(t, http.StatusOK, res.StatusCode)
 
@@ -104,7 +107,7 @@ func TestHostsIsolate(t *testing.T) {
 // at once.
 func TestAllowsTakesNoProbe(t *testing.T) {
 	up := newControlled(t, modeStatus, http.StatusBadGateway)
-	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet, Timeout: 200 * time.Millisecond})
+	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet, MinRequests: 5, Timeout: 200 * time.Millisecond})
 	require.NoError(t, err)
 	rt := hostTransport(t, hosts)
 	for range 5 {
@@ -164,7 +167,6 @@ func outageStack(t *testing.T, hosts *breaker.Hosts, servers ...*controlled) *ht
 	require.NoError(t, err)
 	p.Logger = quiet
 	p.Health = hosts
-	p.Passive.RestAfter = -1 // the breakers alone
 	proxy := &httputil.ReverseProxy{
 		Transport:    hostTransport(t, hosts),
 		ErrorHandler: gateway.NewErrorHandler(quiet),
@@ -187,7 +189,7 @@ func TestTotalOutage(t *testing.T) {
 	const open = 200 * time.Millisecond
 	var mu sync.Mutex
 	halfOpens := map[string]int{}
-	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet, Timeout: open,
+	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet, MinRequests: 5, Timeout: open,
 		OnStateChange: func(_, key string, _, to breaker.State) {
 			if to == breaker.StateHalfOpen {
 				mu.Lock()
@@ -240,7 +242,7 @@ func TestTotalOutage(t *testing.T) {
 // the inbound deadline) is the upstream's failure, unlike a cancellation.
 func TestDeadlineCounts(t *testing.T) {
 	up := newControlled(t, modeBlock, 0)
-	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet, Timeout: time.Minute})
+	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet, MinRequests: 5, Timeout: time.Minute})
 	require.NoError(t, err)
 	rt := hostTransport(t, hosts)
 	for range 5 {
@@ -257,7 +259,7 @@ func TestDeadlineCounts(t *testing.T) {
 // name, host:port with the scheme's default port, so that a target written
 // without a port is one upstream for the breaker, the pool and the logs.
 func TestHostsCanonicalName(t *testing.T) {
-	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet, Timeout: time.Minute})
+	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet, MinRequests: 5, Timeout: time.Minute})
 	require.NoError(t, err)
 	var seen []string
 	rt := hosts.Transport(relRoundTrip(func(r *http.Request) (*http.Response, error) {

@@ -34,10 +34,10 @@ func (p Policy) String() string {
 
 // Preference ranks of a host for one pick; lower is better.
 const (
-	rankFresh        = iota // not tried by this request, not resting
-	rankResting             // not tried, resting
-	rankTried               // tried, not resting
-	rankTriedResting        // tried and resting
+	rankFresh        = iota // not tried by this request, full share
+	rankResting             // not tried, passed over for its share
+	rankTried               // tried, full share
+	rankTriedResting        // tried and passed over
 	rankNone                // no candidate yet
 )
 
@@ -55,6 +55,7 @@ func (p *Pool) pick(trail *gateway.Trail, now int64) *upstream {
 	var buf [16]*upstream
 	cands := buf[:0]
 	best := rankNone
+	shares, _ := p.Health.(Shares)
 	for k := range n {
 		i := start + k
 		if i >= n {
@@ -62,14 +63,18 @@ func (p *Pool) pick(trail *gateway.Trail, now int64) *upstream {
 		}
 		u := p.ups[i]
 		r := rankFresh
-		if now < u.restUntil.Load() {
-			r = rankResting
-		}
 		if trail.Tried(u.host) {
-			r += rankTried
+			r = rankTried
 		}
 		if r > best || !p.allows(u.host) {
 			continue
+		}
+		if shares != nil {
+			if s := shares.Share(u.host); s < 1 && (s <= 0 || rand.Float64() >= s) {
+				if r++; r > best {
+					continue
+				}
+			}
 		}
 		if r < best {
 			best, cands = r, cands[:0]

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
 )
 
@@ -82,7 +83,6 @@ func drive(ctx context.Context, c *http.Client, url string, workers int, think t
 func share(t *testing.T, policy Policy, bad int, servers []*gatewaytest.Server, n, workers int) float64 {
 	pool := newTestPool(t, servers...)
 	pool.Policy = policy
-	pool.Passive.RestAfter = -1 // the balancer alone
 	front := poolFront(t, pool)
 	c := loadClient(t)
 	var next atomic.Int64
@@ -136,11 +136,11 @@ func TestPeakEWMASendsLessToBadHost(t *testing.T) {
 	}
 }
 
-// TestPassiveHealthMeasure is the measurement behind PassiveHealth's
-// defaults (DESIGN: choose the per-host defaults by measuring). It takes
+// TestPassiveHealthMeasure is the measurement behind the resting defaults
+// of breaker.HostHealth (formerly the pool's PassiveHealth) (DESIGN: choose the per-host defaults by measuring). It takes
 // minutes, so it runs only with PROXYKIT_MEASURE=1:
 //
-//	PROXYKIT_MEASURE=1 go test -run TestPassiveHealthMeasure -v -timeout 30m ./gateway/
+//	PROXYKIT_MEASURE=1 go test -run TestPassiveHealthMeasure -v -timeout 30m ./gateway/pool/
 //
 // Scenario 1 (issue 4): 3 hosts, one resetting a random 20% of POSTs after
 // reading them, at three load levels; POST success rate per passive-health
@@ -152,13 +152,13 @@ func TestPassiveHealthMeasure(t *testing.T) {
 	}
 	configs := []struct {
 		name string
-		ph   PassiveHealth
+		ph   breaker.HostHealth
 	}{
-		{"none", PassiveHealth{RestAfter: -1}},
-		{"nginx: 1 failure, 10 s", PassiveHealth{RestAfter: 1, Rest: 10 * time.Second, MaxRest: 10 * time.Second}},
-		{"1 failure, 1 s fixed", PassiveHealth{RestAfter: 1, Rest: time.Second, MaxRest: time.Second}},
-		{"2 failures, 1 s→10 s", PassiveHealth{RestAfter: 2}},
-		{"default: 1 failure, 1 s→10 s", PassiveHealth{}},
+		{"none", breaker.HostHealth{RestAfter: -1}},
+		{"nginx: 1 failure, 10 s", breaker.HostHealth{RestAfter: 1, Rest: 10 * time.Second, MaxRest: 10 * time.Second}},
+		{"1 failure, 1 s fixed", breaker.HostHealth{RestAfter: 1, Rest: time.Second, MaxRest: time.Second}},
+		{"2 failures, 1 s→10 s", breaker.HostHealth{RestAfter: 2}},
+		{"default: 1 failure, 1 s→10 s", breaker.HostHealth{}},
 	}
 	loads := []struct {
 		name    string
@@ -176,7 +176,8 @@ func TestPassiveHealthMeasure(t *testing.T) {
 				a, c := gatewaytest.NewHealthy(nil), gatewaytest.NewHealthy(nil)
 				b := newFlaky(t, 0.2)
 				pool := newTestPool(t, a, b, c)
-				pool.Policy, pool.Passive = policy, cfg.ph
+				pool.Policy = policy
+				withHosts(t, pool, breaker.Settings{Health: cfg.ph})
 				front := poolFront(t, pool)
 				var tl tally
 				ctx, cancel := context.WithTimeout(context.Background(), ld.dur)
@@ -195,7 +196,7 @@ func TestPassiveHealthMeasure(t *testing.T) {
 	for _, cfg := range configs[1:] {
 		a, b, c := gatewaytest.NewHealthy(nil), gatewaytest.NewHealthy(nil), gatewaytest.NewHealthy(nil)
 		pool := newTestPool(t, a, b, c)
-		pool.Passive = cfg.ph
+		withHosts(t, pool, breaker.Settings{Health: cfg.ph})
 		pool.Policy = RoundRobin
 		front := poolFront(t, pool)
 		var tl tally

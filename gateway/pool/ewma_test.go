@@ -53,68 +53,11 @@ func fakeClockPool(t *testing.T, n int) (*Pool, *int64) {
 	return p, &now
 }
 
-// TestRestDoubling: a host that keeps failing rests 1 s, 2 s, 4 s, 8 s, then
-// 10 s each time; Probation successes in a row bring it back to 1 s.
-func TestRestDoubling(t *testing.T) {
-	p, now := fakeClockPool(t, 3)
-	u := p.ups[1]
-	var rests []time.Duration
-	for range 7 {
-		p.observe(u, true, int64(time.Millisecond), *now)
-		until := u.restUntil.Load()
-		rests = append(rests, time.Duration(until-*now))
-		*now = until // fail again as soon as it is back
-	}
-	s := time.Second
-	assert.Equal(t, []time.Duration{s, 2 * s, 4 * s, 8 * s, 10 * s, 10 * s, 10 * s}, rests)
-
-	for range DefaultProbation - 1 {
-		p.observe(u, false, int64(time.Millisecond), *now)
-	}
-	p.observe(u, true, int64(time.Millisecond), *now)
-	assert.Equal(t, 10*s, time.Duration(u.restUntil.Load()-*now), "99 successes are not probation")
-	*now = u.restUntil.Load()
-	for range DefaultProbation {
-		p.observe(u, false, int64(time.Millisecond), *now)
-	}
-	p.observe(u, true, int64(time.Millisecond), *now)
-	assert.Equal(t, s, time.Duration(u.restUntil.Load()-*now), "after probation, back to the first rest")
-
-	// Failures while resting (requests sent before the rest) do not extend it.
-	until := u.restUntil.Load()
-	p.observe(u, true, int64(time.Millisecond), *now+1)
-	assert.Equal(t, until, u.restUntil.Load())
-}
-
-// TestRestAfter: with RestAfter 3, two failures rest nothing; a success
-// resets the count.
-func TestRestAfter(t *testing.T) {
-	p, now := fakeClockPool(t, 2)
-	p.Passive.RestAfter = 3
-	u := p.ups[0]
-	p.observe(u, true, 1, *now)
-	p.observe(u, true, 1, *now)
-	p.observe(u, false, 1, *now)
-	p.observe(u, true, 1, *now)
-	p.observe(u, true, 1, *now)
-	assert.Zero(t, u.restUntil.Load())
-	p.observe(u, true, 1, *now)
-	assert.Positive(t, u.restUntil.Load())
-
-	p, now = fakeClockPool(t, 2)
-	p.Passive.RestAfter = -1
-	for range 50 {
-		p.observe(p.ups[0], true, 1, *now)
-	}
-	assert.Zero(t, p.ups[0].restUntil.Load(), "negative RestAfter disables resting")
-}
-
 // TestFailurePenalty: a host that fails fast never looks cheaper than the
 // slowest successful host, and however long its failure streak, its cost
 // falls back below a healthy host's within a bounded time once it stops.
 func TestFailurePenalty(t *testing.T) {
 	p, now := fakeClockPool(t, 2)
-	p.Passive.RestAfter = -1
 	good, bad := p.ups[0], p.ups[1]
 	tau := p.decay()
 	p.observe(good, false, int64(5*time.Millisecond), *now)

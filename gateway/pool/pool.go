@@ -16,13 +16,8 @@ import (
 	"github.com/proxykit/proxykit/gateway"
 )
 
-// Defaults of a Pool. See [PassiveHealth] for how the rest defaults were
-// chosen.
+// Defaults of a Pool.
 const (
-	DefaultRestAfter       = 1
-	DefaultRest            = 1 * time.Second
-	DefaultMaxRest         = 10 * time.Second
-	DefaultProbation       = 100
 	DefaultDecay           = 10 * time.Second
 	DefaultNoUpstreamRetry = 1 * time.Second
 )
@@ -57,10 +52,12 @@ const (
 //
 // Every pick skips hosts that Health does not allow (a hard rule), and
 // prefers hosts this request has not tried yet (see [gateway.Trail]) and
-// hosts that are not resting after failures (see [PassiveHealth]); among
-// the hosts of the best preference the Policy chooses. Tried and resting
+// hosts at their full share (see [Shares]: a host resting after failures,
+// or warming up after a return, is passed over in proportion); among the
+// hosts of the best preference the Policy chooses. Tried and passed-over
 // hosts are used only when nothing better is left, so that a retry layer
-// over a one-host pool can still retry, and resting never empties a pool.
+// over a one-host pool can still retry, and neither resting nor slow
+// start ever empties a pool.
 // When no host is allowed the request fails with [gateway.ClassNoUpstream]
 // (503, Retry-After) without dialing.
 //
@@ -78,15 +75,12 @@ type Pool struct {
 	// *breaker.Hosts is one. Nil allows every host.
 	Health Health
 
-	// Passive configures resting hosts that fail.
-	Passive PassiveHealth
-
 	// Decay is the peak-EWMA's time constant: how fast a latency peak or a
 	// failure is forgiven. Default 10 s (Finagle's and Linkerd's).
 	Decay time.Duration
 
-	// Logger receives one warn line each time a host starts resting. Nil
-	// means slog.Default().
+	// Logger is kept for compatibility: the pool logs nothing of its own
+	// since host health (resting, probing, slow start) moved to Health.
 	Logger *slog.Logger
 
 	ups    []*upstream
@@ -109,51 +103,30 @@ type Health interface {
 	OpenFor(host string) time.Duration
 }
 
-// PassiveHealth rests a host that fails: for a while the balancer sends it
-// requests only if no other healthy host is left. It is what keeps
-// requests that cannot be retried (a POST that reached the upstream)
-// succeeding when one host of several fails some of them; a breaker, which
-// needs several failures in a row or a high failure rate, does not notice
-// a host that resets one request in five.
-//
-// A host rests after RestAfter consecutive failures (classes that count as
-// failures, or an upstream 502/503/504) for Rest. If it fails again before
-// it has served Probation requests successfully, its next rest is twice as
-// long, up to MaxRest; Probation successes in a row clear the doubling.
-//
-// The defaults — rest after 1 failure, for 1 s doubling up to 10 s,
-// probation 100 — were chosen by measurement (TestPassiveHealthMeasure):
-// 3 hosts, one resetting a random 20% of POSTs after reading them, 30 s at
-// ~40 and ~190 POST/s and 10 s flat out (~10k/s), on loopback. POST
-// success with the defaults and PeakEWMA: 99.75%, 99.90%, 99.995%; with
-// RoundRobin: 99.49%, 99.90%, 99.996%. Without resting: 93.4–93.9% (round
-// robin), 97.3% flat out (peak EWMA). nginx's fixed 10 s after one failure
-// scores about the same (99.75%, 99.95%, 99.999%) but keeps a host that
-// failed briefly out of rotation: after a 2 s outage it got traffic again
-// 8.0 s after it had recovered, against 1.0 s with the doubling. A fixed
-// 1 s rest recovers at once but reaches only 98.0% at 40/s (round robin);
-// resting after 2 failures in a row, 99.2% (peak EWMA).
-//
-// Resting is a preference, never a verdict: it does not empty a pool. With
-// every healthy host resting, the balancer uses them all anyway.
-type PassiveHealth struct {
-	// RestAfter is how many consecutive failures rest a host. Default 1;
-	// negative disables resting.
-	RestAfter int
-	// Rest is the first rest. Default 1 s.
-	Rest time.Duration
-	// MaxRest caps the doubling. Default 10 s.
-	MaxRest time.Duration
-	// Probation is how many successes in a row clear the doubling.
-	// Default 100.
-	Probation int
+// Shares is an optional interface of a [Health]: the share of new
+// requests a host that Allows should get, in [0, 1]. *breaker.Hosts
+// implements it: 0 while a host rests after failures, a ramp while it
+// warms up after a return (slow start), else 1. A pick passes a host over
+// with probability 1−share — it is used then only if no host at its full
+// share is left — so shares never empty a pool, and a host alone gets
+// everything.
+type Shares interface {
+	Share(host string) float64
+}
+
+// HostStater is an optional interface of a [Health]: a host's one-word
+// state for [Pool.Status] ("serving", "resting", "warming", "out",
+// "probing", "half-open" for *breaker.Hosts).
+type HostStater interface {
+	HostState(host string) string
 }
 
 // HostStatus is one host's state, as a Pool reports it.
 type HostStatus struct {
 	// Upstream is the host's [gateway.UpstreamName].
 	Upstream string `json:"upstream"`
-	// State is "ok", "resting" or "unhealthy".
+	// State is Health's one word for the host (see [HostStater]), or
+	// without one "ok" or "unhealthy".
 	State string `json:"state"`
 	// Healthy reports whether new requests may be sent to it now.
 	Healthy bool `json:"healthy"`
@@ -165,7 +138,8 @@ type HostStatus struct {
 	// Requests and Failures count what was sent to it.
 	Requests int64 `json:"requests"`
 	Failures int64 `json:"failures"`
-	// Until is when a resting state ends; zero if none.
+	// Until is when a host that is not allowed may be again, as far as
+	// Health knows (OpenFor); zero if unknown.
 	Until time.Time `json:"until,omitzero"`
 }
 
@@ -174,17 +148,13 @@ type upstream struct {
 	target *url.URL
 	host   string
 
-	inFlight  atomic.Int64
-	restUntil atomic.Int64 // pool clock ns; resting while now < restUntil
-	requests  atomic.Int64
-	failures  atomic.Int64
-	latency   peakEWMA // of successful requests
-	cost      peakEWMA // of all requests, failures penalised: the balancer's
+	inFlight atomic.Int64
+	requests atomic.Int64
+	failures atomic.Int64
+	latency  peakEWMA // of successful requests
+	cost     peakEWMA // of all requests, failures penalised: the balancer's
 
-	mu          sync.Mutex // serialises observations
-	consecutive int        // failures in a row
-	strikes     int        // rests since the host last passed probation
-	successes   int        // successes in a row
+	mu sync.Mutex // serialises observations
 }
 
 // NewPool returns a pool over targets, each an absolute http or https URL
@@ -312,8 +282,16 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	switch {
 	case err != nil:
 		c := gateway.Classify(err)
-		if c.CountsAsFailure() && !errors.Is(req.Context().Err(), context.Canceled) {
+		switch {
+		case errors.Is(req.Context().Err(), context.Canceled):
+			u.requests.Add(1) // the client left: says nothing about the host
+		case c.CountsAsFailure() || c == gateway.ClassStaleConn:
+			// A dropped keep-alive connection is no evidence against the
+			// host's health, but the balancer still prefers hosts that do
+			// not drop them.
 			p.observe(u, true, end-start, end)
+		default:
+			u.requests.Add(1)
 		}
 	default:
 		p.observe(u, gateway.IsFailureStatus(res.StatusCode), end-start, end)
@@ -335,27 +313,21 @@ func (p *Pool) decay() float64 {
 	return float64(DefaultDecay)
 }
 
-// observe records one outcome of u at now: latency, the balancer's cost,
-// and passive health. For the cost a failure is a sample of failurePenalty
-// times the largest of its own latency and every host's latency of
-// successes: a failure never looks faster than the slowest success in the
-// pool, so failing fast does not attract traffic; and however many
-// failures come in a row the penalty stays bounded, so it wears off within
-// about Decay·ln(failurePenalty) once the host stops failing.
+// observe records one outcome of u at now: latency and the balancer's
+// cost. For the cost a failure is a sample of failurePenalty times the
+// largest of its own latency and every host's latency of successes: a
+// failure never looks faster than the slowest success in the pool, so
+// failing fast does not attract traffic; and however many failures come
+// in a row the penalty stays bounded, so it wears off within about
+// Decay·ln(failurePenalty) once the host stops failing.
 func (p *Pool) observe(u *upstream, failed bool, rtt, now int64) {
 	u.requests.Add(1)
-	ph := p.Passive.withDefaults()
 	tau := p.decay()
-	var rest time.Duration
 	u.mu.Lock()
+	defer u.mu.Unlock()
 	if !failed {
 		u.latency.observe(now, float64(rtt), tau)
 		u.cost.observe(now, float64(rtt), tau)
-		u.consecutive = 0
-		if u.successes++; u.successes >= ph.Probation {
-			u.strikes = 0
-		}
-		u.mu.Unlock()
 		return
 	}
 	u.failures.Add(1)
@@ -364,45 +336,6 @@ func (p *Pool) observe(u *upstream, failed bool, rtt, now int64) {
 		slowest = max(slowest, v.latency.value(now, tau))
 	}
 	u.cost.observe(now, failurePenalty*slowest, tau)
-	u.consecutive++
-	u.successes = 0
-	if ph.RestAfter > 0 && u.consecutive >= ph.RestAfter && now >= u.restUntil.Load() {
-		u.strikes++ // reset to 0 by Probation successes in a row
-		rest = ph.Rest
-		for i := 1; i < u.strikes && rest < ph.MaxRest; i++ {
-			rest *= 2
-		}
-		rest = min(rest, ph.MaxRest)
-		u.restUntil.Store(now + int64(rest))
-		u.consecutive = 0
-	}
-	strikes := u.strikes
-	u.mu.Unlock()
-	if rest > 0 {
-		logger := p.Logger
-		if logger == nil {
-			logger = slog.Default()
-		}
-		logger.LogAttrs(context.Background(), slog.LevelWarn, "pool: upstream resting after failures",
-			slog.String("upstream", u.host), slog.Duration("rest", rest), slog.Int("strikes", strikes))
-	}
-}
-
-func (ph PassiveHealth) withDefaults() PassiveHealth {
-	if ph.RestAfter == 0 {
-		ph.RestAfter = DefaultRestAfter
-	}
-	if ph.Rest <= 0 {
-		ph.Rest = DefaultRest
-	}
-	if ph.MaxRest <= 0 {
-		ph.MaxRest = DefaultMaxRest
-	}
-	ph.MaxRest = max(ph.MaxRest, ph.Rest)
-	if ph.Probation <= 0 {
-		ph.Probation = DefaultProbation
-	}
-	return ph
 }
 
 // allows reports whether Health allows host.
@@ -426,11 +359,12 @@ func (p *Pool) noUpstreamRetryAfter() time.Duration {
 }
 
 // Status returns the state of every host, in target order, for a
-// [status.View] (View.Upstreams = pool.Status). State is "ok",
-// "resting" or "unhealthy" (Health does not allow it: a breaker is open).
+// [status.View] (View.Upstreams = pool.Status). State is Health's (see
+// [HostStater]), or "ok" or "unhealthy" (Health does not allow it).
 func (p *Pool) Status() []HostStatus {
 	now := p.now()
 	tau := p.decay()
+	stater, _ := p.Health.(HostStater)
 	out := make([]HostStatus, len(p.ups))
 	for i, u := range p.ups {
 		s := HostStatus{
@@ -442,11 +376,14 @@ func (p *Pool) Status() []HostStatus {
 			Requests: u.requests.Load(),
 			Failures: u.failures.Load(),
 		}
-		if until := u.restUntil.Load(); now < until {
-			s.State, s.Until = "resting", p.epoch.Add(time.Duration(until))
-		}
 		if !s.Healthy {
 			s.State = "unhealthy"
+			if d := p.Health.OpenFor(u.host); d > 0 {
+				s.Until = time.Now().Add(d)
+			}
+		}
+		if stater != nil {
+			s.State = stater.HostState(u.host)
 		}
 		out[i] = s
 	}
