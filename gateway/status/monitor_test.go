@@ -113,7 +113,11 @@ func TestStatusView(t *testing.T) {
 			}
 		},
 		Breakers: func() []breaker.Status {
-			return []breaker.Status{{Name: "routes", Key: "/api", State: breaker.StateOpen, Counts: breaker.Counts{ConsecutiveFailures: 5}, OpenUntil: until}}
+			return []breaker.Status{
+				{Name: "routes", Key: "/api", State: breaker.StateOpen, Counts: breaker.Counts{ConsecutiveFailures: 5}, OpenUntil: until},
+				{Name: "hosts", Key: "10.0.0.7:8080", State: breaker.StateClosed, Health: "warming", Share: 0.4},
+				{Name: "hosts", Key: "10.0.0.8:8080", State: breaker.StateOpen, Health: "probing", LastClass: "refused", Since: until.Add(-time.Minute), NextProbe: until},
+			}
 		},
 	}
 
@@ -135,7 +139,7 @@ func TestStatusView(t *testing.T) {
 	body := rec.Body.String()
 	assert.Equal(t, "text/html; charset=utf-8", rec.Header().Get("Content-Type"))
 	assert.Contains(t, rec.Header().Get("Content-Security-Policy"), "default-src 'none'")
-	for _, s := range []string{"10.0.0.5:8080", "resting", "3.0 ms", "connect_timeout", "12:00:10Z", "routes: /api", `lang="en"`} {
+	for _, s := range []string{"10.0.0.5:8080", "resting", "3.0 ms", "connect_timeout", "12:00:10Z", "routes: /api", "warming (40%)", "probing", "<code>refused</code>", "11:59:10Z", `lang="en"`} {
 		assert.Contains(t, body, s)
 	}
 	assert.NotContains(t, body, "<script")

@@ -81,6 +81,7 @@ var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap
 		return t.UTC().Format("15:04:05Z")
 	},
 	"classes": gateway.Classes,
+	"pct":     func(f float64) string { return strconv.Itoa(int(f*100+0.5)) + "%" },
 }).Parse(statusHTML))
 
 // ServeHTTP serves the report.
