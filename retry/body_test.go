@@ -315,17 +315,18 @@ func TestReplayReleaseWithReaderOut(t *testing.T) {
 	src := newSource(3000, 1000).gated()
 	rp := newReplayIn(mem, src, 1<<20, -1)
 	a := rp.attempt()
-	src.gate <- struct{}{}
-	readN(t, a, 1000)
-	require.Equal(t, int64(minBuffer), mem.used.Load())
-
 	late := make(chan error, 1)
 	go func() {
-		_, err := a.Read(make([]byte, 1000))
+		k, err := a.Read(make([]byte, 1000))
+		assert.NoError(t, err)
+		assert.Equal(t, 1000, k)
+		_, err = a.Read(make([]byte, 1000))
 		late <- err
 	}()
 	<-src.entered
-	<-src.entered // the second read is in flight
+	src.gate <- struct{}{} // the first read completes
+	<-src.entered          // the second is in flight
+	require.Equal(t, int64(minBuffer), mem.used.Load())
 	assert.False(t, rp.release(), "not reusable while a read is out")
 	assert.Zero(t, mem.used.Load(), "but its memory is given back")
 	src.gate <- struct{}{}

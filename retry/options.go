@@ -130,8 +130,8 @@ type Options struct {
 	// goroutine: attempt is the number of the attempt about to start (2
 	// for the first retry), f the failure of the previous attempt (a copy,
 	// with Attempts set, that the hook may keep), delay the wait before
-	// the retry. It must be safe for concurrent use and quick: the request
-	// waits for it.
+	// the retry (0 after a stale_connection: it is retried at once). It
+	// must be safe for concurrent use and quick: the request waits for it.
 	OnRetry func(attempt int, f *gateway.Failure, delay time.Duration)
 
 	// Logger receives a debug line per retry, a warn line (at most one a

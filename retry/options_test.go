@@ -25,6 +25,8 @@ func TestOptionsValidation(t *testing.T) {
 		{"negative per-try", Options{PerTryTimeout: -1}, "PerTryTimeout"},
 		{"negative max retry-after", Options{MaxRetryAfter: -1}, "MaxRetryAfter"},
 		{"negative replay", Options{MaxReplayBytes: -1}, "MaxReplayBytes"},
+		{"negative replay total", Options{MaxReplayTotal: -1}, "MaxReplayTotal"},
+		{"replay total below per-request", Options{MaxReplayBytes: 2 << 20, MaxReplayTotal: 1 << 20}, "MaxReplayTotal"},
 		{"negative ratio", Options{BudgetRatio: -0.1}, "BudgetRatio"},
 		{"NaN ratio", Options{BudgetRatio: math.NaN()}, "BudgetRatio"},
 		{"negative floor", Options{BudgetMinPerSecond: -1}, "BudgetMinPerSecond"},
@@ -58,6 +60,8 @@ func TestZeroOptionsAreTheDefaults(t *testing.T) {
 	assert.Zero(t, c.perTry)
 	assert.Equal(t, time.Second, c.maxRetryAfter)
 	assert.Equal(t, 1<<20, c.maxReplay)
+	assert.Equal(t, 64<<20, c.maxReplayTotal)
+	assert.Equal(t, int64(64<<20), rt.replayMem.max)
 	assert.False(t, c.trustKey)
 	assert.Equal(t, 0.2, c.ratio)
 	assert.Equal(t, 10.0, c.floor)
@@ -96,4 +100,28 @@ func TestOneDelaySetAlone(t *testing.T) {
 	assert.Equal(t, time.Second, c.cap)
 	_, err = Options{BaseDelay: time.Second, MaxDelay: time.Millisecond}.resolve()
 	assert.Error(t, err, "both set and inconsistent is still an error")
+}
+
+// TestReplayPairSetAlone: MaxReplayBytes and MaxReplayTotal, one set alone,
+// never contradict each other: the defaulted one yields. Both set, they
+// must agree; math.MaxInt lifts the total cap.
+func TestReplayPairSetAlone(t *testing.T) {
+	c, err := Options{MaxReplayTotal: 512 << 10}.resolve()
+	require.NoError(t, err)
+	assert.Equal(t, 512<<10, c.maxReplay, "a per-request default above the total yields")
+	assert.Equal(t, 512<<10, c.maxReplayTotal)
+
+	c, err = Options{MaxReplayBytes: 128 << 20}.resolve()
+	require.NoError(t, err)
+	assert.Equal(t, 128<<20, c.maxReplay)
+	assert.Equal(t, 128<<20, c.maxReplayTotal, "a total default below the per-request cap yields")
+
+	c, err = Options{MaxReplayBytes: 4 << 10, MaxReplayTotal: 4 << 10}.resolve()
+	require.NoError(t, err, "equal is fine: one body at a time")
+	assert.Equal(t, 4<<10, c.maxReplayTotal)
+
+	c, err = Options{MaxReplayTotal: math.MaxInt}.resolve()
+	require.NoError(t, err)
+	assert.Equal(t, DefaultMaxReplayBytes, c.maxReplay)
+	assert.Equal(t, math.MaxInt, c.maxReplayTotal)
 }

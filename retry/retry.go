@@ -93,11 +93,11 @@ import (
 // concurrent use; one Retry may wrap several handlers, which then share its
 // retry budget.
 type Retry struct {
-	cfg     config
-	backoff backoff
-	budget  *budget
-	states  sync.Pool    // of *state
-	replay  replayMemory // the replay buffers of requests in flight
+	cfg       config
+	backoff   backoff
+	budget    *budget
+	states    sync.Pool    // of *state
+	replayMem replayMemory // the replay buffers of requests in flight
 
 	retries   atomic.Int64 // retries made, since New
 	exhausted atomic.Int64 // retries the budget denied, since New
@@ -118,7 +118,7 @@ func New(o Options) (*Retry, error) {
 		backoff: backoff{base: cfg.base, cap: cfg.cap},
 		budget:  newBudget(cfg.ratio, cfg.floor, time.Now()),
 	}
-	rt.replay.max = int64(cfg.maxReplayTotal)
+	rt.replayMem.max = int64(cfg.maxReplayTotal)
 	rt.states.New = func() any { return new(state) }
 	return rt, nil
 }
@@ -159,8 +159,8 @@ func (rt *Retry) Stats() Stats {
 		Retries:         ret,
 		TotalRetries:    rt.retries.Load(),
 		BudgetExhausted: rt.exhausted.Load(),
-		ReplayBytes:     rt.replay.used.Load(),
-		ReplaySkipped:   rt.replay.skipped.Load(),
+		ReplayBytes:     rt.replayMem.used.Load(),
+		ReplaySkipped:   rt.replayMem.skipped.Load(),
 	}
 }
 

@@ -75,7 +75,7 @@ func (st *state) serve(rt *Retry, next http.Handler, w http.ResponseWriter, r *h
 		if !st.repeatable {
 			limit = 0
 		}
-		st.body.reset(r.Body, &rt.replay, limit, r.ContentLength)
+		st.body.reset(r.Body, &rt.replayMem, limit, r.ContentLength)
 	}
 	if name := rt.cfg.attemptHeader; name != "" {
 		if r.Header == nil {
