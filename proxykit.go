@@ -9,6 +9,7 @@
 //
 // Outermost first, the stack is:
 //
+//	gateway.ClientBodyTimeout  a stalled request body is the client's 408
 //	gateway.RequestID     keep or mint X-Request-ID, forward it upstream
 //	status.Monitor        count outcomes, log the one line per failed request
 //	errorpage             render the final failure: HTML, problem+json, text
@@ -96,6 +97,13 @@ type Config struct {
 	// http.TimeoutHandler around the stack, which answers its own unbranded
 	// 503 while the stack logs a 504.
 	RequestTimeout time.Duration
+
+	// ClientBodyTimeout bounds how long a client may leave its request body
+	// idle: every read that returns data pushes the deadline forward, so a
+	// moving upload is never cut, while a stalled one is ended with 408
+	// (class client_body) and releases its upstream connection (see
+	// [gateway.ClientBodyTimeout]). Zero means 30 s; negative turns it off.
+	ClientBodyTimeout time.Duration
 
 	// OnFailure, if set, is called once per failed request with the final
 	// Failure (see [status.Monitor.OnFailure]).
@@ -234,6 +242,11 @@ func New(cfg Config) (*Stack, error) {
 	h = pages.Wrap(h)
 	h = monitor.Wrap(h)
 	h = gateway.RequestID(h)
+	if cfg.ClientBodyTimeout >= 0 {
+		// Outermost: it replaces the body before any layer keeps it, and
+		// reaches the connection through every layer's Unwrap.
+		h = gateway.ClientBodyTimeout(h, cfg.ClientBodyTimeout)
+	}
 
 	view := &status.View{Monitor: monitor, Breakers: hosts.States}
 	if p != nil {

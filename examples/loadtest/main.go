@@ -2,11 +2,14 @@
 // httputil.ReverseProxy and through proxykit's full stack, over upstreams
 // that fail in chosen ways, and prints one table:
 //
-//	go run ./examples/loadtest                      # every scenario, 3 s each
+//	go run ./examples/loadtest                      # every scenario
 //	go run ./examples/loadtest -scenario reset20 -duration 10s -concurrency 32
+//	go run ./examples/loadtest -scenario restart    # issue 13's restart scenarios only
+//	go run ./examples/loadtest -scenario restart1,badroute -rate 400
 //	go run ./examples/loadtest -markdown            # the table for BENCHMARKS.md
 //
-// Scenarios (3 upstreams each, fresh for every run):
+// Fault scenarios (3 upstreams each, fresh for every run; closed-loop load
+// by -concurrency clients for -duration):
 //
 //	happy      all healthy; also the naive proxy (NewSingleHostReverseProxy
 //	           on http.DefaultTransport) for comparison
@@ -18,9 +21,33 @@
 //	           that the breakers' 10 s open period ends within the run
 //	outage503  all answer 503 (retry budget: upstream requests per request)
 //
+// Restart scenarios (issue 13; -scenario restart runs these four): an
+// open-loop load of -rate GET requests a second (default 400), sent on
+// schedule whatever the answers (Poisson arrivals drawn from -seed, the
+// same for both stacks), through proxykit with its defaults and the bare
+// proxy:
+//
+//	restart1   1 upstream; after 0.5 s it refuses connections for -outage
+//	           (default 1 s: its listener closed, its port kept), then
+//	           listens again on the same port; watched for -after (5 s)
+//	restart3   the same with 3 upstreams, all down together
+//	dead1      3 upstreams; after 0.5 s the third goes down for good (it
+//	           resets every connection it accepts: a refused connection
+//	           cannot be counted at the host); its accepted connections
+//	           are counted from 2 s after it went down, for -after
+//	badroute   1 upstream whose /bad answers 502; /bad gets 50 req/s, three
+//	           other routes share the rest of -rate, for -after
+//
 // Columns: requests sent, success (2xx/3xx), latency, upstream requests
 // read per client request, POSTs an upstream read twice, failures by class
-// (problem+json "class", or the status for a bare proxy).
+// (problem+json "class", or the status for a bare proxy). With a restart
+// scenario in the run, four more: "first 200" (from the upstreams' return
+// to the first success; "never" when none within -after), "after" (share
+// of the requests sent in the -after window after the return that
+// succeeded), "probe/s" (connections per second the dead host accepted)
+// and "others" (share of the routes other than /bad served). A line
+// "scenario: missed: …" follows the table for every target of DESIGN.md or
+// issue 13 that proxykit missed in the run.
 package main
 
 import (
@@ -113,13 +140,28 @@ func want(ok bool, target string) string {
 	return "missed: " + target
 }
 
+// job is one scenario: how to run it through one stack, on which stacks,
+// and its targets.
+type job struct {
+	name   string
+	stacks []string
+	length time.Duration
+	one    func(ctx context.Context, stack string) (loadgen.Row, error)
+	check  func(kit, bare loadgen.Row) string
+}
+
 func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	duration := fs.Duration("duration", 3*time.Second, "duration of each run")
-	concurrency := fs.Int("concurrency", 16, "concurrent clients")
-	only := fs.String("scenario", "all", "scenario to run, or all")
+	duration := fs.Duration("duration", 3*time.Second, "duration of each fault-scenario run")
+	concurrency := fs.Int("concurrency", 16, "concurrent clients of the fault scenarios")
+	only := fs.String("scenario", "all", "scenarios to run, comma-separated: names, or all, faults, restart")
 	markdown := fs.Bool("markdown", false, "print a Markdown table")
+	tl := defaultTimeline
+	fs.Float64Var(&tl.rate, "rate", tl.rate, "restart scenarios: requests per second, open-loop")
+	fs.Uint64Var(&tl.seed, "seed", tl.seed, "restart scenarios: seed of the Poisson arrivals")
+	fs.DurationVar(&tl.outage, "outage", tl.outage, "restart1, restart3: how long the upstreams refuse connections")
+	fs.DurationVar(&tl.after, "after", tl.after, "restart scenarios: how long they are watched after the return (dead1: counted; badroute: run)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(out)
@@ -134,47 +176,105 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	if *concurrency < 1 || *concurrency > 1024 {
 		return fmt.Errorf("-concurrency %d: want 1 to 1024", *concurrency)
 	}
-	var chosen []scenario
-	for _, s := range scenarios {
-		if *only == "all" || *only == s.name {
-			chosen = append(chosen, s)
-		}
+	if !(tl.rate >= 1 && tl.rate <= 20000) {
+		return fmt.Errorf("-rate %v: want 1 to 20000", tl.rate)
 	}
-	if len(chosen) == 0 {
-		names := make([]string, len(scenarios))
-		for i, s := range scenarios {
-			names[i] = s.name
-		}
-		return fmt.Errorf("unknown -scenario %q: want all or one of %s", *only, strings.Join(names, ", "))
+	if tl.outage <= 0 || tl.outage > time.Minute || tl.after <= 0 || tl.after > 10*time.Minute {
+		return fmt.Errorf("-outage %v, -after %v: want (0, 1m] and (0, 10m]", tl.outage, tl.after)
 	}
+	chosen, err := choose(*only, jobs(*duration, *concurrency, tl))
+	if err != nil {
+		return err
+	}
+	return runJobs(ctx, chosen, *markdown, out, errOut)
+}
 
+// jobs lists every scenario, fault scenarios first.
+func jobs(d time.Duration, conc int, tl timeline) []job {
+	var all []job
+	for _, sc := range scenarios {
+		j := job{name: sc.name, stacks: sc.stacks, length: max(d, sc.minDuration), check: sc.check,
+			one: func(ctx context.Context, stack string) (loadgen.Row, error) {
+				return runOne(ctx, sc, stack, d, conc)
+			}}
+		all = append(all, j)
+	}
+	for _, sc := range restartScenarios {
+		all = append(all, job{name: sc.name, length: sc.length(tl),
+			one: func(ctx context.Context, stack string) (loadgen.Row, error) { return sc.run(ctx, stack, tl) },
+			check: func(kit, _ loadgen.Row) string {
+				if kit.Figures == nil {
+					return ""
+				}
+				return sc.check(kit)
+			}})
+	}
+	return all
+}
+
+// choose picks the jobs named in list: names, "all", "faults" (the fault
+// scenarios) or "restart" (issue 13's), comma-separated, in table order.
+func choose(list string, all []job) ([]job, error) {
+	restart := map[string]bool{}
+	for _, sc := range restartScenarios {
+		restart[sc.name] = true
+	}
+	want := map[string]bool{}
+	for _, name := range strings.Split(list, ",") {
+		name = strings.TrimSpace(name)
+		found := false
+		for _, j := range all {
+			if name == "all" || name == j.name || (name == "restart" && restart[j.name]) || (name == "faults" && !restart[j.name]) {
+				want[j.name], found = true, true
+			}
+		}
+		if !found {
+			names := make([]string, len(all))
+			for i, j := range all {
+				names[i] = j.name
+			}
+			return nil, fmt.Errorf("unknown -scenario %q: want all, faults, restart or %s", name, strings.Join(names, ", "))
+		}
+	}
+	var chosen []job
+	for _, j := range all {
+		if want[j.name] {
+			chosen = append(chosen, j)
+		}
+	}
+	return chosen, nil
+}
+
+// runJobs runs each job through each of its stacks and prints the table,
+// then the targets proxykit missed.
+func runJobs(ctx context.Context, chosen []job, markdown bool, out, errOut io.Writer) error {
 	var rows []loadgen.Row
 	var notes []string
-	for _, sc := range chosen {
-		stacks := sc.stacks
+	for _, j := range chosen {
+		stacks := j.stacks
 		if stacks == nil {
 			stacks = []string{"bare", "proxykit"}
 		}
 		byStack := map[string]loadgen.Row{}
 		for _, st := range stacks {
-			fmt.Fprintf(errOut, "running %s through %s for %v…\n", sc.name, st, *duration)
-			row, err := runOne(ctx, sc, st, *duration, *concurrency)
+			fmt.Fprintf(errOut, "running %s through %s for %v…\n", j.name, st, j.length)
+			row, err := j.one(ctx, st)
 			if err != nil {
-				return fmt.Errorf("%s/%s: %w", sc.name, st, err)
+				return fmt.Errorf("%s/%s: %w", j.name, st, err)
 			}
-			rows = append(rows, row)
-			byStack[st] = row
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			rows = append(rows, row)
+			byStack[st] = row
 		}
-		if sc.check != nil {
-			if miss := sc.check(byStack["proxykit"], byStack["bare"]); miss != "" {
-				notes = append(notes, sc.name+": "+miss)
+		if j.check != nil {
+			if miss := j.check(byStack["proxykit"], byStack["bare"]); miss != "" {
+				notes = append(notes, j.name+": "+miss)
 			}
 		}
 	}
-	if *markdown {
+	if markdown {
 		loadgen.PrintMarkdown(out, rows)
 	} else {
 		loadgen.PrintTable(out, rows)

@@ -1,6 +1,7 @@
 package status
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -144,7 +145,14 @@ var errAborted = errors.New("response aborted: the handler panicked (an upstream
 // aborted counts and logs a request whose handler panicked.
 func (m *Monitor) aborted(r *http.Request, i *gateway.Interceptor, start time.Time) {
 	f := i.Failure()
-	if f == nil {
+	switch {
+	case errors.Is(r.Context().Err(), context.Canceled):
+		// The client went away mid-response (net/http cancels the context
+		// when the connection closes), and the copy to it failed: not the
+		// upstream's fault.
+		f = &gateway.Failure{Class: gateway.ClassCanceled, Status: gateway.StatusClientClosedRequest,
+			Sent: true, Err: context.Cause(r.Context())}
+	case f == nil:
 		f = &gateway.Failure{Class: gateway.ClassReset, Status: i.Status(), Sent: true, Err: errAborted}
 	}
 	m.byStatus[0].Add(1) // the client got no complete response

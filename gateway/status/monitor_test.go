@@ -1,6 +1,7 @@
 package status_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -259,4 +260,31 @@ func TestMonitorInsideAnotherLayer(t *testing.T) {
 	assert.Equal(t, 3, failures, "one line per failed request:\n%s", buf.String())
 	assert.Equal(t, 1, wiring, "the wiring mistake is said once")
 	assert.EqualValues(t, 3, m.Snapshot().Failures["refused"], "the Monitor still counts")
+}
+
+// TestMonitorAbortAfterClientLeft: a response aborted because the client
+// went away mid-body is the client's doing: class canceled, at debug
+// level, not an upstream reset at warn.
+func TestMonitorAbortAfterClientLeft(t *testing.T) {
+	var buf gatewaytest.SafeBuffer
+	m := &status.Monitor{Logger: slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	h := m.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("partial"))
+		panic(http.ErrAbortHandler) // ReverseProxy, when the copy to the client fails
+	}))
+	serve := func(ctx context.Context) {
+		defer func() { assert.Equal(t, http.ErrAbortHandler, recover(), "the abort goes on") }()
+		h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil).WithContext(ctx))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	serve(ctx)
+	assert.EqualValues(t, 1, m.Snapshot().Failures["canceled"])
+	assert.Contains(t, buf.String(), `"level":"DEBUG"`)
+	assert.NotContains(t, buf.String(), `"level":"WARN"`)
+
+	serve(context.Background()) // the client is still there: the upstream's body broke
+	assert.EqualValues(t, 1, m.Snapshot().Failures["reset"])
+	assert.Contains(t, buf.String(), `"level":"WARN"`)
 }

@@ -1,6 +1,8 @@
-// Package loadgen drives bounded, concurrent HTTP load at a proxy on
-// loopback and summarises what the clients saw. The demo's tour and the
-// load program share it.
+// Package loadgen drives bounded HTTP load at a proxy on loopback and
+// summarises what the clients saw: closed-loop (Run: a fixed number of
+// clients, each sending its next request when the last one ended) or
+// open-loop (RunOpen: requests on a fixed schedule, whatever the answers).
+// The demo's tour and the load program share it.
 package loadgen
 
 import (
@@ -252,6 +254,9 @@ type Row struct {
 	Upstream int64
 	// Duplicates is how many POSTs reached an upstream twice.
 	Duplicates int
+	// Figures, if set, are a restart scenario's own figures; the tables
+	// print them as extra columns when any row has them.
+	Figures *Figures
 }
 
 // Amplification is upstream requests per client request.
@@ -262,27 +267,53 @@ func (r Row) Amplification() float64 {
 	return float64(r.Upstream) / float64(r.Requests)
 }
 
-// PrintTable writes rows as an aligned text table.
+// PrintTable writes rows as an aligned text table. When a row has
+// Figures, the columns "first 200", "after", "probe/s" and "others" follow
+// "dup" (see Figures), "-" where they do not apply.
 func PrintTable(w io.Writer, rows []Row) {
-	fmt.Fprintf(w, "%-18s %-10s %8s %9s %9s %9s %9s %7s %5s  %s\n",
-		"scenario", "stack", "requests", "success", "p50", "p99", "max", "up/req", "dup", "failures by class")
+	extra := hasFigures(rows)
+	heads := ""
+	if extra {
+		h := make([]string, len(figureColumns))
+		for i, c := range figureColumns {
+			h[i] = c.head
+		}
+		heads = padCells(h, 9)
+	}
+	fmt.Fprintf(w, "%-18s %-10s %8s %9s %9s %9s %9s %7s %5s%s  %s\n",
+		"scenario", "stack", "requests", "success", "p50", "p99", "max", "up/req", "dup", heads, "failures by class")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%-18s %-10s %8d %8.2f%% %9s %9s %9s %7.2f %5d  %s\n",
+		cells := ""
+		if extra {
+			cells = padCells(figureCells(r), 9)
+		}
+		fmt.Fprintf(w, "%-18s %-10s %8d %8.2f%% %9s %9s %9s %7.2f %5d%s  %s\n",
 			r.Scenario, r.Stack, r.Requests, r.SuccessRate(),
 			round(r.Percentile(50)), round(r.Percentile(99)), round(r.Max()),
-			r.Amplification(), r.Duplicates, formatCounts(r.Failures))
+			r.Amplification(), r.Duplicates, cells, formatCounts(r.Failures))
 	}
 }
 
-// PrintMarkdown writes rows as a Markdown table.
+// PrintMarkdown writes rows as a Markdown table, with the Figures columns
+// as PrintTable has them.
 func PrintMarkdown(w io.Writer, rows []Row) {
-	fmt.Fprintln(w, "| scenario | stack | requests | success | p50 | p99 | max | upstream/request | POSTs duplicated | failures by class |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+	extra := hasFigures(rows)
+	heads, align := "", ""
+	if extra {
+		heads = " first 200 after the return | served in the window after the return | probe connections/s at the dead host | other routes served |"
+		align = strings.Repeat("---:|", len(figureColumns))
+	}
+	fmt.Fprintln(w, "| scenario | stack | requests | success | p50 | p99 | max | upstream/request | POSTs duplicated |"+heads+" failures by class |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|"+align+"---|")
 	for _, r := range rows {
-		fmt.Fprintf(w, "| %s | %s | %d | %.2f%% | %s | %s | %s | %.2f | %d | %s |\n",
+		cells := ""
+		if extra {
+			cells = " " + strings.Join(figureCells(r), " | ") + " |"
+		}
+		fmt.Fprintf(w, "| %s | %s | %d | %.2f%% | %s | %s | %s | %.2f | %d |%s %s |\n",
 			r.Scenario, r.Stack, r.Requests, r.SuccessRate(),
 			round(r.Percentile(50)), round(r.Percentile(99)), round(r.Max()),
-			r.Amplification(), r.Duplicates, formatCounts(r.Failures))
+			r.Amplification(), r.Duplicates, cells, formatCounts(r.Failures))
 	}
 }
 
