@@ -3,7 +3,8 @@
 //
 // Every upstream failure is classified into a [Class] (dns, refused,
 // unreachable, connect_timeout, tls, reset, malformed, timeout,
-// upstream_status, open, no_upstream, canceled, internal) and carried as a
+// upstream_status, open, no_upstream, canceled, client_body,
+// stale_connection, internal) and carried as a
 // [*Failure], which wraps the original error, knows the client status, the
 // upstream, whether the request was sent, and explains itself in plain words
 // for visitors ([Failure.Explanation]) and with a hint for operators
@@ -12,8 +13,11 @@
 // The pieces:
 //
 //   - [Transport] wraps any http.RoundTripper, measures with httptrace
-//     whether each request was sent, and returns classified failures;
-//     [NewHTTPTransport] is an http.Transport tuned for proxies.
+//     whether each request was sent, tells the client's body errors from
+//     the upstream's, stops net/http's own resends on stale keep-alive
+//     connections, and returns classified failures; [NewHTTPTransport] is
+//     an http.Transport tuned for proxies, with bounded waits and
+//     connections by default.
 //   - [ErrorHandler] is a ReverseProxy ErrorHandler: it hands the Failure to
 //     the enclosing layer, writes an honest status without error text, and
 //     logs one line; a client that went away is logged as 499, not as a 502.
@@ -22,14 +26,13 @@
 //     breaker and errorpage packages. Failures travel outward along the
 //     ResponseWriter chain ([RecordFailure]), so layers never parse errors;
 //     a [CommitObserver] learns of upgrades.
-//   - [Pool] balances over several upstreams as the ReverseProxy's Rewrite
-//     (peak-EWMA power of two choices, or round robin), skips hosts a
-//     request already tried ([Trail]) and unhealthy ones, and rests hosts
-//     that fail.
-//   - [Monitor], the outermost layer, counts outcomes and writes the one
-//     log line per failed request; [StatusView] shows it all to operators.
-//   - [RequestID] keeps or mints an X-Request-ID and forwards it upstream.
+//   - A [Trail] records the upstreams one request tried, for balancers
+//     (package gateway/pool) and for naming the upstream of a failure.
+//   - [RequestID] keeps or mints an X-Request-ID and forwards it upstream;
+//     [ClientBodyTimeout] ends uploads that stall.
 //   - [BufferPool] bounds ReverseProxy's copy buffers.
 //
-// Package gatewaytest has fault-injecting upstreams for tests.
+// The upstream pool and balancer live in package gateway/pool, the Monitor
+// and status view in package gateway/status. Package gatewaytest has
+// fault-injecting upstreams for tests.
 package gateway

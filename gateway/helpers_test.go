@@ -8,8 +8,6 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/proxykit/proxykit/gateway/gatewaytest"
 )
 
 var quietLogger = slog.New(slog.DiscardHandler)
@@ -33,10 +31,4 @@ func get(t testing.TB, c *http.Client, u string) (*http.Response, string) {
 	require.NoError(t, err)
 	res.Body.Close()
 	return res, string(body)
-}
-
-func closeAll(servers ...*gatewaytest.Server) {
-	for _, s := range servers {
-		s.Close()
-	}
 }

@@ -19,6 +19,12 @@ const (
 	DefaultMaxResponseHeader     = 1 << 20 // 1 MiB
 )
 
+// More defaults of NewHTTPTransport, explained there.
+const (
+	defaultResponseHeaderTimeout = 30 * time.Second
+	defaultMaxConnsPerHost       = 1024
+)
+
 // NewHTTPTransport returns an *http.Transport tuned for a reverse proxy.
 // Every field differs from http.DefaultTransport for a reason:
 //
@@ -47,11 +53,36 @@ const (
 //     upstream response.
 //   - ForceAttemptHTTP2 true: HTTP/2 is used when a TLS upstream offers it
 //     through ALPN; plain-HTTP upstreams use HTTP/1.1.
+//   - ResponseHeaderTimeout 30 s (default: none). Counted from the moment
+//     the request, body included, was written (so a slow upload never
+//     trips it) to the response header. Without it, an upstream that
+//     accepts requests and never answers holds every one of them, and its
+//     connection, for as long as the client waits, and nothing is logged
+//     or counted: the client gives up first and its cancellation is not a
+//     failure. With it, a hung upstream is a [ClassTimeout] failure that
+//     breakers count and logs show. 30 s lies between Envoy's 15 s route
+//     timeout (often raised for slow endpoints: reports, exports) and
+//     nginx's 60 s proxy_read_timeout, and ends before the 60 s idle
+//     timeout of the load balancers that commonly sit in front (AWS ALB,
+//     nginx), so that the gateway, not the balancer, answers and logs it.
+//     Streamed responses (SSE, downloads) are not affected once their
+//     header arrived; long-polling endpoints that hold back the header for
+//     longer than 30 s are, and need a longer value here. Set a shorter
+//     per-try timeout in the retry layer for routes that should fail
+//     sooner.
+//   - MaxConnsPerHost 1024 (default: unlimited), Envoy's default
+//     max_connections per upstream cluster: four times the idle pool, far
+//     above what a healthy upstream needs, and a bound on the connections
+//     (and file descriptors) a burst or a hanging upstream can pile up. A
+//     request beyond it waits for a connection for as long as its context
+//     allows (the client's, or a retry layer's per-try timeout); ending
+//     there it is a [ClassConnectTimeout] or [ClassCanceled] failure,
+//     never sent.
 //
-// No ResponseHeaderTimeout is set: how long an endpoint may take is a
-// per-route decision; bound it with the retry layer's per-try timeout or the
-// inbound request's deadline. The result is a new transport each call; it is
-// safe for concurrent use and should be reused for the process's lifetime.
+// The result is a new transport each call; it is safe for concurrent use
+// and should be reused for the process's lifetime. Wrapped in a
+// [Transport] directly (Base), it also stops net/http's own resends of
+// requests that failed on a stale keep-alive connection.
 func NewHTTPTransport() *http.Transport {
 	d := &net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: DefaultKeepAlive}
 	return &http.Transport{
@@ -59,6 +90,8 @@ func NewHTTPTransport() *http.Transport {
 		ForceAttemptHTTP2:      true,
 		MaxIdleConns:           DefaultMaxIdleConns,
 		MaxIdleConnsPerHost:    DefaultMaxIdleConnsPerHost,
+		MaxConnsPerHost:        defaultMaxConnsPerHost,
+		ResponseHeaderTimeout:  defaultResponseHeaderTimeout,
 		IdleConnTimeout:        DefaultIdleConnTimeout,
 		TLSHandshakeTimeout:    DefaultTLSHandshakeTimeout,
 		ExpectContinueTimeout:  DefaultExpectContinueTimeout,

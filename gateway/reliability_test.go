@@ -1,9 +1,8 @@
 package gateway_test
 
 // Reliability tests (issue 8): request-ID validation fuzzed against an
-// independent oracle, http.ResponseController through the Monitor's
-// Interceptor, and the pool, transport and Monitor under hundreds of
-// concurrent clients while upstream health flips.
+// independent oracle. (The Monitor's and the pool's moved to gateway/status
+// and gateway/pool with them.)
 
 import (
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/proxykit/proxykit/gateway"
-	"github.com/proxykit/proxykit/gateway/gatewaytest"
 )
 
 // relIDOracle is the documented request-ID syntax, written independently
@@ -72,14 +70,4 @@ func FuzzRequestID(f *testing.F) {
 			t.Fatalf("an ID that must be replaced was kept: %q", id)
 		}
 	})
-}
-
-// relControls serves a handler that uses http.ResponseController through
-// wrap: SetReadDeadline, SetWriteDeadline and Flush must reach the
-// connection (no http.ErrNotSupported from a wrapper without Unwrap), the
-// flushed part must reach the client before the handler finishes, and
-// Hijack must hand the connection over.
-func relControls(t *testing.T, wrap func(http.Handler) http.Handler) {
-	t.Helper()
-	gatewaytest.CheckResponseController(t, wrap)
 }

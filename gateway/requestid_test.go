@@ -98,3 +98,60 @@ func TestRequestIDKeptWithoutAllocation(t *testing.T) {
 	allocs := testing.AllocsPerRun(100, func() { h.ServeHTTP(w, req) })
 	assert.Zero(t, allocs)
 }
+
+// TestRequestIDSurvivesConnectionHeader (issue 11, item 5): a client that
+// lists X-Request-ID in its Connection header would have ReverseProxy drop
+// the ID as hop-by-hop; the middleware removes that token, so the upstream
+// gets the ID the client sees, and the other tokens stay.
+func TestRequestIDSurvivesConnectionHeader(t *testing.T) {
+	var upstreamID string
+	var sawConnection []string
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		upstreamID = r.Header.Get("X-Request-ID")
+		sawConnection = r.Header.Values("Connection")
+	}))
+	defer up.Close()
+	u, _ := url.Parse(up.URL)
+	var inboundConnection []string
+	proxy := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
+		inboundConnection = pr.In.Header.Values("Connection")
+		pr.SetURL(u)
+	}}
+	front := httptest.NewServer(gateway.RequestID(proxy))
+	defer front.Close()
+	for _, conn := range []string{"close, X-Request-ID", "x-request-id", "X-Request-Id,keep-alive, Foo"} {
+		t.Run(conn, func(t *testing.T) {
+			for _, inbound := range []string{"", "client-id-1"} {
+				req, _ := http.NewRequest("GET", front.URL, nil)
+				req.Header.Set("Connection", conn)
+				if inbound != "" {
+					req.Header.Set("X-Request-ID", inbound)
+				}
+				res, err := front.Client().Do(req)
+				require.NoError(t, err)
+				res.Body.Close()
+				got := res.Header.Get("X-Request-ID")
+				require.True(t, gateway.ValidRequestID(got))
+				if inbound != "" {
+					assert.Equal(t, inbound, got)
+				}
+				assert.Equal(t, got, upstreamID, "the upstream must get the ID")
+				assert.Empty(t, sawConnection, "hop-by-hop: never forwarded")
+				for _, v := range inboundConnection {
+					assert.NotContains(t, strings.ToLower(v), "x-request-id")
+				}
+			}
+		})
+	}
+	assert.Equal(t, []string{"keep-alive, Foo"}, inboundConnection, "other tokens are kept")
+}
+
+func TestRequestIDConnectionHeaderWithoutAllocation(t *testing.T) {
+	h := gateway.RequestID(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	req := httptest.NewRequest("GET", "/", nil)
+	req.Header.Set("X-Request-ID", "abc-123")
+	req.Header.Set("Connection", "keep-alive, Upgrade")
+	w := &discardWriter{h: http.Header{}}
+	allocs := testing.AllocsPerRun(100, func() { h.ServeHTTP(w, req) })
+	assert.Zero(t, allocs, "a Connection header without the token costs nothing")
+}

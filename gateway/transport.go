@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,8 +54,11 @@ import (
 // returns a Failure of class [ClassStaleConn], whose Sent says whether the
 // first pass wrote the request headers; a retry layer decides whether to
 // send it again, within its attempt cap and budget. HTTP/2 resends are let
-// through: net/http makes them only for streams the server refused
-// unprocessed (REFUSED_STREAM, GOAWAY) or when no connection was used.
+// through, and counted in [Transport.Resends]: net/http's HTTP/2 transport
+// makes them when a connection turned out unusable before the request went
+// out, when the server refused the stream unprocessed (REFUSED_STREAM, or
+// beyond a GOAWAY's last stream: RFC 9113 §8.7 guarantees it was not
+// processed), or, rarely, when the server reset it with PROTOCOL_ERROR.
 //
 // With any other Base (a RoundTripper wrapping an *http.Transport, or one
 // of a different kind), resends cannot be prevented; each one (a connection
@@ -70,6 +74,27 @@ type Transport struct {
 
 	trackers sync.Pool // of *tracker
 	resends  atomic.Int64
+	name     atomic.Pointer[upstreamName] // the last name computed with an allocation
+}
+
+// upstreamName caches UpstreamName for a URL without a port, whose name
+// costs an allocation: a Transport usually sends to one upstream.
+type upstreamName struct{ scheme, host, name string }
+
+// upstream returns UpstreamName(u), without allocating for the upstream
+// named last.
+func (t *Transport) upstream(u *url.URL) string {
+	if u == nil {
+		return ""
+	}
+	if c := t.name.Load(); c != nil && c.host == u.Host && c.scheme == u.Scheme {
+		return c.name
+	}
+	name := UpstreamName(u)
+	if name != u.Host { // built: keep it
+		t.name.Store(&upstreamName{scheme: u.Scheme, host: u.Host, name: name})
+	}
+	return name
 }
 
 // NewTransport returns a Transport over a new [NewHTTPTransport].
@@ -99,7 +124,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	tr.reset(t, TrailFrom(ctx))
 	if tr.trail != nil {
-		tr.name = UpstreamName(req.URL)
+		tr.name = t.upstream(req.URL)
 		tr.trail.sent(tr.name)
 	}
 	out := req.WithContext(tr.attach(ctx))
@@ -132,12 +157,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return res, nil
 }
 
-// Resends returns how many times a Base that is not an *http.Transport sent
-// a request again by itself (a connection obtained again within one
-// RoundTrip), since t was created. Those resends reached the upstream
-// without any retry policy deciding them. With an *http.Transport as Base
-// they are prevented instead, and this stays zero except for HTTP/2
-// resends of streams the server refused unprocessed.
+// Resends returns how many times the Base sent a request again by itself
+// (a connection obtained again within one RoundTrip), since t was created:
+// requests that reached the upstream more often than any retry policy
+// decided. With an *http.Transport as Base, HTTP/1 resends are prevented
+// instead, and only HTTP/2's (see [Transport]) are counted.
 func (t *Transport) Resends() int64 { return t.resends.Load() }
 
 // CloseIdleConnections closes the idle connections of the Base (of
@@ -153,7 +177,7 @@ func (t *Transport) CloseIdleConnections() {
 func (tr *tracker) failure(req *http.Request, err error) *Failure {
 	name := tr.name
 	if name == "" {
-		name = UpstreamName(req.URL)
+		name = tr.t.upstream(req.URL)
 	}
 	canceled := errors.Is(req.Context().Err(), context.Canceled)
 	if berr := tr.body.error(); berr != nil {

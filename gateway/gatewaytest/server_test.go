@@ -146,3 +146,22 @@ func TestFlaky(t *testing.T) {
 	res.Body.Close()
 	assert.Equal(t, 200, res.StatusCode)
 }
+
+// TestCloseAfterRequest: the request, body included, is read and counted,
+// then the connection is closed cleanly (a FIN: the client reads EOF, not
+// a reset) without a response.
+func TestCloseAfterRequest(t *testing.T) {
+	s := gatewaytest.NewServer(gatewaytest.CloseAfterRequest)
+	defer s.Close()
+	assert.Equal(t, "close_after_request", gatewaytest.CloseAfterRequest.String())
+	c, err := net.Dial("tcp", s.Addr)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(5*time.Second)))
+	_, err = io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+	require.NoError(t, err)
+	n, err := c.Read(make([]byte, 1))
+	assert.Zero(t, n, "no response")
+	assert.ErrorIs(t, err, io.EOF, "closed, not reset")
+	assert.EqualValues(t, 1, s.Requests())
+}
