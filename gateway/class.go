@@ -60,6 +60,15 @@ const (
 	// retry policy allows (always if nothing was sent). 502 if it reaches
 	// the client.
 	ClassStaleConn
+	// ClassOverloaded: the upstream host is at its concurrency limit and
+	// the request was shed before reaching it, to keep the host's latency
+	// and goodput. 503 with Retry-After; not a failure of the host; another
+	// host may take a retry.
+	ClassOverloaded
+	// ClassMaintenance: the service is in planned maintenance; the request
+	// was not sent. 503 with Retry-After (until the maintenance ends, when
+	// known); not a failure; never retried.
+	ClassMaintenance
 
 	numClasses = iota
 )
@@ -124,6 +133,12 @@ var classTable = [numClasses]classInfo{
 	ClassStaleConn: {"stale_connection", http.StatusBadGateway, false,
 		"The connection to the service was closed before it answered.",
 		"%s closed a reused keep-alive connection before answering; if this is frequent, make the gateway's idle timeout shorter than the upstream's keep-alive timeout"},
+	ClassOverloaded: {"overloaded", http.StatusServiceUnavailable, false,
+		"The service is busier than it can handle right now, so the gateway turned this request away to keep it responsive.",
+		"%s is at its adaptive concurrency limit (latency rose above its baseline) and the request was shed; add capacity, or look for what made it slow"},
+	ClassMaintenance: {"maintenance", http.StatusServiceUnavailable, false,
+		"The service is down for planned maintenance.",
+		"the gateway is in maintenance mode (last upstream: %s); requests are answered without reaching an upstream until it is switched off"},
 }
 
 func (c Class) info() *classInfo {

@@ -35,7 +35,7 @@ func TestClassTable(t *testing.T) {
 		assert.NotContains(t, f.Explanation(), "10.0.0.5")
 		assert.GreaterOrEqual(t, c.Status(), 400)
 	}
-	assert.Len(t, names, 15, "the taxonomy has 15 classes")
+	assert.Len(t, names, 17, "the taxonomy has 17 classes")
 	want := map[gateway.Class]int{
 		gateway.ClassDNS: 502, gateway.ClassRefused: 502, gateway.ClassUnreachable: 502,
 		gateway.ClassConnectTimeout: 504, gateway.ClassTLS: 502, gateway.ClassReset: 502,
