@@ -123,7 +123,7 @@ func Example_byHand() {
 	}
 	p.Health = hosts // the pool skips hosts whose breaker is open
 	proxy := &httputil.ReverseProxy{
-		Transport:    hosts.Transport(gateway.NewTransport()),
+		Transport:    hosts.Transport(&gateway.Transport{}),
 		ErrorHandler: gateway.NewErrorHandler(logger),
 	}
 	if err := p.Attach(proxy); err != nil { // sets Rewrite and wraps Transport

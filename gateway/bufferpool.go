@@ -14,8 +14,8 @@ type BufferPool struct {
 
 // Defaults of NewBufferPool.
 const (
-	DefaultBufferSize     = 32 << 10 // ReverseProxy's own buffer size
-	DefaultBufferPoolSize = 256      // idle buffers kept: 8 MiB at 32 KiB
+	defaultBufferSize     = 32 << 10 // ReverseProxy's own buffer size
+	defaultBufferPoolSize = 256      // idle buffers kept: 8 MiB at 32 KiB
 )
 
 // NewBufferPool returns a BufferPool of buffers of size bytes keeping at
@@ -23,10 +23,10 @@ const (
 // buffers, 256 idle).
 func NewBufferPool(size, idle int) *BufferPool {
 	if size <= 0 {
-		size = DefaultBufferSize
+		size = defaultBufferSize
 	}
 	if idle <= 0 {
-		idle = DefaultBufferPoolSize
+		idle = defaultBufferPoolSize
 	}
 	return &BufferPool{free: make(chan []byte, idle), size: size}
 }

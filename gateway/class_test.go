@@ -32,7 +32,7 @@ func TestClassTable(t *testing.T) {
 		assert.NotEmpty(t, c.Explanation())
 		f := gateway.NewFailure(c, "10.0.0.5:8080", nil)
 		assert.Contains(t, f.Hint(), "10.0.0.5:8080", "hint names the upstream for %s", name)
-		assert.NotContains(t, f.Explanation(), "10.0.0.5")
+		assert.NotContains(t, f.Class.Explanation(), "10.0.0.5")
 		assert.GreaterOrEqual(t, c.Status(), 400)
 	}
 	assert.Len(t, names, 17, "the taxonomy has 17 classes")

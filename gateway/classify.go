@@ -189,16 +189,6 @@ func IsFailureStatus(status int) bool {
 		status == http.StatusGatewayTimeout
 }
 
-// ClassifyResponse is ClassifyStatus for a response from a RoundTripper; the
-// upstream is taken from res.Request when set.
-func ClassifyResponse(res *http.Response, now time.Time) *Failure {
-	up := ""
-	if res.Request != nil && res.Request.URL != nil {
-		up = hostPort(res.Request.URL.Scheme, res.Request.URL.Host)
-	}
-	return ClassifyStatus(res.StatusCode, res.Header, up, now)
-}
-
 // UpstreamName returns the canonical name of the upstream that u addresses:
 // its host and port, the scheme's default port filled in when u has none
 // ("svc" with http is "svc:80", with https "svc:443"). Every layer names

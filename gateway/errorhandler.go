@@ -101,7 +101,7 @@ func WriteFailure(w http.ResponseWriter, r *http.Request, f *Failure) {
 	if f.RetryAfter > 0 {
 		h.Set("Retry-After", RetryAfterSeconds(f.RetryAfter))
 	}
-	body := strconv.Itoa(status) + " " + http.StatusText(status) + ": " + f.Explanation() + "\n"
+	body := strconv.Itoa(status) + " " + http.StatusText(status) + ": " + f.Class.Explanation() + "\n"
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	if r == nil || r.Method != http.MethodHead {

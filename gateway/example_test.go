@@ -20,7 +20,7 @@ func Example() {
 	defer upstream.Close()
 	target, _ := url.Parse(upstream.URL)
 
-	transport := gateway.NewTransport()
+	transport := &gateway.Transport{}
 	defer transport.CloseIdleConnections()
 	proxy := &httputil.ReverseProxy{
 		Rewrite:      func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
@@ -50,7 +50,7 @@ func ExampleInterceptor() {
 	upstream := gatewaytest.NewServer(gatewaytest.ResetAfterRequest)
 	defer upstream.Close()
 	target, _ := url.Parse(upstream.URL)
-	transport := gateway.NewTransport()
+	transport := &gateway.Transport{}
 	defer transport.CloseIdleConnections()
 	proxy := &httputil.ReverseProxy{
 		Rewrite:      func(pr *httputil.ProxyRequest) { pr.SetURL(target) },

@@ -72,10 +72,6 @@ func (f *Failure) Error() string {
 // Unwrap returns the underlying error, for errors.Is and errors.As.
 func (f *Failure) Unwrap() error { return f.Err }
 
-// Explanation returns one plain-language sentence for a visitor. It contains
-// no address and no error text, so it is safe to show anyone.
-func (f *Failure) Explanation() string { return f.Class.Explanation() }
-
 // Hint returns advice for the operator, naming the upstream. It may reveal
 // internal addresses: show it only to trusted viewers.
 func (f *Failure) Hint() string {

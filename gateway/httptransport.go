@@ -9,14 +9,14 @@ import (
 // Defaults of NewHTTPTransport. Each is a trade-off for a proxy, explained at
 // NewHTTPTransport.
 const (
-	DefaultDialTimeout           = 5 * time.Second
-	DefaultKeepAlive             = 30 * time.Second
-	DefaultTLSHandshakeTimeout   = 5 * time.Second
-	DefaultMaxIdleConnsPerHost   = 256
-	DefaultMaxIdleConns          = 1024
-	DefaultIdleConnTimeout       = 30 * time.Second
-	DefaultExpectContinueTimeout = 1 * time.Second
-	DefaultMaxResponseHeader     = 1 << 20 // 1 MiB
+	defaultDialTimeout           = 5 * time.Second
+	defaultKeepAlive             = 30 * time.Second
+	defaultTLSHandshakeTimeout   = 5 * time.Second
+	defaultMaxIdleConnsPerHost   = 256
+	defaultMaxIdleConns          = 1024
+	defaultIdleConnTimeout       = 30 * time.Second
+	defaultExpectContinueTimeout = 1 * time.Second
+	defaultMaxResponseHeader     = 1 << 20 // 1 MiB
 )
 
 // More defaults of NewHTTPTransport, explained there.
@@ -84,18 +84,18 @@ const (
 // [Transport] directly (Base), it also stops net/http's own resends of
 // requests that failed on a stale keep-alive connection.
 func NewHTTPTransport() *http.Transport {
-	d := &net.Dialer{Timeout: DefaultDialTimeout, KeepAlive: DefaultKeepAlive}
+	d := &net.Dialer{Timeout: defaultDialTimeout, KeepAlive: defaultKeepAlive}
 	return &http.Transport{
 		DialContext:            d.DialContext,
 		ForceAttemptHTTP2:      true,
-		MaxIdleConns:           DefaultMaxIdleConns,
-		MaxIdleConnsPerHost:    DefaultMaxIdleConnsPerHost,
+		MaxIdleConns:           defaultMaxIdleConns,
+		MaxIdleConnsPerHost:    defaultMaxIdleConnsPerHost,
 		MaxConnsPerHost:        defaultMaxConnsPerHost,
 		ResponseHeaderTimeout:  defaultResponseHeaderTimeout,
-		IdleConnTimeout:        DefaultIdleConnTimeout,
-		TLSHandshakeTimeout:    DefaultTLSHandshakeTimeout,
-		ExpectContinueTimeout:  DefaultExpectContinueTimeout,
-		MaxResponseHeaderBytes: DefaultMaxResponseHeader,
+		IdleConnTimeout:        defaultIdleConnTimeout,
+		TLSHandshakeTimeout:    defaultTLSHandshakeTimeout,
+		ExpectContinueTimeout:  defaultExpectContinueTimeout,
+		MaxResponseHeaderBytes: defaultMaxResponseHeader,
 		DisableCompression:     true,
 	}
 }

@@ -11,9 +11,9 @@ import (
 // upstream and back to the client.
 const RequestIDHeader = "X-Request-Id" // canonical form of X-Request-ID
 
-// MaxRequestIDLen is the longest inbound request ID that is kept; a longer
+// maxRequestIDLen is the longest inbound request ID that is kept; a longer
 // one is replaced.
-const MaxRequestIDLen = 128
+const maxRequestIDLen = 128
 
 // RequestID returns middleware that gives every request an ID: a valid
 // inbound X-Request-ID is kept (see [ValidRequestID]); otherwise a new one
@@ -94,11 +94,11 @@ func RequestIDOf(r *http.Request) string {
 }
 
 // ValidRequestID reports whether id is safe to keep, log and show: 1 to
-// MaxRequestIDLen bytes of ASCII letters, digits and "-_.:+/=@". This admits
+// maxRequestIDLen bytes of ASCII letters, digits and "-_.:+/=@". This admits
 // UUIDs, ULIDs, base32/base64 IDs and W3C trace IDs, and nothing that needs
 // escaping in a header or a log line.
 func ValidRequestID(id string) bool {
-	if len(id) == 0 || len(id) > MaxRequestIDLen {
+	if len(id) == 0 || len(id) > maxRequestIDLen {
 		return false
 	}
 	for i := 0; i < len(id); i++ {

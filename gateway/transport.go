@@ -68,12 +68,16 @@ import (
 //
 // A Transport must not be copied after first use.
 type Transport struct {
-	// Base performs the requests. Nil means http.DefaultTransport; prefer
-	// [NewHTTPTransport], whose connection pool is sized for a proxy.
+	// Base performs the requests. Nil means a transport of the Transport's
+	// own from [NewHTTPTransport], made on first use: sized for a proxy,
+	// and one whose resends Transport can stop. Set Base to adjust it
+	// (Base: t where t := gateway.NewHTTPTransport(), then t's fields).
 	Base http.RoundTripper
 
 	trackers sync.Pool // of *tracker
 	resends  atomic.Int64
+	ownOnce  sync.Once
+	own      *http.Transport              // the Base when Base is nil
 	name     atomic.Pointer[upstreamName] // the last name computed with an allocation
 }
 
@@ -97,20 +101,16 @@ func (t *Transport) upstream(u *url.URL) string {
 	return name
 }
 
-// NewTransport returns a Transport over a new [NewHTTPTransport].
-func NewTransport() *Transport {
-	return &Transport{Base: NewHTTPTransport()}
-}
-
 // errStaleConn is the cause of a ClassStaleConn Failure: net/http's own
 // error is gone once its resend was stopped.
 var errStaleConn = errors.New("the upstream closed a reused keep-alive connection without answering; the transport's automatic resend was stopped")
 
 func (t *Transport) base() http.RoundTripper {
-	if t.Base == nil {
-		return http.DefaultTransport
+	if t.Base != nil {
+		return t.Base
 	}
-	return t.Base
+	t.ownOnce.Do(func() { t.own = NewHTTPTransport() })
+	return t.own
 }
 
 // RoundTrip implements http.RoundTripper. A non-nil error is always a
@@ -165,7 +165,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 func (t *Transport) Resends() int64 { return t.resends.Load() }
 
 // CloseIdleConnections closes the idle connections of the Base (of
-// http.DefaultTransport when Base is nil), if it can.
+// its own transport when Base is nil), if it can.
 func (t *Transport) CloseIdleConnections() {
 	type closeIdler interface{ CloseIdleConnections() }
 	if c, ok := t.base().(closeIdler); ok {

@@ -21,8 +21,8 @@ import (
 )
 
 // TestCloseIdleConnectionsDefaultBase (issue 12): with a nil Base,
-// RoundTrip uses http.DefaultTransport, so CloseIdleConnections must close
-// its idle connections too.
+// RoundTrip uses the Transport's own tuned transport, so
+// CloseIdleConnections must close its idle connections too.
 func TestCloseIdleConnectionsDefaultBase(t *testing.T) {
 	closed := make(chan struct{})
 	var once sync.Once
@@ -159,7 +159,7 @@ func TestDebugLineNamesTheAttempt(t *testing.T) {
 func TestTransportNilURL(t *testing.T) {
 	req := httptest.NewRequest(http.MethodGet, "http://x/", nil)
 	req.URL = nil
-	_, err := gateway.NewTransport().RoundTrip(req)
+	_, err := (&gateway.Transport{}).RoundTrip(req)
 	var f *gateway.Failure
 	require.ErrorAs(t, err, &f)
 	assert.Empty(t, f.Upstream)

@@ -68,7 +68,7 @@ func newHandler(upstream *url.URL, logger *slog.Logger) (http.Handler, func(), e
 	if err != nil {
 		return nil, nil, err
 	}
-	transport := gateway.NewTransport()
+	transport := &gateway.Transport{}
 	proxy := &httputil.ReverseProxy{
 		Rewrite:      func(pr *httputil.ProxyRequest) { pr.SetURL(upstream) },
 		Transport:    transport,
