@@ -44,7 +44,7 @@ func ExamplePerHost() {
 	p.Health = hosts // skip hosts whose breaker is open
 	defer hosts.Close()
 
-	transport := gateway.NewTransport()
+	transport := &gateway.Transport{}
 	defer transport.CloseIdleConnections()
 	proxy := &httputil.ReverseProxy{
 		Transport:    hosts.Transport(transport),

@@ -118,8 +118,7 @@ func TestRouteFailuresDoNotTakeHostOut(t *testing.T) {
 		return nil, gateway.NewFailure(gateway.ClassReset, "svc:80", errors.New("reset"))
 	}))
 	for range 2 {
-		tr := new(gateway.Trail)
-		ctx := gateway.WithTrail(t.Context(), tr)
+		ctx, tr := gateway.WithTrail(t.Context())
 		for range 3 { // three attempts of one request on one host
 			tr.Add("svc:80")
 			_, err := rt3.RoundTrip(httptest.NewRequest("GET", "http://svc:80/", nil).WithContext(ctx))

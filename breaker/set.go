@@ -24,6 +24,14 @@ var (
 
 // entry is one breaker: gobreaker's, plus what gobreaker does not expose
 // (when it reopens) and the transitions waiting for the hooks.
+//
+// gobreaker counts and trips; proxykit owns the open period. A gobreaker
+// that tripped is retired: requests that were in flight when it tripped
+// still report to it, and gobreaker, whose own open period is 1 ns, would
+// let the next of them turn it half-open at once. So when proxykit ends
+// the open period it swaps in a fresh gobreaker, driven to half-open
+// (toHalfOpen), and transitions of any gobreaker but the live one, and
+// gobreaker's own open→half-open, are ignored.
 type entry struct {
 	set *set
 	key string
@@ -32,11 +40,14 @@ type entry struct {
 	// may evict to make room; the single and overflow breakers never are.
 	overflow  bool
 	evictable bool
-	cb        *gobreaker.TwoStepCircuitBreaker[struct{}]
+	// cb is the live gobreaker; swapMu serialises its swaps.
+	cb     atomic.Pointer[gbox]
+	swapMu sync.Mutex
 
-	// state mirrors cb's state as of its last transition, and openUntil
-	// (Unix ns) the end of the current open period. Both are written under
-	// cb's lock, by onStateChange, and read without it.
+	// state is the breaker's state as of its last transition, and
+	// openUntil (Unix ns) the end of the current open period. Both are
+	// written under the live gobreaker's lock, by onStateChange, or under
+	// swapMu while open, and read without either.
 	state     atomic.Uint32
 	openUntil atomic.Int64
 
@@ -51,12 +62,17 @@ type entry struct {
 
 	// host is the host-health model of a Hosts breaker; nil otherwise.
 	host *hostState
+	// readyToTrip is the trip rule of the entry's kind.
+	readyToTrip func(gobreaker.Counts) bool
 	// trips counts the trips of this out spell, closedAt (ns) is when the
 	// breaker last closed, and period is the current open period; all
-	// under cb's lock.
+	// under the live gobreaker's lock.
 	trips    int
 	closedAt int64
 	period   time.Duration
+	// statusTrip is set by hostReadyToTrip, under cb's lock, when the
+	// status rule trips the host.
+	statusTrip bool
 
 	pending atomic.Bool // queue is not empty
 	mu      sync.Mutex  // guards queue
@@ -72,6 +88,7 @@ type transition struct {
 	from, to State
 	period   time.Duration // the open period, for a transition to open
 	spell    bool          // open→half-open→open within one out spell
+	cause    string        // for a host going out: the class of the evidence
 }
 
 // Kinds of entry.
@@ -83,38 +100,91 @@ const (
 
 func (s *set) newEntry(key string, kind int) *entry {
 	e := &entry{set: s, key: key, overflow: kind == kindOverflow, evictable: kind == kindKeyed}
-	readyToTrip := func(n gobreaker.Counts) bool { return s.c.readyToTrip(countsOf(n)) }
+	e.readyToTrip = func(n gobreaker.Counts) bool { return s.c.readyToTrip(countsOf(n)) }
 	if s.prober != nil && kind == kindKeyed {
 		e.host = new(hostState)
-		readyToTrip = func(n gobreaker.Counts) bool {
-			c := countsOf(n)
-			// Only evidence about the host runs in a row: an upstream's
-			// own status counts toward the ratio alone.
-			c.ConsecutiveFailures = e.host.consecutive.Load()
-			return s.c.readyToTrip(c)
-		}
+		e.readyToTrip = e.hostReadyToTrip
 	}
 	if e.overflow {
-		readyToTrip = func(gobreaker.Counts) bool { return false } // fails open
+		e.readyToTrip = func(gobreaker.Counts) bool { return false } // fails open
 	}
-	e.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
-		Name:         key,
-		MaxRequests:  s.c.MaxRequests,
-		Interval:     s.c.Interval,
-		BucketPeriod: s.c.BucketPeriod,
-		// gobreaker goes half-open as soon as it is asked; the open
-		// period is openUntil's, on the set's clock.
-		Timeout:       time.Nanosecond,
-		ReadyToTrip:   readyToTrip,
-		OnStateChange: e.onStateChange,
-		IsExcluded:    func(err error) bool { return err == errExcluded },
-	})
+	e.cb.Store(e.newBox())
 	return e
 }
 
-// onStateChange runs under cb's lock: it records, and leaves the hooks to
-// flush.
-func (e *entry) onStateChange(_ string, from, to gobreaker.State) {
+// gbox is one gobreaker of an entry.
+type gbox struct {
+	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+	// force makes the next failure trip: toHalfOpen drives a fresh
+	// gobreaker to half-open with it. Under cb's lock, before the box is
+	// live.
+	force bool
+}
+
+// newBox returns a fresh gobreaker for e, closed.
+func (e *entry) newBox() *gbox {
+	s := e.set
+	b := &gbox{}
+	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:         e.key,
+		MaxRequests:  s.c.MaxRequests,
+		Interval:     s.c.Interval,
+		BucketPeriod: s.c.BucketPeriod,
+		// gobreaker would go half-open as soon as it is asked; a tripped
+		// gobreaker is retired instead, and the open period is
+		// openUntil's, on the set's clock.
+		Timeout: time.Nanosecond,
+		ReadyToTrip: func(n gobreaker.Counts) bool {
+			return b.force || e.readyToTrip(n)
+		},
+		OnStateChange: func(_ string, from, to gobreaker.State) { e.onStateChange(b, from, to) },
+		IsExcluded:    func(err error) bool { return err == errExcluded },
+	})
+	return b
+}
+
+// toHalfOpen ends e's open period: it swaps in a fresh gobreaker in
+// half-open (with none of the requests of the retired one) and records
+// the transition.
+func (e *entry) toHalfOpen() {
+	e.swapMu.Lock()
+	defer e.swapMu.Unlock()
+	if State(e.state.Load()) != StateOpen {
+		return // swapped already
+	}
+	b := e.newBox() // not live: its transitions are ignored
+	b.force = true
+	if done, err := b.cb.Allow(); err == nil {
+		done(errFailure)
+	}
+	b.force = false
+	for b.cb.State() != gobreaker.StateHalfOpen { // its open period is 1 ns
+	}
+	e.cb.Store(b)
+	now := e.set.now()
+	if h := e.host; h != nil {
+		h.halfSince.Store(now)
+	}
+	e.state.Store(uint32(StateHalfOpen))
+	e.record(transition{from: StateOpen, to: StateHalfOpen})
+}
+
+// record queues t for the hooks.
+func (e *entry) record(t transition) {
+	e.mu.Lock()
+	e.queue = append(e.queue, t)
+	e.pending.Store(true)
+	e.mu.Unlock()
+}
+
+// onStateChange runs under the lock of b's gobreaker: for the live one, it
+// records, and leaves the hooks to flush.
+func (e *entry) onStateChange(b *gbox, from, to gobreaker.State) {
+	if e.cb.Load() != b || to == gobreaker.StateHalfOpen {
+		// A retired gobreaker, one being driven to half-open, or
+		// gobreaker's own 1 ns open period: toHalfOpen decides.
+		return
+	}
 	t := transition{from: stateOf(from), to: stateOf(to)}
 	s := e.set
 	now := s.now()
@@ -135,12 +205,29 @@ func (e *entry) onStateChange(_ string, from, to gobreaker.State) {
 				h.outSince.Store(now)
 				h.probeStep.Store(0)
 			}
-			c := gateway.Class(h.lastClass.Load())
-			if !connLevel(c) && !s.othersServing(e) {
-				// A whole pool out: try it again soon, with real requests.
+			cause := gateway.Class(h.lastClass.Load())
+			if t.from == StateClosed && e.statusTrip {
+				cause = gateway.ClassUpstreamStatus
+			}
+			h.cause.Store(int32(cause))
+			t.cause = cause.String()
+			if !s.othersServing(e) {
+				// A whole pool out: try it again soon.
 				period = min(period, 3*s.c.Health.PanicInterval)
 			}
+			// The first trip of a spell is probed at once; a repeat one
+			// (it passed a probe, then failed real traffic) when its
+			// growing period ends. Only a probe ends the period of a host
+			// that can be probed.
+			after := now
+			if e.trips > 1 {
+				after += int64(period)
+			}
+			h.probeAfter.Store(after)
+			h.asked.Store(now)
+			h.await.Store(s.probeKind(cause) != probeNone)
 		}
+		e.statusTrip = false
 		e.period, t.period = period, period
 		e.openUntil.Store(now + int64(period))
 		e.state.Store(uint32(t.to))
@@ -152,13 +239,11 @@ func (e *entry) onStateChange(_ string, from, to gobreaker.State) {
 		if h := e.host; h != nil && t.from != StateClosed {
 			h.warmFrom.Store(now)
 			h.consecutive.Store(0)
+			h.fails.reset() // gobreaker's counts start again too
 		}
 	}
 	e.state.Store(uint32(t.to))
-	e.mu.Lock()
-	e.queue = append(e.queue, t)
-	e.pending.Store(true)
-	e.mu.Unlock()
+	e.record(t)
 }
 
 // notify runs the hooks for transitions recorded by the last call into cb.
@@ -220,14 +305,24 @@ func (e *entry) touch() {
 // outcome with finish.
 func (e *entry) allow(upstream string) (func(error), *gateway.Failure) {
 	if State(e.state.Load()) == StateOpen {
-		if now := e.set.now(); now < e.openUntil.Load() {
+		now := e.set.now()
+		if now < e.openUntil.Load() || e.awaiting() {
+			e.ask(now)
 			return nil, e.refuse(upstream, gobreaker.ErrOpenState, now)
 		}
+		e.toHalfOpen()
 	}
-	done, err := e.cb.Allow()
+	b := e.cb.Load()
+	done, err := b.cb.Allow()
 	e.notify()
 	if err != nil {
 		return nil, e.refuse(upstream, err, e.set.now())
+	}
+	if State(e.state.Load()) == StateOpen || e.cb.Load() != b {
+		// It tripped between the look and the ask: the gobreaker that
+		// let the request through is retired.
+		done(errExcluded)
+		return nil, e.refuse(upstream, gobreaker.ErrOpenState, e.set.now())
 	}
 	return done, nil
 }
@@ -253,12 +348,17 @@ func (e *entry) finish(done func(error), outcome error) {
 	e.notify()
 }
 
-// openFor returns how long the breaker stays open, or 0.
+// openFor returns how long the breaker stays open, or 0. For a host out
+// until a probe passes, that is until its next probe at the earliest.
 func (e *entry) openFor(now int64) time.Duration {
 	if State(e.state.Load()) != StateOpen {
 		return 0
 	}
-	return max(0, time.Duration(e.openUntil.Load()-now))
+	d := time.Duration(e.openUntil.Load() - now)
+	if e.awaiting() {
+		d = max(d, time.Duration(e.host.nextProbe.Load()-now), e.set.c.Health.PanicInterval)
+	}
+	return max(0, d)
 }
 
 // allows reports whether a request would be let through now, without
@@ -268,31 +368,37 @@ func (e *entry) allows() bool {
 	case StateClosed:
 		return true
 	case StateOpen:
-		if e.set.now() < e.openUntil.Load() {
+		if now := e.set.now(); now < e.openUntil.Load() || e.awaiting() {
+			e.ask(now)
 			return false
 		}
+		e.toHalfOpen()
+		e.notify()
 	}
-	// Half-open, or open and due for half-open: ask gobreaker.
-	st := e.cb.State()
-	e.notify()
-	switch st {
-	case gobreaker.StateClosed:
+	// Half-open: a trial slot free?
+	n := e.cb.Load().cb.Counts()
+	switch State(e.state.Load()) {
+	case StateClosed:
 		return true
-	case gobreaker.StateOpen:
+	case StateOpen:
 		return false
 	}
-	n := e.cb.Counts()
 	return n.Requests-min(n.Requests, n.TotalExclusions) < e.set.c.MaxRequests
 }
 
 func (e *entry) status() Status {
 	now := e.set.now()
 	st := State(e.state.Load())
-	if st != StateOpen || now >= e.openUntil.Load() {
-		st = stateOf(e.cb.State()) // rolls the window first; may go half-open
-		e.notify()
+	var n Counts // zero while open
+	if st != StateOpen {
+		b := e.cb.Load()
+		b.cb.State() // rolls the window
+		n = countsOf(b.cb.Counts())
+		st = State(e.state.Load())
+	} else if now >= e.openUntil.Load() && !e.awaiting() {
+		st = StateHalfOpen // due: the next request is a trial
 	}
-	s := Status{Name: e.set.c.Name, Key: e.key, Overflow: e.overflow, State: st, Counts: countsOf(e.cb.Counts())}
+	s := Status{Name: e.set.c.Name, Key: e.key, Overflow: e.overflow, State: st, Counts: n}
 	if st == StateOpen {
 		s.OpenUntil = time.Unix(0, e.openUntil.Load())
 	}
@@ -322,7 +428,11 @@ func (e *entry) tryEvict(now int64) bool {
 	if !e.pins.CompareAndSwap(0, evicted) {
 		return false // requests in flight
 	}
-	if State(e.state.Load()) == StateClosed || now-e.openUntil.Load() >= int64(e.set.c.Interval) {
+	stale := now-e.openUntil.Load() >= int64(e.set.c.Interval)
+	if h := e.host; h != nil && h.await.Load() && now-h.asked.Load() < int64(e.set.c.Interval) {
+		stale = false // out until a probe passes, and still asked about
+	}
+	if State(e.state.Load()) == StateClosed || stale {
 		return true
 	}
 	// Keep it. A request that tried to pin it meanwhile undoes its own
@@ -555,6 +665,9 @@ func (s *set) report(e *entry, t transition) {
 		}
 		if t.to == StateOpen {
 			attrs = append(attrs, slog.Duration("open_for", t.period))
+			if t.cause != "" {
+				attrs = append(attrs, slog.String("cause", t.cause))
+			}
 		}
 		level := slog.LevelWarn
 		if t.spell || (t.from == StateOpen && t.to == StateHalfOpen) {

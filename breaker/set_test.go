@@ -53,8 +53,8 @@ func TestLookupRacingEviction(t *testing.T) {
 	done, f := got.allow("a")
 	require.Nil(t, f)
 	got.finish(done, errFailure)
-	assert.EqualValues(t, 1, s.lookup("a").cb.Counts().TotalFailures, "its outcome counts")
-	assert.Zero(t, e.cb.Counts().TotalFailures, "nothing landed in the evicted breaker")
+	assert.EqualValues(t, 1, s.lookup("a").cb.Load().cb.Counts().TotalFailures, "its outcome counts")
+	assert.Zero(t, e.cb.Load().cb.Counts().TotalFailures, "nothing landed in the evicted breaker")
 }
 
 // TestEvictionSparesHeld: a breaker with a request in flight is never

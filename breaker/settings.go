@@ -16,7 +16,10 @@
 // A breaker counts the failure classes of the gateway taxonomy
 // ([gateway.Class.CountsAsFailure]) and an upstream's own 502, 503 and 504
 // as failures; 2xx, 3xx and 4xx as successes; a client that went away, an
-// inner breaker that is open and an empty pool not at all. While open it
+// inner breaker that is open and an empty pool not at all. For [Hosts], an
+// upstream's own failure answers are evidence about a route, not the
+// host: they take a host out only when they are nearly all of its traffic
+// (see [HostHealth]). While open it
 // answers at once with a [gateway.ClassOpen] failure — 503 with Retry-After
 // set to the time left open, rounded up — without touching the upstream.
 //
@@ -199,10 +202,7 @@ func (s Settings) normalize() (config, error) {
 		name string
 		v    time.Duration
 	}{{"Interval", s.Interval}, {"BucketPeriod", s.BucketPeriod}, {"Timeout", s.Timeout},
-		{"MaxTimeout", s.MaxTimeout}, {"Health.ProbeInterval", s.Health.ProbeInterval},
-		{"Health.MaxProbeInterval", s.Health.MaxProbeInterval}, {"Health.PanicInterval", s.Health.PanicInterval},
-		{"Health.ProbeTimeout", s.Health.ProbeTimeout}, {"Health.Rest", s.Health.Rest},
-		{"Health.MaxRest", s.Health.MaxRest}} {
+		{"MaxTimeout", s.MaxTimeout}} {
 		if d.v < 0 {
 			negative = true
 			errs = append(errs, fmt.Errorf("negative %s %v", d.name, d.v))
@@ -215,10 +215,8 @@ func (s Settings) normalize() (config, error) {
 	case c.Interval/c.BucketPeriod > maxBuckets:
 		errs = append(errs, fmt.Errorf("BucketPeriod %v cuts Interval %v into more than %d buckets", c.BucketPeriod, c.Interval, maxBuckets))
 	}
-	if c.Health.Probation < 0 {
-		errs = append(errs, fmt.Errorf("negative Health.Probation %d", c.Health.Probation))
-	}
-	c.Health = c.Health.withDefaults()
+	errs = append(errs, c.Health.validate()...)
+	c.Health = c.Health.withDefaults(c.MinRequests)
 	if c.MaxKeys < 0 {
 		errs = append(errs, fmt.Errorf("negative MaxKeys %d", c.MaxKeys))
 	}

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/url"
 	"time"
+
+	"github.com/sony/gobreaker/v2"
 
 	"github.com/proxykit/proxykit/gateway"
 )
@@ -23,19 +26,22 @@ import (
 //
 //	hosts, err := breaker.PerHost(breaker.Settings{})
 //	p.Health = hosts // a *pool.Pool
-//	proxy.Transport = hosts.Transport(gateway.NewTransport())
+//	proxy.Transport = hosts.Transport(&gateway.Transport{})
 //	err = p.Attach(proxy)
 //
 // Hosts is also the host-health model (see [HostHealth]): one state per
-// host, which a pool reads through Allows, OpenFor, Share and HostState.
-// A host is taken out only by evidence about the host: connection-level
-// failures, resets and timeouts count toward both rules of Settings
-// (ConsecutiveFailures and the ratio), while an upstream's own 502, 503
-// and 504 count toward the ratio over the host's whole traffic only, so
-// that one failing route beside healthy ones cannot take the host out,
-// while a host that fails everything still is. One client request counts
-// once per host however many attempts it makes there (its
-// [gateway.Trail] tells). Call [Hosts.Close] to stop its probes.
+// host, which a pool reads through Allows (or AllowsRequest), OpenFor,
+// Share and HostState. A host is taken out only by evidence about the
+// host: connection-level failures, resets and timeouts count toward both
+// rules of Settings (ConsecutiveFailures and the ratio of the host's whole
+// traffic), while an upstream's own 502, 503 and 504 take it out only when
+// failures are nearly all of its traffic (HostHealth.StatusFailureRatio,
+// 90%), so that one failing route beside healthy ones cannot take the host
+// out, while a host that fails everything still is. One client request
+// counts once per host however many attempts it makes there (its
+// [gateway.Trail] tells). A host out is sent no request until a probe
+// proves it back, when it can be probed (see [HostHealth]). Call
+// [Hosts.Close] to stop its probes.
 type Hosts struct {
 	set *set
 }
@@ -56,13 +62,13 @@ func PerHost(s Settings) (*Hosts, error) {
 	return &Hosts{set: newSetWith(c, true, p)}, nil
 }
 
-// Close stops the probes and waits for those in flight to end. Hosts
-// keeps guarding requests; a host that is out stays out until its open
-// period ends.
+// Close stops the probes and health checks and waits for those in flight
+// to end. Hosts keeps guarding requests; a host that is out stays out
+// until its open period ends.
 func (h *Hosts) Close() {
 	p := h.set.prober
 	p.mu.Lock()
-	p.closed = true
+	p.closed.Store(true)
 	p.mu.Unlock()
 	p.cancel()
 	p.wg.Wait()
@@ -114,6 +120,7 @@ func (h *Hosts) Transport(next http.RoundTripper) http.RoundTripper {
 	if next == nil {
 		next = http.DefaultTransport
 	}
+	h.set.prober.rt.Store(&roundTripper{next}) // the health check's
 	return &transport{set: h.set, next: next}
 }
 
@@ -125,8 +132,17 @@ type transport struct {
 // RoundTrip implements http.RoundTripper.
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	host := gateway.UpstreamName(req.URL)
-	e := t.set.acquire(host)
+	e := t.set.lookup(host)
+	if e == nil {
+		if e = t.set.admit(host); e.host != nil {
+			e.setTarget(req.URL)
+		}
+	}
+	e = t.set.pinned(e, host)
 	done, f := e.allow(host)
+	if f == nil && e.host != nil && State(e.state.Load()) != StateClosed {
+		f = e.trial(req, done, host)
+	}
 	if f != nil {
 		if req.Body != nil {
 			_ = req.Body.Close() // RoundTrip must close the body, even on error
@@ -151,12 +167,33 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		switch {
 		case outcome == nil:
 			e.hostSuccess()
+		case State(e.state.Load()) == StateHalfOpen &&
+			gateway.Class(e.host.cause.Load()) != gateway.ClassUpstreamStatus:
+			// A trial request answered: the host is back from what took
+			// it out. Whether its answers are nearly all failures is the
+			// status rule's business, once closed.
+			outcome = nil
 		case !e.hostStatusFailure(req):
 			outcome = errExcluded
 		}
 	}
 	e.finish(done, outcome)
 	return res, nil
+}
+
+// trial vets a request that a host not closed let through (a half-open
+// trial): a request of a method that is not idempotent is refused while
+// the host's trials are kept for idempotent ones (HostHealth.SafeFirst).
+// A refused request's slot is given back.
+func (e *entry) trial(req *http.Request, done func(error), host string) *gateway.Failure {
+	if safeMethod(req.Method) || State(e.state.Load()) != StateHalfOpen || e.admitsUnsafe(e.set.now()) {
+		return nil
+	}
+	done(errExcluded)
+	e.notify()
+	f := e.refuse(host, gobreaker.ErrTooManyRequests, e.set.now())
+	f.RetryAfter = time.Second
+	return f
 }
 
 // CloseIdleConnections closes next's idle connections, if it can.
@@ -177,6 +214,43 @@ func (h *Hosts) Allows(host string) bool {
 		return e.allows()
 	}
 	return true
+}
+
+// AllowsRequest is Allows for one request: a half-open host keeps its
+// trial requests for idempotent methods a while (HostHealth.SafeFirst), so
+// it does not allow a POST then while another host serves. A pool that
+// finds it on its Health uses it instead of Allows.
+func (h *Hosts) AllowsRequest(host string, r *http.Request) bool {
+	e := h.set.lookup(host)
+	if e == nil || State(e.state.Load()) == StateClosed {
+		return true
+	}
+	if !e.allows() {
+		return false
+	}
+	if e.host == nil || r == nil || safeMethod(r.Method) || State(e.state.Load()) != StateHalfOpen {
+		return true
+	}
+	return e.admitsUnsafe(h.set.now())
+}
+
+// Watch tells Hosts about a host before any request to it: target's
+// scheme and host (the path is ignored). A pool calls it for each of its
+// targets, so that an always-on health check (HostHealth.Check.Always)
+// watches them from the start, and checks use the right scheme. It creates
+// the host's breaker, within Settings.MaxKeys.
+func (h *Hosts) Watch(target *url.URL) {
+	if target == nil || target.Host == "" {
+		return
+	}
+	host := gateway.UpstreamName(target)
+	e := h.set.lookup(host)
+	if e == nil {
+		e = h.set.admit(host)
+	}
+	if e.host != nil {
+		e.setTarget(target)
+	}
 }
 
 // OpenFor returns how long the breaker of host, a canonical name

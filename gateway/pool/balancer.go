@@ -2,6 +2,7 @@ package pool
 
 import (
 	"math/rand/v2"
+	"net/http"
 
 	"github.com/proxykit/proxykit/gateway"
 )
@@ -41,9 +42,9 @@ const (
 	rankNone                // no candidate yet
 )
 
-// pick chooses a host for a request with trail at now, or nil when every
-// host is unhealthy.
-func (p *Pool) pick(trail *gateway.Trail, now int64) *upstream {
+// pick chooses a host for the request req with trail at now, or nil when
+// every host is unhealthy.
+func (p *Pool) pick(req *http.Request, trail *gateway.Trail, now int64) *upstream {
 	n := len(p.ups)
 	if n == 0 {
 		return nil // not made by NewPool
@@ -56,6 +57,10 @@ func (p *Pool) pick(trail *gateway.Trail, now int64) *upstream {
 	cands := buf[:0]
 	best := rankNone
 	shares, _ := p.Health.(Shares)
+	rh, _ := p.Health.(RequestHealth)
+	if req == nil {
+		rh = nil
+	}
 	for k := range n {
 		i := start + k
 		if i >= n {
@@ -66,7 +71,14 @@ func (p *Pool) pick(trail *gateway.Trail, now int64) *upstream {
 		if trail.Tried(u.host) {
 			r = rankTried
 		}
-		if r > best || !p.allows(u.host) {
+		if r > best {
+			continue
+		}
+		if rh != nil {
+			if !rh.AllowsRequest(u.host, req) {
+				continue
+			}
+		} else if !p.allows(u.host) {
 			continue
 		}
 		if shares != nil {

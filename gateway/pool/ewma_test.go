@@ -67,7 +67,7 @@ func TestFailurePenalty(t *testing.T) {
 	}
 	assert.GreaterOrEqual(t, bad.cost.value(*now, tau), 2*5*ms*math.Exp(-1.0/10), "failing fast must not look fast")
 	assert.LessOrEqual(t, bad.cost.value(*now, tau), 2*5*ms, "the penalty is bounded")
-	assert.Same(t, good, p.pick(nil, *now), "the failing host loses every pairing")
+	assert.Same(t, good, p.pick(nil, nil, *now), "the failing host loses every pairing")
 
 	// Once it stops failing, its cost wears off: within Decay·ln 2, plus
 	// the healthy host's own decay, it is no costlier than the healthy one.

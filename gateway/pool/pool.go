@@ -38,7 +38,7 @@ const (
 //
 //	p, err := pool.New(targets...)
 //	proxy := &httputil.ReverseProxy{
-//		Transport:    gateway.NewTransport(),
+//		Transport:    &gateway.Transport{},
 //		ErrorHandler: gateway.ErrorHandler,
 //	}
 //	err = p.Attach(proxy)
@@ -47,7 +47,7 @@ const (
 // the pool's Transport, and the pool asks them which hosts may be used:
 //
 //	p.Health = hosts
-//	proxy.Transport = hosts.Transport(gateway.NewTransport())
+//	proxy.Transport = hosts.Transport(&gateway.Transport{})
 //	err = p.Attach(proxy)
 //
 // Every pick skips hosts that Health does not allow (a hard rule), and
@@ -83,11 +83,12 @@ type Pool struct {
 	// since host health (resting, probing, slow start) moved to Health.
 	Logger *slog.Logger
 
-	ups    []*upstream
-	byHost map[string]*upstream
-	rr     atomic.Uint64
-	epoch  time.Time
-	clock  func() int64 // tests; nil: time since epoch
+	ups     []*upstream
+	byHost  map[string]*upstream
+	rr      atomic.Uint64
+	watched sync.Once // the targets told to a Watcher
+	epoch   time.Time
+	clock   func() int64 // tests; nil: time since epoch
 }
 
 // Health is what a Pool asks about its hosts, by their [gateway.UpstreamName].
@@ -112,6 +113,22 @@ type Health interface {
 // everything.
 type Shares interface {
 	Share(host string) float64
+}
+
+// RequestHealth is an optional interface of a [Health]: whether host may
+// be sent this request now, which a pool then asks instead of Allows.
+// *breaker.Hosts implements it: a half-open host keeps its few trial
+// requests for idempotent methods a while, so a POST goes to a serving
+// host instead.
+type RequestHealth interface {
+	AllowsRequest(host string, r *http.Request) bool
+}
+
+// Watcher is an optional interface of a [Health]: a pool tells it each of
+// its targets before its first request, so that it can watch hosts no
+// request has reached yet (*breaker.Hosts: an always-on health check).
+type Watcher interface {
+	Watch(target *url.URL)
 }
 
 // HostStater is an optional interface of a [Health]: a host's one-word
@@ -222,8 +239,9 @@ func (p *Pool) now() int64 {
 // pool's Transport in the chain, the mark makes the base transport fail
 // the request (unsupported protocol scheme, classified internal).
 func (p *Pool) Rewrite(pr *httputil.ProxyRequest) {
+	p.watched.Do(p.watch)
 	trail := gateway.TrailFrom(pr.In.Context())
-	u := p.pick(trail, p.now())
+	u := p.pick(pr.In, trail, p.now())
 	if u == nil {
 		pr.Out.URL.Scheme, pr.Out.URL.Host, pr.Out.Host = noUpstreamScheme, "", ""
 		return
@@ -336,6 +354,15 @@ func (p *Pool) observe(u *upstream, failed bool, rtt, now int64) {
 		slowest = max(slowest, v.latency.value(now, tau))
 	}
 	u.cost.observe(now, failurePenalty*slowest, tau)
+}
+
+// watch tells a Watcher Health the pool's targets.
+func (p *Pool) watch() {
+	if w, ok := p.Health.(Watcher); ok {
+		for _, u := range p.ups {
+			w.Watch(u.target)
+		}
+	}
 }
 
 // allows reports whether Health allows host.

@@ -162,13 +162,10 @@ func TestPoolRoundRobin(t *testing.T) {
 	}
 }
 
-// rewrite runs pool.Rewrite on a request carrying trail (nil: none) and
-// returns the outbound URL.
-func rewrite(pool *Pool, trail *gateway.Trail) *url.URL {
-	in := httptest.NewRequest("GET", "http://front.test/x", nil)
-	if trail != nil {
-		in = in.WithContext(gateway.WithTrail(in.Context(), trail))
-	}
+// rewrite runs pool.Rewrite on a request with context ctx (which may carry
+// a Trail) and returns the outbound URL.
+func rewrite(pool *Pool, ctx context.Context) *url.URL {
+	in := httptest.NewRequest("GET", "http://front.test/x", nil).WithContext(ctx)
 	pr := &httputil.ProxyRequest{In: in, Out: in.Clone(in.Context())}
 	pool.Rewrite(pr)
 	return pr.Out.URL
@@ -192,29 +189,29 @@ func TestPoolSkipsTriedAndUnhealthy(t *testing.T) {
 			pool.Health = healthFuncs{allows: func(h string) bool { _, bad := unhealthy.Load(h); return !bad }}
 
 			for range 50 {
-				var trail gateway.Trail
+				ctx, trail := gateway.WithTrail(context.Background())
 				trail.Add(hosts[0])
-				got := rewrite(pool, &trail).Host
+				got := rewrite(pool, ctx).Host
 				assert.NotEqual(t, hosts[0], got, "a tried host is skipped")
 				assert.Equal(t, got, trail.Last(), "the pick is added to the trail")
 			}
 			unhealthy.Store(hosts[1], true)
 			for range 50 {
-				var trail gateway.Trail
+				ctx, trail := gateway.WithTrail(context.Background())
 				trail.Add(hosts[0])
-				assert.Equal(t, hosts[2], rewrite(pool, &trail).Host, "only the untried healthy host is left")
+				assert.Equal(t, hosts[2], rewrite(pool, ctx).Host, "only the untried healthy host is left")
 			}
-			var all gateway.Trail
+			ctx, all := gateway.WithTrail(context.Background())
 			for _, h := range hosts {
 				all.Add(h)
 			}
-			got := rewrite(pool, &all).Host
+			got := rewrite(pool, ctx).Host
 			assert.Contains(t, []string{hosts[0], hosts[2]}, got, "every host tried: a tried healthy host is the last resort")
 
 			for _, h := range hosts {
 				unhealthy.Store(h, true)
 			}
-			out := rewrite(pool, nil)
+			out := rewrite(pool, context.Background())
 			assert.Empty(t, out.Host, "no healthy host: the request is marked, not routed")
 			assert.NotEqual(t, "http", out.Scheme)
 		})
@@ -253,10 +250,10 @@ func TestPoolNoUpstreamFailure(t *testing.T) {
 	pool, err := New(mustURL(t, "http://127.0.0.1:1001"))
 	require.NoError(t, err)
 	pool.Health = healthFuncs{allows: func(string) bool { return false }}
-	var trail gateway.Trail
-	trail.Add("127.0.0.1:1001")
 	in := httptest.NewRequest("POST", "http://front.test/", strings.NewReader("body"))
-	in = in.WithContext(gateway.WithTrail(in.Context(), &trail))
+	ctx, trail := gateway.WithTrail(in.Context())
+	trail.Add("127.0.0.1:1001")
+	in = in.WithContext(ctx)
 	pr := &httputil.ProxyRequest{In: in, Out: in.Clone(in.Context())}
 	pool.Rewrite(pr)
 	_, err = pool.Transport(failingTransport{t}).RoundTrip(pr.Out)
@@ -412,8 +409,8 @@ func ExamplePool() {
 	}
 	pool.Policy = RoundRobin
 	// With package breaker: pool.Health = hosts
-	// and pool.Transport(hosts.Transport(gateway.NewTransport())).
-	transport := gateway.NewTransport()
+	// and pool.Transport(hosts.Transport(&gateway.Transport{})).
+	transport := &gateway.Transport{}
 	defer transport.CloseIdleConnections()
 	proxy := &httputil.ReverseProxy{
 		Rewrite:      pool.Rewrite,
@@ -449,13 +446,13 @@ func ExamplePool() {
 func BenchmarkPoolRewrite(b *testing.B) {
 	targets := []*url.URL{mustURL(b, "http://10.0.0.1:8080"), mustURL(b, "http://10.0.0.2:8080"), mustURL(b, "http://10.0.0.3:8080")}
 	in := httptest.NewRequest("GET", "http://front.test/path?q=1", nil)
-	var trail gateway.TrailContext
 	run := func(b *testing.B, rewrite func(*httputil.ProxyRequest)) {
 		out := in.Clone(in.Context())
-		pr := &httputil.ProxyRequest{In: in.WithContext(&trail), Out: out}
+		pr := &httputil.ProxyRequest{In: in.Clone(in.Context()), Out: out}
 		b.ReportAllocs()
 		for b.Loop() {
-			trail.Init(context.Background())
+			ctx, _ := gateway.WithTrail(context.Background()) // one allocation, in every variant
+			*pr.In = *in.WithContext(ctx)
 			rewrite(pr)
 		}
 	}
