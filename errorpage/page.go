@@ -47,6 +47,15 @@ type Page struct {
 	// and send it again.
 	ClientFault bool
 
+	// Planned reports planned maintenance (class maintenance): the
+	// service is down on purpose, and Until says until when if announced.
+	Planned bool
+	// Until is when a planned maintenance is announced to end, in UTC;
+	// zero when no end was announced (or it has passed). The Failure's
+	// error tells it through a method PlannedUntil() time.Time, as
+	// package admission's maintenance failures do.
+	Until time.Time
+
 	// RetryAfter is the number of seconds after which trying again makes
 	// sense; 0 when unknown.
 	RetryAfter int
@@ -141,6 +150,23 @@ func (p *Page) TimeText() string { return p.Time.Format("2006-01-02 15:04:05 UTC
 // TimeISO returns Time in RFC 3339, for a <time datetime> attribute.
 func (p *Page) TimeISO() string { return p.Time.Format(time.RFC3339) }
 
+// UntilText returns Until as "2006-01-02 15:04 UTC", or "" when unknown.
+func (p *Page) UntilText() string {
+	if p.Until.IsZero() {
+		return ""
+	}
+	return p.Until.Format("2006-01-02 15:04 UTC")
+}
+
+// UntilISO returns Until in RFC 3339, for a <time datetime> attribute, or
+// "" when unknown.
+func (p *Page) UntilISO() string {
+	if p.Until.IsZero() {
+		return ""
+	}
+	return p.Until.Format(time.RFC3339)
+}
+
 // RetryText returns RetryAfter in words: "30 seconds", "5 minutes",
 // "2 hours"; "" when unknown. Minutes and hours are rounded up.
 func (p *Page) RetryText() string { return durationText(p.RetryAfter) }
@@ -201,6 +227,11 @@ var classCopies = map[gateway.Class]classCopy{
 	// service is down; the gateway hop carries the note.
 	gateway.ClassClientBody: {"We couldn't read your request", "Unreadable request", false},
 	gateway.ClassStaleConn:  {"The connection to the service was interrupted", "Interrupted", true},
+	// The gateway turned the request away before the service saw it, so
+	// that the service keeps up with the rest.
+	gateway.ClassOverloaded: {"The service is too busy right now", "Busy", true},
+	// The service is down on purpose; the page says so (Page.Planned).
+	gateway.ClassMaintenance: {"We're down for planned maintenance", "Planned maintenance", true},
 }
 
 // clientBodyCopy refines ClassClientBody by the Failure's status.
@@ -291,6 +322,10 @@ func where(f *gateway.Failure, status int, brand string, gatewayFault bool) stri
 		return ok + upperFirst(gw) + " stopped retrying so that the service can recover."
 	case f.Class == gateway.ClassOpen:
 		return ok + upperFirst(gw) + " is holding requests back while the service recovers."
+	case f.Class == gateway.ClassOverloaded:
+		return ok + "The service is at capacity: " + gw + " turned your request away at once, rather than keep you waiting, so that it keeps up with the rest."
+	case f.Class == gateway.ClassMaintenance:
+		return ok + "The service is down for planned maintenance; " + gw + " is answering in its place."
 	}
 	return ok + "The problem is between " + gw + " and the service."
 }
@@ -327,7 +362,7 @@ func (h *Handler) buildPage(p *Page, r *http.Request, f *gateway.Failure, status
 		Status:       status,
 		StatusText:   http.StatusText(status),
 		Title:        c.title,
-		Detail:       f.Explanation(),
+		Detail:       f.Class.Explanation(),
 		Class:        f.Class.String(),
 		Transient:    c.transient,
 		GatewayFault: gf,
@@ -348,6 +383,19 @@ func (h *Handler) buildPage(p *Page, r *http.Request, f *gateway.Failure, status
 	}
 	if f.RetryAfter > 0 {
 		p.RetryAfter, _ = strconv.Atoi(gateway.RetryAfterSeconds(min(f.RetryAfter, maxRetryAfter)))
+	}
+	if f.Class == gateway.ClassMaintenance {
+		p.Planned = true
+		var pu interface{ PlannedUntil() time.Time }
+		if errors.As(f.Err, &pu) {
+			if u := pu.PlannedUntil().UTC(); u.After(p.Time) {
+				p.Until = u.Truncate(time.Minute)
+				if u != p.Until {
+					p.Until = p.Until.Add(time.Minute) // never promise earlier than planned
+				}
+				p.Detail += " It is planned to end at " + p.UntilText() + "."
+			}
+		}
 	}
 	if r != nil {
 		p.Method = clip(r.Method, 16)

@@ -87,6 +87,7 @@ type problem struct {
 	RequestID  string `json:"request_id"`
 	Class      string `json:"class"`
 	RetryAfter int    `json:"retry_after,omitempty"`
+	Until      string `json:"until,omitempty"` // a planned maintenance's announced end
 	Time       string `json:"time"`
 	// Operator details: only for Debug or trusted requests.
 	Hint     string `json:"hint,omitempty"`
@@ -110,6 +111,7 @@ func writeJSON(buf *bytes.Buffer, p *Page) {
 		RequestID:  p.RequestID,
 		Class:      p.Class,
 		RetryAfter: p.RetryAfter,
+		Until:      p.UntilISO(),
 		Time:       p.Time.Format(time.RFC3339),
 	}
 	if op := p.Operator; op != nil {
@@ -126,6 +128,13 @@ func writeText(buf *bytes.Buffer, p *Page) {
 	buf.WriteString("\n\n")
 	buf.WriteString(p.Detail)
 	buf.WriteString("\n\n")
+	if p.Planned {
+		buf.WriteString("This is planned maintenance")
+		if u := p.UntilText(); u != "" {
+			buf.WriteString(", expected to end at " + u)
+		}
+		buf.WriteString(".\n")
+	}
 	switch {
 	case p.RetryAfter > 0:
 		buf.WriteString("Try again in " + p.RetryText() + ".\n")

@@ -6,13 +6,15 @@
 //	go run ./examples/loadtest -scenario reset20 -duration 10s -concurrency 32
 //	go run ./examples/loadtest -scenario restart    # issue 13's restart scenarios only
 //	go run ./examples/loadtest -scenario restart1,badroute -rate 400
+//	go run ./examples/loadtest -scenario overload   # issue 16's overload scenario
 //	go run ./examples/loadtest -markdown            # the table for BENCHMARKS.md
 //
 // Fault scenarios (3 upstreams each, fresh for every run; closed-loop load
 // by -concurrency clients for -duration):
 //
 //	happy      all healthy; also the naive proxy (NewSingleHostReverseProxy
-//	           on http.DefaultTransport) for comparison
+//	           on http.DefaultTransport) and proxykit without its per-host
+//	           limiter (kit-nolimit: what the limiter costs) for comparison
 //	refuse1    1 of 3 refuses connections
 //	reset20    1 of 3 resets 20% of requests after reading them (half POSTs:
 //	           a POST delivered twice would show in the dup column)
@@ -37,6 +39,15 @@
 //	           are counted from 2 s after it went down, for -after
 //	badroute   1 upstream whose /bad answers 502; /bad gets 50 req/s, three
 //	           other routes share the rest of -rate, for -after
+//
+// Overload scenario (issue 16): one upstream of fixed capacity (8 workers
+// × 10 ms = 800 requests/s; the rest wait in its queue until the caller
+// gives up), offered -overload-rate GET/s (default 1,200) open-loop for
+// 4 s, per-try timeout 1 s (the bare proxy: a 1 s response-header
+// timeout), through the bare proxy, proxykit, and proxykit with retries
+// off (kit-noretry). A second table gives goodput (200s complete within
+// 250 ms, per second), the p99 of the 200s, the p99 of the rest, and how
+// many of the rest were 503 with Retry-After.
 //
 // Columns: requests sent, success (2xx/3xx), latency, upstream requests
 // read per client request, POSTs an upstream read twice, failures by class
@@ -99,7 +110,10 @@ type scenario struct {
 }
 
 var scenarios = []scenario{
-	{name: "happy", post: 0.2, stacks: []string{"naive", "bare", "proxykit"}},
+	{name: "happy", post: 0.2, stacks: []string{"naive", "bare", "proxykit", "kit-nolimit"},
+		check: func(k, _ loadgen.Row) string {
+			return want(k.Failures["overloaded"] == 0, "nothing shed on a healthy upstream")
+		}},
 	{name: "refuse1", post: 0.3, setup: func(u []*gatewaytest.Server) error { return u[2].SetFault(gatewaytest.Refused) },
 		check: func(k, _ loadgen.Row) string {
 			return want(k.SuccessRate() == 100, "100% success with 1 of 3 refusing")
@@ -162,6 +176,8 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	fs.Uint64Var(&tl.seed, "seed", tl.seed, "restart scenarios: seed of the Poisson arrivals")
 	fs.DurationVar(&tl.outage, "outage", tl.outage, "restart1, restart3: how long the upstreams refuse connections")
 	fs.DurationVar(&tl.after, "after", tl.after, "restart scenarios: how long they are watched after the return (dead1: counted; badroute: run)")
+	ov := defaultOverload
+	fs.Float64Var(&ov.rate, "overload-rate", ov.rate, "overload scenario: offered GET/s, open-loop (capacity is 800/s)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(out)
@@ -182,7 +198,10 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	if tl.outage <= 0 || tl.outage > time.Minute || tl.after <= 0 || tl.after > 10*time.Minute {
 		return fmt.Errorf("-outage %v, -after %v: want (0, 1m] and (0, 10m]", tl.outage, tl.after)
 	}
-	chosen, err := choose(*only, jobs(*duration, *concurrency, tl))
+	if !(ov.rate >= 1 && ov.rate <= 20000) {
+		return fmt.Errorf("-overload-rate %v: want 1 to 20000", ov.rate)
+	}
+	chosen, err := choose(*only, jobs(*duration, *concurrency, tl, ov))
 	if err != nil {
 		return err
 	}
@@ -190,7 +209,7 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 }
 
 // jobs lists every scenario, fault scenarios first.
-func jobs(d time.Duration, conc int, tl timeline) []job {
+func jobs(d time.Duration, conc int, tl timeline, ov overloadSpec) []job {
 	var all []job
 	for _, sc := range scenarios {
 		j := job{name: sc.name, stacks: sc.stacks, length: max(d, sc.minDuration), check: sc.check,
@@ -209,11 +228,15 @@ func jobs(d time.Duration, conc int, tl timeline) []job {
 				return sc.check(kit)
 			}})
 	}
+	all = append(all, job{name: "overload", stacks: overloadStacks, length: ov.length,
+		one:   func(ctx context.Context, stack string) (loadgen.Row, error) { return runOverload(ctx, stack, ov) },
+		check: func(kit, _ loadgen.Row) string { return checkOverload(kit) }})
 	return all
 }
 
 // choose picks the jobs named in list: names, "all", "faults" (the fault
 // scenarios) or "restart" (issue 13's), comma-separated, in table order.
+// The overload scenario is in neither group.
 func choose(list string, all []job) ([]job, error) {
 	restart := map[string]bool{}
 	for _, sc := range restartScenarios {
@@ -224,7 +247,8 @@ func choose(list string, all []job) ([]job, error) {
 		name = strings.TrimSpace(name)
 		found := false
 		for _, j := range all {
-			if name == "all" || name == j.name || (name == "restart" && restart[j.name]) || (name == "faults" && !restart[j.name]) {
+			if name == "all" || name == j.name || (name == "restart" && restart[j.name]) ||
+				(name == "faults" && !restart[j.name] && j.name != "overload") {
 				want[j.name], found = true, true
 			}
 		}
@@ -348,11 +372,12 @@ func build(name string, targets []*url.URL, tryTimeout time.Duration) (http.Hand
 			BufferPool: gateway.NewBufferPool(0, 0),
 		}
 		return p, tr.CloseIdleConnections, nil
-	case "proxykit":
+	case "proxykit", "kit-nolimit":
 		st, err := proxykit.New(proxykit.Config{
 			Upstreams: targets,
 			Retry:     retry.Options{PerTryTimeout: tryTimeout},
 			Logger:    slog.New(slog.DiscardHandler),
+			NoLimiter: name == "kit-nolimit",
 		})
 		if err != nil {
 			return nil, nil, err

@@ -34,7 +34,7 @@ func TestScenarios(t *testing.T) {
 func TestBadFlags(t *testing.T) {
 	var out, errs strings.Builder
 	for _, args := range [][]string{{"-scenario", "nope"}, {"-duration", "0s"}, {"-concurrency", "0"}, {"-x"},
-		{"-rate", "0"}, {"-outage", "0s"}, {"-after", "-1s"}} {
+		{"-rate", "0"}, {"-outage", "0s"}, {"-after", "-1s"}, {"-overload-rate", "0"}} {
 		assert.Error(t, run(context.Background(), args, &out, &errs), "%v", args)
 	}
 }
@@ -48,7 +48,7 @@ func TestBadFlags(t *testing.T) {
 func TestRestartScenarios(t *testing.T) {
 	tl := timeline{rate: 100, seed: 1, before: 200 * time.Millisecond, outage: 200 * time.Millisecond,
 		settle: 300 * time.Millisecond, after: 400 * time.Millisecond}
-	chosen, err := choose("restart", jobs(time.Second, 4, tl))
+	chosen, err := choose("restart", jobs(time.Second, 4, tl, defaultOverload))
 	require.NoError(t, err)
 	require.Len(t, chosen, len(restartScenarios))
 	rows := map[string]loadgen.Row{}
@@ -79,7 +79,7 @@ func TestRestartScenarios(t *testing.T) {
 
 // TestChoose: scenarios by name, comma-separated, or by group.
 func TestChoose(t *testing.T) {
-	all := jobs(time.Second, 1, defaultTimeline)
+	all := jobs(time.Second, 1, defaultTimeline, defaultOverload)
 	names := func(list string) []string {
 		js, err := choose(list, all)
 		require.NoError(t, err, list)
@@ -91,7 +91,8 @@ func TestChoose(t *testing.T) {
 	}
 	assert.Equal(t, []string{"restart1", "restart3", "dead1", "badroute"}, names("restart"))
 	assert.Equal(t, []string{"happy", "refuse1", "reset20", "slow1", "outage", "outage503"}, names("faults"))
-	assert.Len(t, names("all"), len(scenarios)+len(restartScenarios))
+	assert.Len(t, names("all"), len(scenarios)+len(restartScenarios)+1)
+	assert.Equal(t, []string{"overload"}, names("overload"))
 	assert.Equal(t, []string{"refuse1", "badroute"}, names("badroute, refuse1"), "in table order")
 	_, err := choose("restart1,nope", all)
 	assert.ErrorContains(t, err, `"nope"`)
@@ -111,4 +112,31 @@ func TestFigureColumns(t *testing.T) {
 	assert.Contains(t, text, "first 200")
 	assert.Contains(t, text, "never")
 	assert.Contains(t, text, "restart1: missed: first 200 ≤ 250 ms after the return; ≥ 99% served after the return")
+}
+
+// TestOverloadScenario runs issue 16's overload scenario, scaled down (an
+// upstream of 2 workers × 20 ms offered 150 GET/s for 1.5 s), through the
+// bare proxy and proxykit: the bare proxy lets its served requests queue,
+// proxykit sheds the excess with 503 + Retry-After and keeps them fast.
+func TestOverloadScenario(t *testing.T) {
+	sp := overloadSpec{rate: 150, length: 1500 * time.Millisecond, workers: 2, service: 20 * time.Millisecond,
+		tryLimit: time.Second, within: 250 * time.Millisecond}
+	bare, err := runOverload(context.Background(), "bare", sp)
+	require.NoError(t, err)
+	kit, err := runOverload(context.Background(), "kit-noretry", sp)
+	require.NoError(t, err)
+	require.NotNil(t, bare.Overload)
+	require.NotNil(t, kit.Overload)
+	t.Logf("bare %+v", *bare.Overload)
+	t.Logf("kit  %+v", *kit.Overload)
+	assert.Zero(t, bare.Failures["overloaded"])
+	assert.Positive(t, kit.Failures["overloaded"], "the excess was shed")
+	assert.Equal(t, kit.Overload.Rest, kit.Overload.RestRetryAfter, "every shed answer is a 503 with Retry-After")
+	assert.Less(t, kit.Overload.ServedP99, bare.Overload.ServedP99, "served requests did not queue")
+	assert.Greater(t, kit.Overload.Goodput, bare.Overload.Goodput)
+
+	var out, errs strings.Builder
+	require.NoError(t, runJobs(context.Background(), []job{{name: "overload", stacks: []string{"kit-noretry"},
+		one: func(ctx context.Context, stack string) (loadgen.Row, error) { return kit, nil }}}, false, &out, &errs))
+	assert.Contains(t, out.String(), "goodput/s")
 }

@@ -257,6 +257,9 @@ type Row struct {
 	// Figures, if set, are a restart scenario's own figures; the tables
 	// print them as extra columns when any row has them.
 	Figures *Figures
+	// Overload, if set, are an overload scenario's figures; the tables
+	// print them in a table of their own below.
+	Overload *OverloadFigures
 }
 
 // Amplification is upstream requests per client request.
@@ -292,6 +295,7 @@ func PrintTable(w io.Writer, rows []Row) {
 			round(r.Percentile(50)), round(r.Percentile(99)), round(r.Max()),
 			r.Amplification(), r.Duplicates, cells, formatCounts(r.Failures))
 	}
+	printOverload(w, rows, false)
 }
 
 // PrintMarkdown writes rows as a Markdown table, with the Figures columns
@@ -315,6 +319,7 @@ func PrintMarkdown(w io.Writer, rows []Row) {
 			round(r.Percentile(50)), round(r.Percentile(99)), round(r.Max()),
 			r.Amplification(), r.Duplicates, cells, formatCounts(r.Failures))
 	}
+	printOverload(w, rows, true)
 }
 
 func formatCounts(m map[string]int) string {

@@ -89,6 +89,8 @@ type Sample struct {
 	// Class is "" for a success, else the failure class as in
 	// Result.Failures ("dropped" for a request never sent).
 	Class string
+	// RetryAfter reports that the response carried a Retry-After header.
+	RetryAfter bool
 }
 
 // OK reports whether the request succeeded (2xx or 3xx).
@@ -210,6 +212,7 @@ func send(client *http.Client, url, id string, s *Sample) {
 		return
 	}
 	s.Status = res.StatusCode
+	s.RetryAfter = res.Header.Get("Retry-After") != ""
 	if res.StatusCode >= 400 {
 		s.Class = classOf(res)
 	}

@@ -1,0 +1,446 @@
+package admission_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/proxykit/proxykit/admission"
+	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/pool"
+)
+
+var discard = slog.New(slog.DiscardHandler)
+
+// capacity is an upstream handler of a fixed number of workers, each
+// taking service per request; the rest wait in a FIFO queue until a
+// worker is free or their caller gives up. Workers can be added.
+type capacity struct {
+	sem     chan struct{}
+	service time.Duration
+}
+
+const maxWorkers = 64
+
+func newCapacity(workers int, service time.Duration) *capacity {
+	c := &capacity{sem: make(chan struct{}, maxWorkers), service: service}
+	for range maxWorkers - workers {
+		c.sem <- struct{}{} // a reservation: a worker that is not there
+	}
+	return c
+}
+
+// add brings n more workers.
+func (c *capacity) add(n int) {
+	for range n {
+		<-c.sem
+	}
+}
+
+func (c *capacity) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	select {
+	case c.sem <- struct{}{}:
+	case <-r.Context().Done():
+		return
+	}
+	t := time.NewTimer(c.service)
+	select {
+	case <-t.C:
+	case <-r.Context().Done():
+	}
+	t.Stop()
+	<-c.sem
+	_, _ = io.WriteString(w, "ok\n")
+}
+
+// outcome is one request of an open-loop run.
+type outcome struct {
+	at     time.Time
+	took   time.Duration
+	ok     bool
+	overld bool
+}
+
+// openLoop sends rate requests a second to url through client for d, and
+// returns every outcome once all have ended.
+func openLoop(client *http.Client, url string, rate float64, d time.Duration) []outcome {
+	var (
+		mu  sync.Mutex
+		out []outcome
+		wg  sync.WaitGroup
+	)
+	interval := time.Duration(float64(time.Second) / rate)
+	start := time.Now()
+	for i := 0; ; i++ {
+		due := start.Add(time.Duration(i) * interval)
+		if due.Sub(start) >= d {
+			break
+		}
+		time.Sleep(time.Until(due))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t0 := time.Now()
+			res, err := client.Get(url)
+			o := outcome{at: t0}
+			if err == nil {
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				o.ok = res.StatusCode == 200
+			} else {
+				o.overld = gateway.Classify(err) == gateway.ClassOverloaded
+			}
+			o.took = time.Since(t0)
+			mu.Lock()
+			out = append(out, o)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func summarize(os []outcome, from, to time.Time) (ok, shed, other int, okMax time.Duration) {
+	for _, o := range os {
+		if o.at.Before(from) || !o.at.Before(to) {
+			continue
+		}
+		switch {
+		case o.ok:
+			ok++
+			okMax = max(okMax, o.took)
+		case o.overld:
+			shed++
+		default:
+			other++
+		}
+	}
+	return
+}
+
+// TestConvergesAndRecovers: an upstream of 2 workers × 40 ms (50
+// requests/s) offered 100 requests/s: the limit settles near what the host
+// can serve, the excess is shed at once, and served requests keep a
+// latency near the tolerated queue instead of climbing; when capacity
+// returns (8 workers, 200/s) the limit lifts and nothing is shed. (Slow
+// enough that the test's own CPU, with the race detector on a busy
+// machine, is not the bottleneck.)
+func TestConvergesAndRecovers(t *testing.T) {
+	capa := newCapacity(2, 40*time.Millisecond)
+	up := gatewaytest.NewHealthy(capa)
+	defer up.Close()
+	lim, err := admission.New(admission.Settings{Window: 20 * time.Millisecond, Logger: discard})
+	require.NoError(t, err)
+	base := &http.Transport{MaxIdleConnsPerHost: 256}
+	defer base.CloseIdleConnections()
+	client := &http.Client{Transport: lim.Transport(&gateway.Transport{Base: base}), Timeout: 5 * time.Second}
+
+	for range 10 { // a warm service, before the overload comes
+		res, err := client.Get(up.URL + "/")
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	start := time.Now()
+	phase1 := openLoop(client, up.URL+"/", 100, 2*time.Second)
+	st := lim.Status()
+	require.Len(t, st, 1)
+	t.Logf("overloaded: %+v", st[0])
+	ok, shed, other, okMax := summarize(phase1, start.Add(time.Second), start.Add(time.Hour))
+	t.Logf("last second: %d served (slowest %v), %d shed, %d other", ok, okMax, shed, other)
+	assert.Positive(t, shed, "the excess was shed")
+	assert.Zero(t, other)
+	assert.GreaterOrEqual(t, ok, 35, "the host stayed busy: 50 a second is its capacity")
+	assert.Less(t, okMax, 300*time.Millisecond, "served requests did not queue toward the timeout (unlimited: ~2 s)")
+	assert.GreaterOrEqual(t, st[0].Baseline, 39*time.Millisecond)
+	assert.Less(t, st[0].Baseline, 60*time.Millisecond)
+
+	capa.add(6)
+	start = time.Now()
+	phase2 := openLoop(client, up.URL+"/", 100, 1500*time.Millisecond)
+	st = lim.Status()
+	t.Logf("capacity back: %+v", st[0])
+	ok, shed, other, _ = summarize(phase2, start.Add(1000*time.Millisecond), start.Add(time.Hour))
+	assert.Zero(t, shed, "nothing shed once capacity returned")
+	assert.Zero(t, other)
+	assert.Positive(t, ok)
+	assert.Equal(t, "serving", st[0].State, "the limit lifted")
+}
+
+// TestHealthyMixedRoutes: a healthy upstream with a fast route and a slow
+// one (1 ms and 30 ms), under closed-loop load: nothing is shed, nothing
+// waits.
+func TestHealthyMixedRoutes(t *testing.T) {
+	up := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			time.Sleep(30 * time.Millisecond)
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	}))
+	defer up.Close()
+	lim, err := admission.New(admission.Settings{Logger: discard})
+	require.NoError(t, err)
+	base := &http.Transport{MaxIdleConnsPerHost: 64}
+	defer base.CloseIdleConnections()
+	client := &http.Client{Transport: lim.Transport(&gateway.Transport{Base: base})}
+	var wg sync.WaitGroup
+	var served, failed atomic.Int64
+	stop := time.Now().Add(time.Second)
+	for c := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; time.Now().Before(stop); i++ {
+				path := "/fast"
+				if (i+c)%4 != 0 { // three in four requests are slow
+					path = "/slow"
+				}
+				res, err := client.Get(up.URL + path)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+				served.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	st := lim.Status()
+	t.Logf("%d served; %+v", served.Load(), st)
+	assert.Zero(t, failed.Load())
+	assert.Positive(t, served.Load())
+	assert.Zero(t, st[0].Shed)
+}
+
+// drainRig is a pool of two upstreams, round robin, behind a proxy with the
+// limiter; a's /stream sends its header and then waits for release before
+// finishing its body.
+type drainRig struct {
+	a, b     *gatewaytest.Server
+	aName    string
+	front    *httptest.Server
+	lim      *admission.Limiter
+	pool     *pool.Pool
+	release  chan struct{}
+	streamsA atomic.Int64
+}
+
+func newDrainRig(t *testing.T) *drainRig {
+	r := &drainRig{release: make(chan struct{})}
+	r.a = gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.URL.Path == "/stream" {
+			r.streamsA.Add(1)
+			_, _ = io.WriteString(w, "a:start\n")
+			http.NewResponseController(w).Flush()
+			<-r.release
+			_, _ = io.WriteString(w, "a:done\n")
+			return
+		}
+		_, _ = io.WriteString(w, "a\n")
+	}))
+	r.b = gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_, _ = io.WriteString(w, "b\n")
+	}))
+	t.Cleanup(r.b.Close)
+	t.Cleanup(r.a.Close)
+	ua, _ := url.Parse(r.a.URL)
+	ub, _ := url.Parse(r.b.URL)
+	r.aName = gateway.UpstreamName(ua)
+	var err error
+	r.lim, err = admission.New(admission.Settings{Logger: discard})
+	require.NoError(t, err)
+	r.pool, err = pool.New(ua, ub)
+	require.NoError(t, err)
+	r.pool.Policy, r.pool.Health = pool.RoundRobin, r.lim.Health(nil)
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	proxy := &httputil.ReverseProxy{Transport: r.lim.Transport(&gateway.Transport{Base: tr}),
+		ErrorHandler: gateway.NewErrorHandler(discard)}
+	require.NoError(t, r.pool.Attach(proxy))
+	r.front = httptest.NewServer(proxy)
+	t.Cleanup(r.front.Close)
+	return r
+}
+
+func (r *drainRig) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	res, err := http.Get(r.front.URL + path)
+	require.NoError(t, err)
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	require.NoError(t, err)
+	return res.StatusCode, string(b)
+}
+
+func (r *drainRig) state(host string) string {
+	for _, s := range r.lim.Status() {
+		if s.Upstream == host {
+			return s.State
+		}
+	}
+	return ""
+}
+
+// TestDrain: a drained upstream gets no new request while its requests in
+// flight — response bodies included — finish; it is "draining", then
+// "out", for the Limiter and the pool; Resume sends it requests again.
+func TestDrain(t *testing.T) {
+	r := newDrainRig(t)
+	var streams sync.WaitGroup
+	bodies := make(chan string, 4)
+	for range 4 {
+		streams.Add(1)
+		go func() {
+			defer streams.Done()
+			_, body := r.get(t, "/stream")
+			bodies <- body
+		}()
+	}
+	require.Eventually(t, func() bool { return r.streamsA.Load() == 2 }, 5*time.Second, time.Millisecond,
+		"two streams in flight at a, two served by b")
+
+	require.NoError(t, r.lim.Drain(r.aName))
+	assert.Equal(t, "draining", r.state(r.aName))
+	hs := r.pool.Status()
+	assert.Equal(t, "draining", hs[0].State, "the pool shows the one state of the host")
+	assert.False(t, hs[0].Healthy)
+
+	before := r.a.Requests()
+	for range 10 {
+		status, body := r.get(t, "/")
+		assert.Equal(t, 200, status)
+		assert.Equal(t, "b\n", body)
+	}
+	assert.Equal(t, before, r.a.Requests(), "nothing new reached the draining upstream")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	assert.ErrorIs(t, r.lim.Drained(ctx, r.aName), context.DeadlineExceeded, "its streams are still in flight")
+	cancel()
+	close(r.release)
+	streams.Wait()
+	close(bodies)
+	var fromA int
+	for b := range bodies {
+		if strings.HasPrefix(b, "a:") {
+			fromA++
+			assert.Equal(t, "a:start\na:done\n", b, "in flight finished whole")
+		}
+	}
+	assert.Equal(t, 2, fromA)
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, r.lim.Drained(ctx, r.aName))
+	assert.Equal(t, "out", r.state(r.aName))
+	assert.Equal(t, "out", r.pool.Status()[0].State)
+
+	require.NoError(t, r.lim.Resume(r.aName))
+	seen := map[string]bool{}
+	for range 4 {
+		_, body := r.get(t, "/")
+		seen[body] = true
+	}
+	assert.True(t, seen["a\n"], "a serves again")
+
+	assert.ErrorIs(t, r.lim.Drain("10.9.9.9:1"), admission.ErrUnknownHost)
+	err := r.lim.Drain("not a host")
+	require.Error(t, err)
+	assert.NotErrorIs(t, err, admission.ErrUnknownHost)
+}
+
+// TestDrainOnlyHost: draining a pool's only host leaves nothing to send
+// to: 503 no_upstream at once, without touching it.
+func TestDrainOnlyHost(t *testing.T) {
+	up := gatewaytest.NewHealthy(nil)
+	defer up.Close()
+	u, _ := url.Parse(up.URL)
+	lim, err := admission.New(admission.Settings{Logger: discard})
+	require.NoError(t, err)
+	p, err := pool.New(u)
+	require.NoError(t, err)
+	p.Health = lim.Health(nil)
+	proxy := &httputil.ReverseProxy{Transport: lim.Transport(&gateway.Transport{}), ErrorHandler: gateway.NewErrorHandler(discard)}
+	require.NoError(t, p.Attach(proxy))
+	lim.Watch(u)
+	require.NoError(t, lim.Drain(up.URL))
+	w := httptest.NewRecorder()
+	proxy.ServeHTTP(w, httptest.NewRequest("GET", "/", nil))
+	assert.Equal(t, 503, w.Code)
+	assert.EqualValues(t, 0, up.Requests())
+}
+
+// TestUpgradeReleasesSlot: an upgraded connection (101) gives its slot
+// back at the 101 and still works both ways; the drain count follows it
+// to its close.
+func TestUpgradeReleasesSlot(t *testing.T) {
+	up := gatewaytest.NewHealthy(gatewaytest.EchoUpgrade(false))
+	defer up.Close()
+	u, _ := url.Parse(up.URL)
+	lim, err := admission.New(admission.Settings{Logger: discard})
+	require.NoError(t, err)
+	proxy := &httputil.ReverseProxy{
+		Rewrite:      func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
+		Transport:    lim.Transport(&gateway.Transport{}),
+		ErrorHandler: gateway.NewErrorHandler(discard),
+	}
+	front := httptest.NewServer(proxy)
+	defer front.Close()
+	conn, err := net.Dial("tcp", front.Listener.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
+	_, err = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	require.NoError(t, err)
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, 101, res.StatusCode)
+	_, err = io.WriteString(conn, "hello\n")
+	require.NoError(t, err)
+	line, err := br.ReadString('\n')
+	require.NoError(t, err)
+	assert.Equal(t, "hello\n", line)
+	st := lim.Status()[0]
+	assert.EqualValues(t, 0, st.InFlight, "the upgrade holds no slot")
+	assert.EqualValues(t, 1, st.Active, "but a drain waits for it")
+	conn.Close()
+	require.Eventually(t, func() bool { return lim.Status()[0].Active == 0 }, 5*time.Second, time.Millisecond)
+}
+
+func ExampleLimiter_Drain() {
+	lim, _ := admission.New(admission.Settings{})
+	u, _ := url.Parse("http://10.0.0.5:8080")
+	lim.Watch(u) // proxykit.New does this for every upstream
+	if err := lim.Drain("10.0.0.5:8080"); err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := lim.Drained(ctx, "10.0.0.5:8080"); err != nil {
+		fmt.Println("still busy:", err)
+		return
+	}
+	fmt.Println(lim.Status()[0].State)
+	// Output: out
+}
+
+var _ = errors.Is
