@@ -9,8 +9,10 @@ import (
 
 // LogFailure writes the one log line for a failed request: at warn level;
 // at info level for a client body that could not be read (the client's
-// fault, and one a client can repeat at will: not a warning); at debug
-// level for a client that went away (not a fault). Attributes: class,
+// fault, and one a client can repeat at will: not a warning) and for a
+// request shed as overloaded (load shedding working as meant); at debug
+// level for a client that went away and for planned maintenance (not
+// faults). Attributes: class,
 // status, upstream, sent, attempts, method, path, request_id, duration
 // (when elapsed > 0) and error. The error text is for operators and never
 // reaches a client. A nil logger means slog.Default().
@@ -20,9 +22,12 @@ func LogFailure(logger *slog.Logger, r *http.Request, f *Failure, elapsed time.D
 
 func failureLevel(f *Failure) slog.Level {
 	switch f.Class {
-	case ClassCanceled:
+	case ClassCanceled, ClassMaintenance:
+		// Not a fault: the client left; the operator asked for it.
 		return slog.LevelDebug
-	case ClassClientBody:
+	case ClassClientBody, ClassOverloaded:
+		// The client's doing; load shedding working as meant (the
+		// limiter reports the shedding itself, per host).
 		return slog.LevelInfo
 	}
 	return slog.LevelWarn
