@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/proxykit/proxykit/admission"
 	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/gateway"
@@ -107,6 +108,12 @@ func TestStatusView(t *testing.T) {
 	until := time.Date(2026, 11, 22, 12, 0, 10, 0, time.UTC)
 	v := &status.View{
 		Monitor: m,
+		Admission: func() []admission.HostStatus {
+			return []admission.HostStatus{{Upstream: "10.0.0.5:8080", State: "at-limit", Limit: 12, InFlight: 12, Queued: 3, Shed: 40, Baseline: 2 * time.Millisecond}}
+		},
+		Maintenance: func() admission.MaintenanceState {
+			return admission.MaintenanceState{On: true, Since: until.Add(-time.Hour), Until: until}
+		},
 		Upstreams: func() []pool.HostStatus {
 			return []pool.HostStatus{
 				{Upstream: "10.0.0.5:8080", State: "ok", Healthy: true, Latency: 3 * time.Millisecond, Requests: 10},
@@ -131,6 +138,10 @@ func TestStatusView(t *testing.T) {
 	assert.EqualValues(t, 1, rep.Traffic.Requests)
 	assert.Len(t, rep.Upstreams, 2)
 	assert.Equal(t, breaker.StateOpen, rep.Breakers[0].State)
+	require.Len(t, rep.Admission, 1)
+	assert.EqualValues(t, 12, rep.Admission[0].Limit)
+	require.NotNil(t, rep.Maintenance)
+	assert.True(t, rep.Maintenance.On)
 	assert.Equal(t, until, rep.Breakers[0].OpenUntil)
 
 	req := httptest.NewRequest("GET", "/status", nil)
@@ -140,7 +151,7 @@ func TestStatusView(t *testing.T) {
 	body := rec.Body.String()
 	assert.Equal(t, "text/html; charset=utf-8", rec.Header().Get("Content-Type"))
 	assert.Contains(t, rec.Header().Get("Content-Security-Policy"), "default-src 'none'")
-	for _, s := range []string{"10.0.0.5:8080", "resting", "3.0 ms", "connect_timeout", "12:00:10Z", "routes: /api", "warming (40%)", "probing", "<code>refused</code>", "11:59:10Z", `lang="en"`} {
+	for _, s := range []string{"10.0.0.5:8080", "resting", "3.0 ms", "connect_timeout", "12:00:10Z", "routes: /api", "Planned maintenance", "at-limit", "<td>40</td>", "warming (40%)", "probing", "<code>refused</code>", "11:59:10Z", `lang="en"`} {
 		assert.Contains(t, body, s)
 	}
 	assert.NotContains(t, body, "<script")

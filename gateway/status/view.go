@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/proxykit/proxykit/admission"
 	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/pool"
@@ -32,6 +33,12 @@ type View struct {
 	// Breakers reports circuit breakers: breaker.Breaker.States or
 	// breaker.Hosts.States.
 	Breakers func() []breaker.Status
+	// Admission reports each host's concurrency limit, in flight, queued
+	// and shed: admission.Limiter.Status.
+	Admission func() []admission.HostStatus
+	// Maintenance reports whether the service is in planned maintenance:
+	// admission.Maintenance.State.
+	Maintenance func() admission.MaintenanceState
 	// Now returns the current time. Nil means time.Now.
 	Now func() time.Time
 }
@@ -42,6 +49,9 @@ type Report struct {
 	Traffic   *Snapshot         `json:"traffic,omitempty"`
 	Upstreams []pool.HostStatus `json:"upstreams"`
 	Breakers  []breaker.Status  `json:"breakers"`
+
+	Admission   []admission.HostStatus      `json:"admission,omitempty"`
+	Maintenance *admission.MaintenanceState `json:"maintenance,omitempty"`
 }
 
 // Report gathers the current state from every source.
@@ -60,6 +70,13 @@ func (v *View) Report() Report {
 	}
 	if v.Breakers != nil {
 		rep.Breakers = append(rep.Breakers, v.Breakers()...)
+	}
+	if v.Admission != nil {
+		rep.Admission = v.Admission()
+	}
+	if v.Maintenance != nil {
+		m := v.Maintenance()
+		rep.Maintenance = &m
 	}
 	return rep
 }
