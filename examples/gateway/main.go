@@ -7,14 +7,24 @@
 // The wiring is proxykit.New with the packages' defaults; the listeners are
 // safe by default (proxykit.NewServer; the admin listener is read-only,
 // answers only to its own Host names and warns when not on loopback).
+// With -metrics or -otlp the stack records OpenTelemetry metrics and
+// traces (package telemetry): -metrics serves them on the admin listener
+// at /metrics in the Prometheus text format, -otlp sends them to an OTLP
+// collector.
 //
-//	go run ./examples/gateway -upstream http://127.0.0.1:9001 -upstream http://127.0.0.1:9002 -admin 127.0.0.1:8081
+//	go run ./examples/gateway -upstream http://127.0.0.1:9001 -upstream http://127.0.0.1:9002 -admin 127.0.0.1:8081 -metrics
 //
 // Flags:
 //
 //	-listen ADDR       address to serve on (default 127.0.0.1:8080)
 //	-upstream URL      an upstream base URL; repeat for a pool (at least one)
 //	-admin ADDR        serve the status view on ADDR (default: off)
+//	-metrics           serve /metrics (Prometheus text format) on -admin
+//	-otlp URL          export traces and metrics over OTLP/HTTP to the
+//	                   collector at URL, e.g. http://127.0.0.1:4318
+//	                   (sampling: OTEL_TRACES_SAMPLER, default parent-based
+//	                   always-on; service name: OTEL_SERVICE_NAME, default
+//	                   proxykit-gateway)
 //	-debug             show operator hints on error pages (never in public)
 //	-attempts N        attempts per request, retries included (default 3)
 //	-try-timeout D     timeout per attempt, e.g. 2s (default: none)
@@ -94,6 +104,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		upstreams  urlList
 		listen     = fs.String("listen", "127.0.0.1:8080", "address to serve on")
 		admin      = fs.String("admin", "", "address for the status view (default: off)")
+		metrics    = fs.Bool("metrics", false, "serve /metrics (Prometheus text format) on the -admin listener")
+		otlp       = fs.String("otlp", "", "export traces and metrics over OTLP/HTTP to this collector URL, e.g. http://127.0.0.1:4318")
 		debug      = fs.Bool("debug", false, "show operator hints on error pages")
 		attempts   = fs.Int("attempts", 3, "attempts per request, retries included")
 		tryTimeout = fs.Duration("try-timeout", 0, "timeout per attempt (0: none)")
@@ -123,6 +135,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *tryTimeout < 0 {
 		return fmt.Errorf("-try-timeout %v: want a positive duration", *tryTimeout)
 	}
+	if *metrics && *admin == "" {
+		return errors.New("-metrics serves /metrics on the admin listener: set -admin too")
+	}
+	if *otlp != "" {
+		if u, err := url.Parse(*otlp); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("-otlp %q: want an http:// or https:// collector URL", *otlp)
+		}
+	}
 
 	var handler slog.Handler = slog.NewTextHandler(stderr, nil)
 	if *logJSON {
@@ -134,7 +154,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *hideUpstream5xx {
 		upstreamMode = errorpage.UpstreamReplace
 	}
-	st, err := proxykit.New(proxykit.Config{
+	cfg := proxykit.Config{
 		Upstreams: upstreams,
 		Retry:     retry.Options{Attempts: *attempts, PerTryTimeout: *tryTimeout},
 		Pages: errorpage.Options{
@@ -143,7 +163,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			Upstream5xx: upstreamMode,
 		},
 		Logger: logger,
-	})
+	}
+	var (
+		st  *proxykit.Stack
+		obs *observability
+		err error
+	)
+	if *metrics || *otlp != "" {
+		if obs, err = newObservability(ctx, *metrics, *otlp); err != nil {
+			return err
+		}
+		defer obs.shutdown(logger)
+		st, err = obs.tel.NewStack(cfg)
+	} else {
+		st, err = proxykit.New(cfg)
+	}
 	if err != nil {
 		return err
 	}
@@ -170,8 +204,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if !status.IsLoopback(*admin) {
 			logger.Warn("the admin listener is not on loopback: it shows upstream addresses to whoever reaches it; bind it to 127.0.0.1 or a private interface", "admin", *admin)
 		}
+		var adminHandler http.Handler = st.Status
+		if obs != nil && obs.metrics != nil {
+			mux := http.NewServeMux()
+			mux.Handle("/metrics", obs.metrics)
+			mux.Handle("/", st.Status)
+			adminHandler = mux
+		}
 		asrv := &http.Server{
-			Handler:           status.ReadOnly(st.Status, *admin, aln.Addr().String()),
+			Handler:           status.ReadOnly(adminHandler, *admin, aln.Addr().String()),
 			ReadHeaderTimeout: 5 * time.Second,
 			ReadTimeout:       10 * time.Second,
 			WriteTimeout:      10 * time.Second,
@@ -182,6 +223,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		servers = append(servers, asrv)
 		go func() { errc <- asrv.Serve(aln) }()
 		fmt.Fprintf(stdout, "status view on http://%s\n", aln.Addr())
+		if obs != nil && obs.metrics != nil {
+			fmt.Fprintf(stdout, "metrics on http://%s/metrics\n", aln.Addr())
+		}
 	}
 	fmt.Fprintf(stdout, "listening on http://%s\n", ln.Addr())
 	logger.Info("gateway started", "listen", ln.Addr().String(), "upstreams", upstreams.String())

@@ -28,6 +28,8 @@ func TestBadFlags(t *testing.T) {
 		"-attempts 0":                   {"-upstream", "http://127.0.0.1:1", "-attempts", "0"},
 		"flag provided but not defined": {"-nope"},
 		"unexpected argument":           {"-upstream", "http://127.0.0.1:1", "extra"},
+		"set -admin too":                {"-upstream", "http://127.0.0.1:1", "-metrics"},
+		"-otlp \"ftp://x\"":             {"-upstream", "http://127.0.0.1:1", "-otlp", "ftp://x"},
 	}
 	for want, args := range cases {
 		var out, errs gatewaytest.SafeBuffer

@@ -1,0 +1,83 @@
+// Package telemetry records OpenTelemetry metrics and traces for a proxykit
+// stack, following the OpenTelemetry HTTP semantic conventions, with
+// proxykit's failure class as error.type.
+//
+// It is built on the stack's hooks only: the core packages (gateway,
+// retry, breaker, errorpage, the root package) import no OpenTelemetry,
+// and a program that does not import this package compiles none of it.
+//
+// One call wires it:
+//
+//	tel, err := telemetry.New(telemetry.Options{MeterProvider: mp, TracerProvider: tp})
+//	st, err := tel.NewStack(proxykit.Config{Upstreams: targets})
+//
+// which is [Telemetry.Apply] on the Config, proxykit.New, and
+// [Telemetry.Instrument] on the Stack.
+//
+// # Metrics
+//
+// Durations are in seconds, with the semantic conventions' bucket
+// boundaries (5 ms … 10 s). Every attribute value comes from a closed set
+// or from the configured upstreams (at most Options.MaxUpstreams, then
+// "_OTHER"); no path, query, header or route is ever an attribute, so the
+// number of series is bounded whatever the traffic.
+//
+//	http.server.request.duration   histogram, s: every request the stack answers
+//	    http.request.method        GET, POST, … or _OTHER
+//	    url.scheme                 http or https
+//	    http.response.status_code  the status the client got; 499 for a
+//	                               client that went away; absent if aborted mid-body
+//	    error.type                 the failure class (refused, timeout, …), or
+//	                               for a 5xx that is no gateway failure its code
+//	http.client.request.duration   histogram, s: each upstream attempt, to its response header
+//	    http.request.method, server.address, server.port (the upstream),
+//	    http.response.status_code  absent when no response came
+//	    error.type                 the class (open for a breaker fast-fail;
+//	                               upstream_status for its own 502/503/504), or
+//	                               the code of another 4xx/5xx
+//	    proxykit.attempt.role      first, retry or hedge
+//	http.client.active_requests    updowncounter (observed): requests in flight per upstream
+//	    server.address, server.port
+//	proxykit.retries               counter: retries decided
+//	    error.type, server.address, server.port: of the attempt that failed
+//	proxykit.retry.budget.denials  counter (observed): retries the budget refused
+//	proxykit.breaker.transitions   counter: breaker state changes
+//	    proxykit.breaker.state, proxykit.breaker.previous_state
+//	                               closed, half_open, open
+//	    server.address, server.port
+//	proxykit.upstream.state        gauge (observed): 1 for each upstream's
+//	                               current state, 0 for the others
+//	    proxykit.upstream.state    serving, warming, resting, half_open, out
+//	    server.address, server.port
+//	proxykit.requests.without_upstream  counter: requests answered without reaching an upstream
+//	    error.type                 no_upstream or open
+//
+// Hedges are counted as attempts with proxykit.attempt.role="hedge". The
+// retry layer does not mark hedged attempts yet: until it does (a context
+// marker on the hedge's attempt, which Telemetry reads), every attempt is
+// first or retry.
+//
+// # Traces
+//
+// Each upstream attempt gets a client span, a child of the span in the
+// request's context: the server span of otelhttp.NewHandler when the stack
+// runs behind it, or else the trace context the client sent. Its name is
+// the method; its attributes are the semantic conventions'
+// (http.request.method, server.address, server.port, url.full with signed
+// query values redacted, http.response.status_code,
+// http.request.resend_count from the second attempt on, error.type) and
+// proxykit.attempt.role; a failed attempt has status Error. An attempt a
+// breaker refused carries a "breaker open" event; a request the pool had
+// no upstream for gets a "no upstream" event on the request's span. The
+// span's trace context goes upstream in the traceparent header (W3C; or
+// the configured propagator's format).
+//
+// # Beside otelhttp
+//
+// Run otelhttp.NewHandler outside the stack for the server span; the
+// attempts' spans become its children, nothing is recorded twice. Both
+// record http.server.request.duration: keep this package's, which carries
+// error.type, by giving otelhttp a no-op MeterProvider, or keep otelhttp's
+// with Options.OmitServerDuration. Do not wrap the stack's base transport
+// in otelhttp.NewTransport: its spans would duplicate the attempts' spans.
+package telemetry

@@ -1,0 +1,117 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"github.com/proxykit/proxykit"
+	"github.com/proxykit/proxykit/breaker"
+	"github.com/proxykit/proxykit/gateway/pool"
+)
+
+// Instrument completes the wiring of a stack built by proxykit.New from a
+// Config that went through [Telemetry.Apply]. Call it once, before st
+// serves.
+//
+//   - It puts [Telemetry.Transport] outermost in st.Proxy's transport
+//     (around the pool's and the breakers'), where each attempt is seen
+//     classified, breaker fast-fails included. (Wrapping the base
+//     transport instead, Config.Transport, would hide net/http's
+//     *http.Transport from the gateway's Transport, which stops the
+//     resends net/http makes behind the retry policy's back only when it
+//     sees one.)
+//   - It admits the pool's targets to the upstream attributes first.
+//   - It registers the observers: proxykit.upstream.state and
+//     http.client.active_requests per pool target, and
+//     proxykit.retry.budget.denials.
+//
+// The returned Registration unregisters the observers.
+func (t *Telemetry) Instrument(st *proxykit.Stack) (metric.Registration, error) {
+	if st == nil {
+		return nil, errors.New("telemetry: Instrument: nil Stack")
+	}
+	if st.Proxy != nil {
+		st.Proxy.Transport = t.Transport(st.Proxy.Transport)
+	}
+	if st.Pool != nil {
+		for _, h := range st.Pool.Status() {
+			t.ups.named(h.Upstream)
+		}
+	}
+	return t.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		t.observe(st, o)
+		return nil
+	}, t.hostState, t.active, t.denials)
+}
+
+// observe reports a stack's states.
+func (t *Telemetry) observe(st *proxykit.Stack, o metric.Observer) {
+	if st.Retry != nil {
+		o.ObserveInt64(t.denials, st.Retry.Stats().BudgetExhausted)
+	}
+	seen := map[*upstream]bool{}
+	report := func(name, state string, inFlight int64, hasInFlight bool) {
+		up := t.ups.named(name)
+		if up == nil || up == t.ups.other || seen[up] {
+			return // one observation per attribute set
+		}
+		seen[up] = true
+		for _, s := range upstreamStates {
+			kvs := append(append(make([]attribute.KeyValue, 0, len(up.kvs)+1), up.kvs...), UpstreamStateKey.String(s))
+			v := int64(0)
+			if s == state {
+				v = 1
+			}
+			o.ObserveInt64(t.hostState, v, metric.WithAttributes(kvs...))
+		}
+		if hasInFlight {
+			o.ObserveInt64(t.active, inFlight, metric.WithAttributes(up.kvs...))
+		}
+	}
+	if st.Pool != nil {
+		for _, h := range st.Pool.Status() {
+			report(h.Upstream, hostState(h), h.InFlight, true)
+		}
+		return
+	}
+	if st.Hosts == nil {
+		return
+	}
+	for _, s := range st.Hosts.States() { // no pool: the hosts the breakers know
+		if s.Overflow || !isHostPort(s.Key) {
+			continue
+		}
+		state := StateServing
+		switch s.State {
+		case breaker.StateOpen:
+			state = StateOut
+		case breaker.StateHalfOpen:
+			state = StateHalfOpen
+		}
+		report(s.Key, state, 0, false)
+	}
+}
+
+// hostState is one host's state for proxykit.upstream.state, from the
+// pool's view, which is the breakers' host-health model when the pool's
+// Health (a *breaker.Hosts) tells it: "serving", "resting", "warming",
+// "out", "probing" or "half-open"; else "ok" or "unhealthy".
+func hostState(h pool.HostStatus) string {
+	switch h.State {
+	case "resting":
+		return StateResting
+	case "warming":
+		return StateWarming
+	case "half-open", "half_open":
+		return StateHalfOpen
+	case "out", "probing", "unhealthy":
+		return StateOut
+	}
+	if !h.Healthy {
+		return StateOut
+	}
+	return StateServing
+}
