@@ -1,8 +1,9 @@
 // Command gateway is a small, real reverse proxy built from proxykit's
 // public API with the recommended stack and the packages' defaults:
 //
-//	request ID → monitor → errorpage → retry → ReverseProxy
-//	             (pool balancer, per-host breakers, instrumented tuned transport)
+//	client body timeout → request ID → monitor → errorpage → maintenance
+//	  → retry (+ hedges) → ReverseProxy (pool balancer, per-host
+//	  concurrency limits, per-host health, instrumented tuned transport)
 //
 // The wiring is proxykit.New with the packages' defaults; the listeners are
 // safe by default (proxykit.NewServer; the admin listener is read-only,
@@ -33,6 +34,12 @@
 //	-hide-upstream-5xx replace upstreams' own 502/503/504 bodies with the
 //	                   error page (by default they pass through: API error
 //	                   bodies matter, but they may carry internal details)
+//	-hedge=false       do not hedge stalled GET/HEAD/OPTIONS requests
+//	-no-limiter        turn off the per-upstream adaptive concurrency limits
+//	-admin-token T     enable the admin operations under /admin/ on -admin
+//	                   (drain an upstream, planned maintenance), each
+//	                   request carrying "Authorization: Bearer T"; default
+//	                   $PROXYKIT_ADMIN_TOKEN; off without a token
 //
 // It prints "listening on http://ADDR" once it accepts connections, and on
 // SIGINT or SIGTERM stops accepting, drains in-flight requests (up to 10 s)
@@ -56,6 +63,7 @@ import (
 	"time"
 
 	"github.com/proxykit/proxykit"
+	"github.com/proxykit/proxykit/admission"
 	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/gateway/status"
 	"github.com/proxykit/proxykit/retry"
@@ -113,6 +121,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		logJSON    = fs.Bool("log-json", false, "log JSON lines")
 
 		hideUpstream5xx = fs.Bool("hide-upstream-5xx", false, "replace the bodies of upstreams' own 502/503/504 with the error page (they may carry internal details)")
+		hedge           = fs.Bool("hedge", true, "hedge GET, HEAD and OPTIONS requests stalled past the usual latency (another copy to another upstream; bounded by the retry budget)")
+		noLimiter       = fs.Bool("no-limiter", false, "turn off the per-upstream adaptive concurrency limits")
+		adminToken      = fs.String("admin-token", os.Getenv("PROXYKIT_ADMIN_TOKEN"), "bearer token for the admin operations (drain, maintenance) under /admin/ on -admin; default $PROXYKIT_ADMIN_TOKEN; without one they are off")
 	)
 	fs.Var(&upstreams, "upstream", "upstream base URL (repeatable)")
 	if err := fs.Parse(args); err != nil {
@@ -154,9 +165,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *hideUpstream5xx {
 		upstreamMode = errorpage.UpstreamReplace
 	}
+	ro := retry.Options{Attempts: *attempts, PerTryTimeout: *tryTimeout}
+	if !*hedge {
+		ro.Hedges = -1 // proxykit.New hedges by default
+	}
 	cfg := proxykit.Config{
 		Upstreams: upstreams,
-		Retry:     retry.Options{Attempts: *attempts, PerTryTimeout: *tryTimeout},
+		NoLimiter: *noLimiter,
+		Retry:     ro,
 		Pages: errorpage.Options{
 			Brand:       errorpage.Brand{Name: *brand},
 			Debug:       *debug,
@@ -204,15 +220,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if !status.IsLoopback(*admin) {
 			logger.Warn("the admin listener is not on loopback: it shows upstream addresses to whoever reaches it; bind it to 127.0.0.1 or a private interface", "admin", *admin)
 		}
-		var adminHandler http.Handler = st.Status
+		var readOnly http.Handler = st.Status
 		if obs != nil && obs.metrics != nil {
 			mux := http.NewServeMux()
 			mux.Handle("/metrics", obs.metrics)
 			mux.Handle("/", st.Status)
+			readOnly = mux
+		}
+		names := []string{*admin, aln.Addr().String()}
+		adminHandler := status.ReadOnly(readOnly, names...)
+		if *adminToken != "" {
+			ops, err := admission.NewAdmin(admission.AdminOptions{Token: *adminToken,
+				Limiter: st.Limiter, Maintenance: st.Maintenance, Logger: logger})
+			if err != nil {
+				_ = srv.Close()
+				return fmt.Errorf("-admin-token: %w", err)
+			}
+			mux := http.NewServeMux()
+			mux.Handle("/admin/", status.SameHost(ops, names...)) // changes: token, own Host only
+			mux.Handle("/", adminHandler)                         // views: read-only
 			adminHandler = mux
+		} else {
+			logger.Info("admin operations (drain, maintenance) are off: set -admin-token or PROXYKIT_ADMIN_TOKEN to enable them under /admin/")
 		}
 		asrv := &http.Server{
-			Handler:           status.ReadOnly(adminHandler, *admin, aln.Addr().String()),
+			Handler:           adminHandler,
 			ReadHeaderTimeout: 5 * time.Second,
 			ReadTimeout:       10 * time.Second,
 			WriteTimeout:      10 * time.Second,
@@ -223,6 +255,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		servers = append(servers, asrv)
 		go func() { errc <- asrv.Serve(aln) }()
 		fmt.Fprintf(stdout, "status view on http://%s\n", aln.Addr())
+		if *adminToken != "" {
+			fmt.Fprintf(stdout, "admin operations on http://%s/admin/ (Authorization: Bearer …)\n", aln.Addr())
+		}
 		if obs != nil && obs.metrics != nil {
 			fmt.Fprintf(stdout, "metrics on http://%s/metrics\n", aln.Addr())
 		}

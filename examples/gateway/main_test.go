@@ -113,3 +113,62 @@ func TestServeAndDrain(t *testing.T) {
 	assert.Contains(t, errs.String(), `"msg":"shutting down: draining in-flight requests"`)
 	assert.True(t, strings.Contains(out.String(), "status view on http://"))
 }
+
+// TestAdminOperations: with a token the admin listener takes drain and
+// maintenance under /admin/ (the token required, the listener's own Host
+// only) and keeps the views read-only; without one the operations are off.
+func TestAdminOperations(t *testing.T) {
+	up := gatewaytest.NewHealthy(nil)
+	defer up.Close()
+	for _, token := range []string{"s3cret", ""} {
+		t.Run("token="+token, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			out := &gatewaytest.SafeBuffer{}
+			done := make(chan error, 1)
+			args := []string{"-listen", "127.0.0.1:0", "-admin", "127.0.0.1:0", "-upstream", up.URL}
+			if token != "" {
+				args = append(args, "-admin-token", token)
+			}
+			go func() { done <- run(ctx, args, out, io.Discard) }()
+			var adminURL string
+			require.Eventually(t, func() bool {
+				for _, l := range strings.Split(out.String(), "\n") {
+					if a, ok := strings.CutPrefix(l, "status view on "); ok {
+						adminURL = a
+					}
+				}
+				return adminURL != "" && strings.Contains(out.String(), "listening on")
+			}, 5*time.Second, 10*time.Millisecond)
+
+			do := func(method, path, tok, host string) int {
+				req, err := http.NewRequest(method, adminURL+path, nil)
+				require.NoError(t, err)
+				if tok != "" {
+					req.Header.Set("Authorization", "Bearer "+tok)
+				}
+				if host != "" {
+					req.Host = host
+				}
+				res, err := http.DefaultClient.Do(req)
+				require.NoError(t, err)
+				res.Body.Close()
+				return res.StatusCode
+			}
+			if token == "" {
+				assert.Equal(t, http.StatusMethodNotAllowed, do("POST", "/admin/maintenance", "x", ""), "no token: the admin listener stays read-only")
+			} else {
+				assert.Equal(t, http.StatusUnauthorized, do("POST", "/admin/maintenance", "", ""))
+				assert.Equal(t, http.StatusUnauthorized, do("POST", "/admin/maintenance", "wrong", ""))
+				assert.Equal(t, http.StatusMisdirectedRequest, do("POST", "/admin/maintenance", token, "evil.example"))
+				assert.Equal(t, http.StatusOK, do("GET", "/admin/upstreams", token, ""))
+				assert.Less(t, do("POST", "/admin/maintenance?for=1m", token, ""), 300, "maintenance on")
+				assert.Less(t, do("DELETE", "/admin/maintenance", token, ""), 300, "maintenance off")
+			}
+			assert.Equal(t, http.StatusOK, do("GET", "/", "", ""), "the status view")
+			assert.Equal(t, http.StatusMethodNotAllowed, do("POST", "/", token, ""), "the status view is read-only")
+			cancel()
+			require.NoError(t, <-done)
+		})
+	}
+}
