@@ -54,6 +54,10 @@ func layers(b *testing.B, up http.RoundTripper) []struct {
 	if err != nil {
 		b.Fatal(err)
 	}
+	rtHedge, err := retry.New(retry.Options{Logger: quiet, Hedges: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
 	pages, err := errorpage.New(errorpage.Options{Logger: quiet})
 	if err != nil {
 		b.Fatal(err)
@@ -62,7 +66,11 @@ func layers(b *testing.B, up http.RoundTripper) []struct {
 	instrumented := &gateway.Transport{Base: up}
 	withBreaker := proxy(hosts.Transport(instrumented), eh)
 	withRetry := rt.Wrap(withBreaker)
-	full, err := New(Config{Upstreams: []*url.URL{u}, Logger: quiet, Transport: up})
+	full, err := New(Config{Upstreams: []*url.URL{u}, Logger: quiet, Transport: up, Retry: retry.Options{Hedges: -1}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	fullHedge, err := New(Config{Upstreams: []*url.URL{u}, Logger: quiet, Transport: up, Retry: retry.Options{Hedges: 1}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -74,14 +82,18 @@ func layers(b *testing.B, up http.RoundTripper) []struct {
 		{"+transport", proxy(instrumented, eh)},
 		{"+breaker", withBreaker},
 		{"+retry", withRetry},
+		{"+retry+hedge", rtHedge.Wrap(withBreaker)},
 		{"+errorpage", pages.Wrap(withRetry)},
 		{"full", full.Handler},
+		{"full+hedge", fullHedge.Handler},
 	}
 }
 
 // BenchmarkStack measures the recommended stack layer by layer, in one run,
 // against an in-memory upstream: the cost each layer adds per request on the
-// happy path.
+// happy path. The +hedge variants have hedging on (adaptive delay: warmed up
+// after the first 100 requests, no hedge ever due), the others off: the
+// happy-path cost of hedging is the difference.
 //
 //	go test -run '^$' -bench BenchmarkStack -benchmem ./
 func BenchmarkStack(b *testing.B) {

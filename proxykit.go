@@ -13,10 +13,14 @@
 //	gateway.RequestID     keep or mint X-Request-ID, forward it upstream
 //	status.Monitor        count outcomes, log the one line per failed request
 //	errorpage             render the final failure: HTML, problem+json, text
+//	maintenance           while switched on (Stack.Maintenance), answer 503
+//	                      "planned maintenance" without reaching an upstream
 //	retry                 re-run the proxy on a safe, retryable failure
 //	httputil.ReverseProxy Rewrite: the pool's balancer (skips tried and
 //	                      out hosts, passes over resting and warming ones)
 //	  pool's Transport    observes latency and failures per host
+//	  limiter per host    adaptive concurrency limit: queue briefly or shed
+//	                      (overloaded, 503) once latency shows queueing
 //	  breaker per host    the host-health model: fast-fails an out host
 //	                      without touching it, probes it back
 //	  gateway.Transport   classifies errors, measures "sent"
@@ -42,6 +46,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/proxykit/proxykit/admission"
 	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/gateway"
@@ -78,15 +83,37 @@ type Config struct {
 	Policy pool.Policy
 	// Breaker configures the per-host circuit breakers and the host-health
 	// model (Breaker.Health: probing, resting — formerly the pool's passive
-	// health — and slow start; see [breaker.HostHealth]). Its Logger, when
-	// nil, is Logger.
+	// health — slow start, the rule for an upstream's own failure answers,
+	// and an optional HTTP health check, Breaker.Health.Check; see
+	// [breaker.HostHealth]). Its Logger, when nil, is Logger.
 	Breaker breaker.Settings
 	// Retry configures the retry layer. Its Logger, when nil, is Logger;
 	// its OnRetry hook, when set, runs after the Monitor has counted the
 	// retry.
+	//
+	// Hedging is on in the stack, unlike in the retry package's zero
+	// value: Retry.Hedges 0 means 1 when there are two Upstreams or more,
+	// so that a GET, HEAD or OPTIONS request stalled past the hedge delay
+	// gets a copy on another upstream (see [retry.Options.Hedges]). Its
+	// cost is bounded by the retry budget, which hedges share. Set
+	// Retry.Hedges negative to turn hedging off.
 	Retry retry.Options
 	// Pages configures the error pages. Its Logger, when nil, is Logger.
 	Pages errorpage.Options
+
+	// Limiter configures the adaptive concurrency limit of each upstream
+	// host (package admission), on by default: it enforces nothing until
+	// a host's latency shows queueing, then holds the host to what it can
+	// serve, queueing the excess briefly and shedding the rest (503,
+	// class overloaded) or sending it to a host with headroom. Its
+	// Logger, when nil, is Logger.
+	Limiter admission.Settings
+	// NoLimiter turns the per-host concurrency limits off (Stack.Limiter
+	// is nil then, and upstreams cannot be drained).
+	NoLimiter bool
+	// MaintenanceAllow, if set, lets requests through while maintenance
+	// is on (Stack.Maintenance): operators' addresses, health checks.
+	MaintenanceAllow func(*http.Request) bool
 
 	// RequestTimeout, if positive, bounds each request as a whole: every
 	// attempt, the backoff between them, and the response body. When it
@@ -129,9 +156,15 @@ type Stack struct {
 	Monitor *status.Monitor
 	Pool    *pool.Pool // nil without Config.Upstreams
 	Hosts   *breaker.Hosts
-	Retry   *retry.Retry
-	Pages   *errorpage.Handler
-	Proxy   *httputil.ReverseProxy
+	// Limiter holds each upstream host to its adaptive concurrency limit
+	// and drains hosts (Limiter.Drain); nil with Config.NoLimiter.
+	Limiter *admission.Limiter
+	// Maintenance switches planned maintenance of the whole service on
+	// and off (Maintenance.Start, Stop).
+	Maintenance *admission.Maintenance
+	Retry       *retry.Retry
+	Pages       *errorpage.Handler
+	Proxy       *httputil.ReverseProxy
 
 	base http.RoundTripper
 }
@@ -190,6 +223,18 @@ func New(cfg Config) (*Stack, error) {
 		return nil, err
 	}
 	proxy.Transport = hosts.Transport(&gateway.Transport{Base: base})
+	var lim *admission.Limiter
+	if !cfg.NoLimiter {
+		ls := cfg.Limiter
+		if ls.Logger == nil {
+			ls.Logger = logger
+		}
+		if lim, err = admission.New(ls); err != nil {
+			return nil, err
+		}
+		// Outside the breakers: a shed request never reaches one.
+		proxy.Transport = lim.Transport(proxy.Transport)
+	}
 	proxy.ErrorHandler = gateway.NewErrorHandler(logger)
 	if proxy.BufferPool == nil {
 		proxy.BufferPool = gateway.NewBufferPool(0, 0)
@@ -203,6 +248,13 @@ func New(cfg Config) (*Stack, error) {
 			return nil, err
 		}
 		p.Policy, p.Health, p.Logger = cfg.Policy, hosts, logger
+		if lim != nil {
+			// Draining hosts are skipped, hosts at their limit passed over.
+			p.Health = lim.Health(hosts)
+			for _, u := range cfg.Upstreams {
+				lim.Watch(u)
+			}
+		}
 		if err := p.Attach(proxy); err != nil {
 			return nil, err
 		}
@@ -212,6 +264,12 @@ func New(cfg Config) (*Stack, error) {
 	ro := cfg.Retry
 	if ro.Logger == nil {
 		ro.Logger = logger
+	}
+	switch {
+	case ro.Hedges < 0:
+		ro.Hedges = 0
+	case ro.Hedges == 0 && len(cfg.Upstreams) >= 2 && ro.Attempts != 1: // a hedge is an attempt
+		ro.Hedges = 1
 	}
 	if user := ro.OnRetry; user != nil {
 		ro.OnRetry = func(attempt int, f *gateway.Failure, delay time.Duration) {
@@ -239,6 +297,8 @@ func New(cfg Config) (*Stack, error) {
 	if cfg.RequestTimeout > 0 {
 		h = withTimeout(h, cfg.RequestTimeout)
 	}
+	maint := &admission.Maintenance{Allow: cfg.MaintenanceAllow, Logger: logger}
+	h = maint.Wrap(h) // inside the pages, which render it; outside retry: never retried
 	h = pages.Wrap(h)
 	h = monitor.Wrap(h)
 	h = gateway.RequestID(h)
@@ -248,20 +308,25 @@ func New(cfg Config) (*Stack, error) {
 		h = gateway.ClientBodyTimeout(h, cfg.ClientBodyTimeout)
 	}
 
-	view := &status.View{Monitor: monitor, Breakers: hosts.States}
+	view := &status.View{Monitor: monitor, Breakers: hosts.States, Maintenance: maint.State}
+	if lim != nil {
+		view.Admission = lim.Status
+	}
 	if p != nil {
 		view.Upstreams = p.Status
 	}
 	return &Stack{
-		Handler: h,
-		Status:  view,
-		Monitor: monitor,
-		Pool:    p,
-		Hosts:   hosts,
-		Retry:   retrying,
-		Pages:   pages,
-		Proxy:   proxy,
-		base:    base,
+		Handler:     h,
+		Status:      view,
+		Monitor:     monitor,
+		Pool:        p,
+		Hosts:       hosts,
+		Limiter:     lim,
+		Maintenance: maint,
+		Retry:       retrying,
+		Pages:       pages,
+		Proxy:       proxy,
+		base:        base,
 	}, nil
 }
 

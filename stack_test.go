@@ -1,11 +1,13 @@
 package proxykit
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
 	"github.com/proxykit/proxykit/gateway/status"
+	"github.com/proxykit/proxykit/retry"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -102,4 +105,92 @@ func TestRequestTimeout(t *testing.T) {
 
 	_, err = New(Config{Upstreams: []*url.URL{mustParse(hung.URL)}, RequestTimeout: -1})
 	assert.Error(t, err)
+}
+
+// TestStackHedging: the stack hedges a stalled GET by default (two
+// upstreams or more), and the attempt that lost is nobody's failure: not
+// the per-host breaker's, not the pool's, not the Monitor's. A POST is not
+// hedged; Retry.Hedges < 0 turns hedging off.
+func TestStackHedging(t *testing.T) {
+	var stallNext atomic.Bool
+	var canceled atomic.Int64
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if stallNext.CompareAndSwap(true, false) {
+			select {
+			case <-r.Context().Done():
+				canceled.Add(1)
+				return
+			case <-time.After(5 * time.Second):
+			}
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	var ups []*url.URL
+	for range 3 {
+		s := gatewaytest.NewHealthy(handler)
+		defer s.Close()
+		ups = append(ups, mustParse(s.URL))
+	}
+	var sent, won atomic.Int64
+	st, err := New(Config{Upstreams: ups, Logger: quiet, Retry: retry.Options{HedgeDelay: 20 * time.Millisecond,
+		OnHedge: func(e retry.HedgeEvent, _ int, _ time.Duration) {
+			switch e {
+			case retry.HedgeSent:
+				sent.Add(1)
+			case retry.HedgeWon:
+				won.Add(1)
+			}
+		}}})
+	require.NoError(t, err)
+	defer st.Close()
+	front := httptest.NewServer(st)
+	defer front.Close()
+
+	for range 10 {
+		stallNext.Store(true)
+		start := time.Now()
+		res, err := front.Client().Get(front.URL + "/")
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		assert.Equal(t, http.StatusOK, res.StatusCode)
+		assert.Less(t, time.Since(start), 2*time.Second, "the hedge answered")
+	}
+	assert.Eventually(t, func() bool { return canceled.Load() == 10 }, 5*time.Second, time.Millisecond,
+		"every stalled attempt was cancelled")
+	assert.EqualValues(t, 10, sent.Load())
+	assert.EqualValues(t, 10, won.Load())
+	assert.EqualValues(t, 10, st.Retry.Stats().HedgesWon)
+
+	snap := st.Monitor.Snapshot()
+	assert.EqualValues(t, 10, snap.ByStatus["2xx"])
+	for class, n := range snap.Failures {
+		assert.Zero(t, n, "Monitor: %s", class)
+	}
+	for _, hs := range st.Pool.Status() {
+		assert.Zero(t, hs.Failures, "pool: %s", hs.Upstream)
+		assert.True(t, hs.Healthy, hs.Upstream)
+	}
+	for _, bs := range st.Hosts.States() {
+		assert.Zero(t, bs.Counts.Failures, "breaker: %s", bs.Key)
+		if !bs.Overflow {
+			assert.Equal(t, "serving", bs.Health, bs.Key)
+		}
+	}
+
+	// A POST is not hedged: it waits for its stalled attempt.
+	stallNext.Store(true)
+	hurry, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(hurry, http.MethodPost, front.URL+"/", http.NoBody)
+	_, err = front.Client().Do(req)
+	assert.Error(t, err, "not hedged: still stalled when the client gave up")
+	assert.EqualValues(t, 10, sent.Load())
+	stallNext.Store(false)
+
+	off, err := New(Config{Upstreams: ups, Logger: quiet, Retry: retry.Options{Hedges: -1}})
+	require.NoError(t, err)
+	defer off.Close()
+	_, err = New(Config{Upstreams: ups, Logger: quiet, Retry: retry.Options{Attempts: 1}})
+	require.NoError(t, err, "one attempt: no room for a hedge, and no error for it")
 }

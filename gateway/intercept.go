@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"sync/atomic"
 )
 
 // Decision is what an Interceptor does with a response once its status is
@@ -80,7 +81,9 @@ const (
 // another) and errorpage (discard a failure, render a page).
 //
 // Headers live in the underlying writer's map, so passing costs nothing; a
-// snapshot taken by Reset lets Discard undo what the discarded attempt set.
+// snapshot taken when the handler first reaches the map lets Discard undo
+// what the discarded attempt set. Attempts that race (a hedged request, see
+// [Interceptor.Fork]) each write a map of their own until one wins.
 //
 // 1xx informational responses go straight through (they do not end the
 // response); 101 Switching Protocols and Hijack commit it without asking the
@@ -91,9 +94,10 @@ const (
 // net/http.
 //
 // An Interceptor is used by one handler goroutine at a time, like any
-// ResponseWriter. Its zero value is not usable: call Reset or
-// NewInterceptor. It may be embedded by value and reused with Reset to
-// avoid an allocation per attempt.
+// ResponseWriter; several attempts at one response run at once through
+// Interceptors made by [Interceptor.Fork]. Its zero value is not usable:
+// call Reset or NewInterceptor. It may be embedded by value and reused
+// with Reset to avoid an allocation per attempt.
 type Interceptor struct {
 	w         http.ResponseWriter
 	d         Decider
@@ -102,6 +106,15 @@ type Interceptor struct {
 	state     interceptState
 	forwarded bool // f was handed to an enclosing FailureRecorder on Pass
 	snap      headerSnapshot
+
+	// The header map is claimed when the handler first reaches it: then
+	// the snapshot is taken, and w's map is the handler's for good unless
+	// Fork made i race others before that (race.go).
+	lazy    bool                 // not claimed yet
+	snapped bool                 // snap holds w's map from before the attempt
+	hdr     http.Header          // while racing: the attempt's own map
+	race    *race                // the race i is in, once i knows it
+	fork    atomic.Pointer[race] // nil: open; claimedRace: w's map taken; else the race
 }
 
 // NewInterceptor returns an Interceptor writing to w and deciding with d.
@@ -115,22 +128,46 @@ func NewInterceptor(w http.ResponseWriter, d Decider) *Interceptor {
 // decision and failure, and snapshots w's header map. If the previous
 // response was discarded, w's header map is first restored, dropping
 // anything the discarded attempt set after its status.
+//
+// The snapshot is taken when the handler first reaches the header map
+// (Header, WriteHeader, Write or Flush), which is the same map as at Reset:
+// nothing else writes it in between.
 func (i *Interceptor) Reset(w http.ResponseWriter, d Decider) {
-	if i.state == stateDiscarded && i.w != nil {
-		i.snap.restore(i.w.Header())
-	}
+	i.Rollback()
 	i.w, i.d, i.f, i.status, i.state, i.forwarded = w, d, nil, 0, statePending, false
-	if d == nil {
-		// A nil Decider passes everything: nothing will be discarded, so
-		// there is nothing to restore and no snapshot to take.
-		i.snap.n, i.snap.over = 0, nil
-		return
+	i.lazy, i.snapped, i.hdr, i.race = true, false, nil, nil
+	if i.fork.Load() != nil {
+		i.fork.Store(nil)
 	}
-	i.snap.take(w.Header())
 }
 
-// Header returns the underlying writer's header map.
-func (i *Interceptor) Header() http.Header { return i.w.Header() }
+// Header returns the header map of the response: the underlying writer's,
+// or, while i races other attempts (see Fork), the attempt's own.
+func (i *Interceptor) Header() http.Header {
+	if i.lazy {
+		i.claim()
+	}
+	if i.hdr != nil {
+		return i.hdr
+	}
+	return i.w.Header()
+}
+
+// claim makes the underlying header map the handler's, and snapshots it,
+// unless a Fork came first: then the handler gets the map Fork made for it.
+func (i *Interceptor) claim() {
+	i.lazy = false
+	if i.fork.Load() == nil && i.fork.CompareAndSwap(nil, claimedRace) {
+		if i.d != nil {
+			// A nil Decider passes everything: nothing will be
+			// discarded, so there is nothing to restore.
+			i.snap.take(i.w.Header())
+			i.snapped = true
+		}
+		return
+	}
+	i.joinRace()
+}
 
 // RecordFailure implements FailureRecorder: f explains the response the
 // handler is about to write.
@@ -143,6 +180,13 @@ func (i *Interceptor) WriteHeader(code int) {
 		i.w.WriteHeader(code) // net/http reports the superfluous call
 		return
 	case stateDiscarded, stateHijacked:
+		return
+	}
+	if i.lazy {
+		i.claim()
+	}
+	if i.race != nil {
+		i.decideRacing(code)
 		return
 	}
 	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
@@ -213,6 +257,12 @@ func (i *Interceptor) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if i.state == stateDiscarded {
 		return nil, nil, errHijackDiscarded
 	}
+	if i.lazy {
+		i.claim()
+	}
+	if i.race != nil && i.state != statePassed {
+		return nil, nil, errHijackRacing
+	}
 	c, rw, err := http.NewResponseController(i.w).Hijack()
 	if err == nil {
 		if i.state == statePending {
@@ -262,7 +312,7 @@ func (i *Interceptor) Forwarded() bool { return i.forwarded }
 // does nothing unless the response was discarded. Call it before writing a
 // replacement response.
 func (i *Interceptor) Rollback() {
-	if i.state == stateDiscarded {
+	if i.state == stateDiscarded && i.snapped {
 		i.snap.restore(i.w.Header())
 	}
 }

@@ -238,9 +238,8 @@ func (d *discardFailures) Decide(_ int, _ http.Header, f *gateway.Failure) gatew
 }
 
 func (a *attempts) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	tc := new(gateway.TrailContext)
-	tc.Init(r.Context())
-	r = r.WithContext(tc)
+	ctx, trail := gateway.WithTrail(r.Context())
+	r = r.WithContext(ctx)
 	var ic gateway.Interceptor
 	for i := 1; i <= a.n; i++ {
 		ic.Reset(w, &discardFailures{last: i == a.n})
@@ -251,7 +250,7 @@ func (a *attempts) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ic.Rollback()
 	}
 	a.mu.Lock()
-	a.trail = tc.Trail().Len()
+	a.trail = trail.Len()
 	a.mu.Unlock()
 }
 
@@ -330,33 +329,32 @@ func TestHTTP2KeepAliveUnaffected(t *testing.T) {
 // balancer's pick for the same upstream it adds nothing.
 func TestTransportRecordsUpstreamOnTrail(t *testing.T) {
 	gt := &gateway.Transport{Base: gatewaytest.InMemory{Body: "ok"}}
-	var tc gateway.TrailContext
-	tc.Init(context.Background())
+	ctx, trail := gateway.WithTrail(context.Background())
 	roundTrip := func(url string) {
-		req := httptest.NewRequest(http.MethodGet, url, nil).WithContext(&tc)
+		req := httptest.NewRequest(http.MethodGet, url, nil).WithContext(ctx)
 		res, err := gt.RoundTrip(req)
 		require.NoError(t, err)
 		res.Body.Close()
 	}
 	roundTrip("http://svc/a")
-	assert.Equal(t, 1, tc.Trail().Len())
-	assert.Equal(t, "svc:80", tc.Trail().Last(), "the canonical name")
+	assert.Equal(t, 1, trail.Len())
+	assert.Equal(t, "svc:80", trail.Last(), "the canonical name")
 	roundTrip("http://svc/a")
-	assert.Equal(t, 2, tc.Trail().Len(), "a second attempt to the same host is a second entry")
-	tc.Trail().Add("other:8080") // a balancer's pick
+	assert.Equal(t, 2, trail.Len(), "a second attempt to the same host is a second entry")
+	trail.Add("other:8080") // a balancer's pick
 	roundTrip("http://other:8080/a")
-	assert.Equal(t, 3, tc.Trail().Len(), "no double entry after the balancer's pick")
-	assert.Equal(t, "other:8080", tc.Trail().Last())
+	assert.Equal(t, 3, trail.Len(), "no double entry after the balancer's pick")
+	assert.Equal(t, "other:8080", trail.Last())
 }
 
-// TestTrailContextSharesOuterTrail: an inner layer's TrailContext carries
-// the Trail an outer layer put in the context, so both see one record.
-func TestTrailContextSharesOuterTrail(t *testing.T) {
-	var outer gateway.Trail
-	var tc gateway.TrailContext
-	tc.Init(gateway.WithTrail(context.Background(), &outer))
-	tc.Trail().Add("a:1")
-	assert.Same(t, &outer, tc.Trail())
+// TestWithTrailSharesOuterTrail: an inner layer's WithTrail returns the
+// Trail an outer layer put in the context, so both see one record.
+func TestWithTrailSharesOuterTrail(t *testing.T) {
+	outerCtx, outer := gateway.WithTrail(context.Background())
+	ctx, inner := gateway.WithTrail(outerCtx)
+	inner.Add("a:1")
+	assert.Same(t, outer, inner)
+	assert.Equal(t, outerCtx, ctx, "no new context for the same request")
 	assert.Equal(t, "a:1", outer.Last())
 }
 

@@ -1,10 +1,15 @@
 package gateway
 
-import "context"
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+)
 
 // A Trail records which upstreams one client request has tried, across the
 // attempts of a retry layer, so that a balancer can send the next attempt
-// elsewhere. It is carried in the request's context; see [TrailFrom].
+// elsewhere. It is carried in the request's context; see [WithTrail] and
+// [TrailFrom].
 //
 // A balancer records its pick (Add) when it routes an attempt. [Transport]
 // records the upstream each request goes out to, unless the balancer
@@ -14,81 +19,192 @@ import "context"
 // balancer or the network, and Last names the upstream the latest one went
 // to, with or without a balancer.
 //
-// A Trail is used by one request at a time: attempts run one after another.
-// Its zero value is empty and ready.
+// A Trail is safe for the attempts of one request running at once (a
+// hedged request: each attempt records through a view of its own, see
+// [WithHedgeTrail]; one attempt's balancer and Transport run on its
+// goroutine): reads take no lock, and a new entry takes a short one. Its
+// zero value is empty and ready.
 type Trail struct {
-	inline [4]string
-	n      int
-	more   []string
-	marked int // Len when Transport last recorded a send
+	// rec is the request's record when t is a hedged attempt's view of
+	// it; nil when t is the record itself.
+	rec *Trail
+
+	// The record; used only when rec is nil.
+	mu     sync.Mutex               // serialises records
+	n      atomic.Int32             // entries published: each is written before n counts it
+	inline [4]string                // the first entries
+	more   atomic.Pointer[[]string] // the entries past inline, replaced on each record
+
+	// This view's own: the record's for attempts that run one after
+	// another, a hedged attempt's for it. A view records from one
+	// goroutine at a time (its attempt's: the balancer and the Transport
+	// run there), so pick needs no lock; last is read by others.
+	pick int32        // 1 + the index of this view's balancer pick not yet matched by a send; 0: none
+	last atomic.Int32 // 1 + the index of this view's latest entry; 0: none
+
+	// A hedged attempt's view only: admit vets its first upstream.
+	admit  func(upstream string) bool
+	routed bool // admit was asked; under the record's mu
+	denied bool // admit refused: nothing more is recorded for this view
 }
 
-// Add records that upstream (host:port) was tried.
+// record returns the Trail that holds the entries.
+func (t *Trail) record() *Trail {
+	if t.rec != nil {
+		return t.rec
+	}
+	return t
+}
+
+// Add records that upstream (host:port) was tried: a balancer's pick.
 func (t *Trail) Add(upstream string) {
-	if t.n < len(t.inline) {
-		t.inline[t.n] = upstream
-		t.n++
+	t.put(upstream, true)
+}
+
+// sent records that a request goes out to upstream: as a new entry, unless
+// this view's balancer pick for the attempt named upstream already.
+func (t *Trail) sent(upstream string) {
+	if t.pick > 0 && t.record().at(t.pick-1) == upstream {
+		t.pick = 0
 		return
 	}
-	t.more = append(t.more, upstream)
+	t.put(upstream, false)
 }
 
-// Tried reports whether upstream was tried already.
+// resent records a request that net/http's Transport sent once more by
+// itself: always a new entry.
+func (t *Trail) resent(upstream string) {
+	t.put(upstream, false)
+}
+
+// put records upstream; pick says whether it is a balancer's pick, to be
+// matched by the send that follows. A hedged attempt's first record is
+// vetted by admit first, outside the lock (admit may call back).
+func (t *Trail) put(upstream string, pick bool) {
+	r := t.record()
+	if t.admit != nil && !t.vet(r, upstream) {
+		return
+	}
+	r.mu.Lock()
+	if t.denied {
+		r.mu.Unlock()
+		return
+	}
+	i := r.n.Load()
+	if int(i) < len(r.inline) {
+		r.inline[i] = upstream
+	} else {
+		var old []string
+		if p := r.more.Load(); p != nil {
+			old = *p
+		}
+		// Copied, never appended in place: a reader holding the old
+		// slice must keep seeing what it saw.
+		s := make([]string, len(old)+1, len(old)+4)
+		copy(s, old)
+		s[len(old)] = upstream
+		r.more.Store(&s)
+	}
+	r.n.Store(i + 1)
+	t.last.Store(i + 1)
+	t.pick = 0
+	if pick {
+		t.pick = i + 1
+	}
+	r.mu.Unlock()
+}
+
+// vet asks admit about a hedged attempt's first upstream, once, and
+// reports whether the record may go ahead.
+func (t *Trail) vet(r *Trail, upstream string) bool {
+	r.mu.Lock()
+	asked, denied := t.routed, t.denied
+	t.routed = true
+	r.mu.Unlock()
+	if denied {
+		return false
+	}
+	if asked {
+		return true
+	}
+	if t.admit(upstream) {
+		return true
+	}
+	r.mu.Lock()
+	t.denied = true
+	r.mu.Unlock()
+	return false
+}
+
+// at returns entry i, which must be published.
+func (r *Trail) at(i int32) string {
+	if int(i) < len(r.inline) {
+		return r.inline[i]
+	}
+	return (*r.more.Load())[int(i)-len(r.inline)]
+}
+
+// Tried reports whether upstream was tried already by any attempt of the
+// request.
 func (t *Trail) Tried(upstream string) bool {
 	if t == nil {
 		return false
 	}
-	for _, u := range t.inline[:t.n] {
+	r := t.record()
+	n := int(r.n.Load())
+	for _, u := range r.inline[:min(n, len(r.inline))] {
 		if u == upstream {
 			return true
 		}
 	}
-	for _, u := range t.more {
-		if u == upstream {
-			return true
+	if n > len(r.inline) {
+		for _, u := range (*r.more.Load())[:n-len(r.inline)] {
+			if u == upstream {
+				return true
+			}
 		}
 	}
 	return false
 }
 
-// Len returns how many upstreams were recorded, repeats included.
+// Len returns how many upstreams the request's attempts recorded, repeats
+// included.
 func (t *Trail) Len() int {
 	if t == nil {
 		return 0
 	}
-	return t.n + len(t.more)
+	return int(t.record().n.Load())
 }
 
-// Last returns the upstream recorded last, or "".
+// Last returns the upstream recorded last through t, or "". For the
+// request's own Trail that is the latest of the attempts that run one after
+// another; for a hedged attempt's (see [WithHedgeTrail]), that attempt's.
 func (t *Trail) Last() string {
-	switch {
-	case t == nil || t.n == 0:
+	if t == nil {
 		return ""
-	case len(t.more) > 0:
-		return t.more[len(t.more)-1]
 	}
-	return t.inline[t.n-1]
-}
-
-// Reset empties the Trail.
-func (t *Trail) Reset() {
-	clear(t.inline[:])
-	t.n, t.more, t.marked = 0, t.more[:0], 0
-}
-
-// sent records that a request goes out to upstream: as a new entry, unless
-// an entry for upstream was added since the last send was recorded (a
-// balancer's pick for this attempt).
-func (t *Trail) sent(upstream string) {
-	if n := t.Len(); n > t.marked && t.Last() == upstream {
-		t.marked = n
-		return
+	i := t.last.Load()
+	if i == 0 {
+		return ""
 	}
-	t.Add(upstream)
-	t.marked = t.Len()
+	return t.record().at(i - 1)
 }
 
 type trailKey struct{}
+
+// trailContext carries a Trail in one allocation.
+type trailContext struct {
+	context.Context
+	t Trail
+}
+
+// Value returns the Trail for TrailFrom, and defers to the parent otherwise.
+func (c *trailContext) Value(key any) any {
+	if _, ok := key.(trailKey); ok {
+		return &c.t
+	}
+	return c.Context.Value(key)
+}
 
 // TrailFrom returns the Trail carried by ctx, or nil.
 func TrailFrom(ctx context.Context) *Trail {
@@ -96,49 +212,36 @@ func TrailFrom(ctx context.Context) *Trail {
 	return t
 }
 
-// WithTrail returns a context carrying t.
-func WithTrail(parent context.Context, t *Trail) context.Context {
-	return &TrailContext{Context: parent, trail: t}
-}
-
-// TrailContext is a context.Context carrying a Trail. Allocating one per
-// request (or embedding it in per-request state that is not reused)
-// carries the Trail in one allocation:
+// WithTrail returns a context carrying a Trail, and that Trail: parent and
+// its own when it carries one already (an outer layer's, for the same
+// request), so that every layer of one request sees one record; else a new
+// context carrying an empty Trail, made in one allocation.
 //
-//	tc := new(gateway.TrailContext)
-//	tc.Init(r.Context())
-//	r = r.WithContext(tc)
-//
-// Do not recycle a TrailContext (for instance in a sync.Pool) once a
-// request used it: http.Transport may keep the request's context after the
-// handler returned (a dial finishing in the background reads its values),
-// so a recycled one would be read and written at once. Cancellation and
-// deadlines are the parent's.
-type TrailContext struct {
-	context.Context
-	trail *Trail
-	own   Trail
+// Do not keep the context for another request: http.Transport may read a
+// request's context after the handler returned (a dial finishing in the
+// background reads its values).
+func WithTrail(parent context.Context) (context.Context, *Trail) {
+	if t := TrailFrom(parent); t != nil {
+		return parent, t
+	}
+	c := &trailContext{Context: parent}
+	return c, &c.t
 }
 
-// Init sets the parent context and the Trail c carries: the parent's, if
-// it carries one already (an outer layer's, for the same request), so that
-// every layer of one request sees one record; else an empty Trail owned by c.
-func (c *TrailContext) Init(parent context.Context) {
-	c.Context = parent
-	c.own.Reset()
-	c.trail = TrailFrom(parent)
-	if c.trail == nil {
-		c.trail = &c.own
+// WithHedgeTrail returns a context for an attempt that runs while another
+// attempt of the same request is in flight (a hedged request). Its Trail is
+// a view of the one parent carries (a new one if none): Tried and Len see
+// every attempt's records, Last only this attempt's. Before the attempt's
+// first record — a balancer's pick, or [Transport]'s send without one —
+// admit is asked about the upstream (outside any lock; the view's Tried
+// tells whether another attempt went there). When it returns false nothing
+// is recorded for the attempt, and admit is expected to end it: cancel its
+// context, which stops the request before anything is sent.
+func WithHedgeTrail(parent context.Context, admit func(upstream string) bool) context.Context {
+	c := &trailContext{Context: parent}
+	if t := TrailFrom(parent); t != nil {
+		c.t.rec = t.record()
 	}
-}
-
-// Trail returns the Trail c carries.
-func (c *TrailContext) Trail() *Trail { return c.trail }
-
-// Value returns the Trail for TrailFrom, and defers to the parent otherwise.
-func (c *TrailContext) Value(key any) any {
-	if _, ok := key.(trailKey); ok {
-		return c.trail
-	}
-	return c.Context.Value(key)
+	c.t.admit = admit
+	return c
 }

@@ -307,8 +307,7 @@ func (tr *tracker) onGotConn(info httptrace.GotConnInfo) {
 		// A resend that could not be stopped: it reaches the upstream.
 		tr.t.resends.Add(1)
 		if tr.trail != nil {
-			tr.trail.Add(tr.name)
-			tr.trail.marked = tr.trail.Len()
+			tr.trail.resent(tr.name)
 		}
 	}
 	tr.conn = info.Conn

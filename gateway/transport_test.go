@@ -112,10 +112,9 @@ func TestUpstreamNamedWithoutPool(t *testing.T) {
 	}
 	var named string
 	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tc := new(gateway.TrailContext)
-		tc.Init(r.Context())
-		rp.ServeHTTP(w, r.WithContext(tc))
-		f := gateway.ClassifyStatus(503, nil, tc.Trail().Last(), time.Now())
+		ctx, trail := gateway.WithTrail(r.Context())
+		rp.ServeHTTP(w, r.WithContext(ctx))
+		f := gateway.ClassifyStatus(503, nil, trail.Last(), time.Now())
 		named = f.Upstream
 	}))
 	defer front.Close()

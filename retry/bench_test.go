@@ -8,9 +8,11 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -143,6 +145,37 @@ func TestHappyPathAllocs(t *testing.T) {
 	}
 }
 
+// TestHedgeHappyPathAllocs: hedging on (warmed up: every GET arms its
+// timer) adds at most one allocation per request over retry alone (the
+// attempts' cancelable context), and starts no goroutine.
+func TestHedgeHappyPathAllocs(t *testing.T) {
+	target, _ := url.Parse("http://upstream.test")
+	proxy := &httputil.ReverseProxy{
+		Rewrite:      func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
+		Transport:    &gateway.Transport{Base: okTransport{}},
+		ErrorHandler: gateway.NewErrorHandler(discard),
+		BufferPool:   &bufferPool{},
+	}
+	rt, err := New(Options{Logger: discard})
+	require.NoError(t, err)
+	plain, hedging := rt.Wrap(proxy), warmHedging(t, proxy)
+	r, _, cancel := benchRequest(t, http.MethodGet, nil)
+	defer cancel()
+	w := &sink{h: http.Header{}}
+	measure := func(h http.Handler) float64 {
+		return testing.AllocsPerRun(500, func() { serveOnce(h, w, r, nil, nil) })
+	}
+	slack := 0.0
+	if raceEnabled {
+		slack = 1
+	}
+	before := runtime.NumGoroutine()
+	p, h := measure(plain), measure(hedging)
+	assert.LessOrEqual(t, h-p, 1+slack, "retry %.1f, with hedging %.1f allocs/request", p, h)
+	assert.LessOrEqual(t, runtime.NumGoroutine(), before, "no goroutine per request")
+	t.Logf("retry %.1f, with hedging %.1f allocs/request", p, h)
+}
+
 // BenchmarkHappyPath compares, in the same run, the bare ReverseProxy with
 // the retry-wrapped one on the happy path (the first attempt succeeds),
 // in-process: no network, so the difference is the middleware's cost.
@@ -190,7 +223,8 @@ func BenchmarkOverhead(b *testing.B) {
 	})
 	rt, err := New(Options{Logger: discard})
 	require.NoError(b, err)
-	for _, v := range variants(ok, rt.Wrap(ok)) {
+	hedging := warmHedging(b, ok)
+	for _, v := range append(variants(ok, rt.Wrap(ok)), variant{"retry+hedge", hedging}) {
 		b.Run(v.name, func(b *testing.B) {
 			r, _, cancel := benchRequest(b, http.MethodGet, nil)
 			defer cancel()
@@ -201,6 +235,25 @@ func BenchmarkOverhead(b *testing.B) {
 			}
 		})
 	}
+}
+
+// warmHedging returns h wrapped by a Retry with hedging on (adaptive
+// delay), warmed up: its delay is known, so every GET arms the hedge
+// timer; none is ever due.
+func warmHedging(tb testing.TB, h http.Handler) http.Handler {
+	rt, err := New(Options{Logger: discard, Hedges: 1})
+	require.NoError(tb, err)
+	wrapped := rt.Wrap(h)
+	r, _, cancel := benchRequest(tb, http.MethodGet, nil)
+	defer cancel()
+	w := &sink{h: http.Header{}}
+	for range 2 * latSampling * hedgeWarmup {
+		serveOnce(wrapped, w, r, nil, nil)
+	}
+	time.Sleep(latRefresh)
+	serveOnce(wrapped, w, r, nil, nil)
+	require.NotZero(tb, rt.Stats().HedgeDelay)
+	return wrapped
 }
 
 // BenchmarkLoopback is the same comparison through real sockets: client →

@@ -3,6 +3,7 @@ package retry_test
 import (
 	"fmt"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
@@ -65,6 +66,65 @@ func Example() {
 	// Output:
 	// attempt 2, after refused (sent: false)
 	// 200 OK: ok
+}
+
+// Hedging a GET: the first upstream stalls; after the hedge delay a copy
+// goes to the second, whose answer wins. The stalled attempt is cancelled.
+func ExampleOptions_hedges() {
+	slow := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(5 * time.Second):
+			io.WriteString(w, "slow\n")
+		case <-r.Context().Done(): // lost the race
+		}
+	}))
+	defer slow.Close()
+	fast := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "fast\n")
+	}))
+	defer fast.Close()
+	targets := []*url.URL{mustParse(slow.URL), mustParse(fast.URL)}
+
+	transport := gateway.NewHTTPTransport()
+	defer transport.CloseIdleConnections()
+	proxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) { // the first target not tried: the hedge's is the second
+			trail := gateway.TrailFrom(pr.In.Context())
+			for _, u := range targets {
+				if !trail.Tried(u.Host) {
+					trail.Add(u.Host)
+					pr.SetURL(u)
+					return
+				}
+			}
+		},
+		Transport:    &gateway.Transport{Base: transport},
+		ErrorHandler: gateway.NewErrorHandler(nil),
+	}
+	rt, err := retry.New(retry.Options{
+		Hedges:     1,                     // on: the zero value leaves hedging off
+		HedgeDelay: 50 * time.Millisecond, // fixed here; 0 adapts to recent latencies
+		OnHedge: func(e retry.HedgeEvent, attempt int, _ time.Duration) {
+			fmt.Printf("hedge %s (attempt %d)\n", e, attempt)
+		},
+	})
+	if err != nil {
+		panic(err)
+	}
+	front := httptest.NewServer(rt.Wrap(proxy))
+	defer front.Close()
+
+	res, err := front.Client().Get(front.URL)
+	if err != nil {
+		panic(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	fmt.Print(res.Status, ": ", string(body))
+	// Output:
+	// hedge sent (attempt 2)
+	// hedge won (attempt 2)
+	// 200 OK: fast
 }
 
 func mustParse(s string) *url.URL {

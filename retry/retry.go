@@ -60,12 +60,63 @@
 //
 // # Budget
 //
-// Retries may add at most Options.BudgetRatio (20%) to the requests seen
-// over BudgetWindow (10 s), plus Options.BudgetMinPerSecond (10) retries a
-// second, per Retry. Under a total outage the upstreams therefore see at
-// most about 1.2× the client requests. A retry the budget refuses is not
-// made: the failure goes to the client, and "retry: budget exhausted" is
-// logged (warn, at most once a second; debug otherwise).
+// Retries and hedges together may add at most Options.BudgetRatio (20%) to
+// the requests seen over BudgetWindow (10 s), plus
+// Options.BudgetMinPerSecond (10) a second, per Retry. Under a total
+// outage the upstreams therefore see at most about 1.2× the client
+// requests. A retry the budget refuses is not made: the failure goes to
+// the client, and "retry: budget exhausted" is logged (warn, at most once
+// a second; debug otherwise). A hedge it refuses is not sent: the attempt
+// it would have hedged simply continues.
+//
+// # Hedging
+//
+// With Options.Hedges set (the zero value leaves it off; proxykit.New
+// turns it on), an attempt that has been outstanding longer than the hedge
+// delay gets a copy, a hedge, sent to another upstream while it stays in
+// flight. A response that is not a failure decides the race: the first
+// one reaching its status wins and goes to the client, streamed as ever,
+// and every other attempt is cancelled at once (the cause ErrHedgeLost, a
+// context.Canceled: breakers, the pool and the Monitor do not count it).
+// A failure of one attempt does not end the race while another is in
+// flight; when the last one fails, it is retried as usual within the
+// attempt cap. The properties:
+//
+//   - Who: GET, HEAD and OPTIONS by default (Options.Hedgeable changes the
+//     rule); a body only once read whole and kept within MaxReplayBytes;
+//     never an upgrade. PUT and DELETE are idempotent but not safe to
+//     have in flight twice at once (see Options.Hedges).
+//   - When: after twice the p95 of recent successful attempts' latencies
+//     (to the response header), per Retry, with a floor
+//     (Options.HedgeMinDelay, 5 ms), after a warm-up of 100 samples; or
+//     Options.HedgeDelay. Per Retry rather than per host: the hedge is
+//     decided before the balancer has chosen the host, and a slow host is
+//     the balancer's business (peak EWMA); the tail hedging cuts is the
+//     route's. Attempts that lose a race are not samples, so the stalls
+//     that hedging cuts do not push the delay up.
+//   - Where: never to an upstream the request has tried (the attempt in
+//     flight included): the hedge's gateway.Trail asks before its first
+//     upstream (gateway.WithHedgeTrail), and a hedge routed to such an
+//     upstream ends before anything is sent. A balancer that skips tried
+//     and unhealthy hosts (gateway/pool) sends it elsewhere; with no other
+//     host, hedging rests for a second. The attempt must have reached an
+//     upstream (recorded on the Trail by a balancer or gateway.Transport)
+//     before it is hedged.
+//   - Cost: a hedge is an attempt (Options.Attempts) and draws on the
+//     budget; 1 hedge per request by default. On the happy path hedging
+//     costs a timer reset and stop, one small allocation and no goroutine;
+//     a goroutine runs only for a hedge actually sent.
+//
+// While a request may be hedged, its attempt's context takes its
+// cancellation from the retry layer: a client that goes away cancels it
+// within the hedge delay or 100 ms, whichever is sooner, and a deadline
+// on the request's context ends it on time.
+//
+// A hedge's outbound request carries IsHedge in its context. Stats counts
+// hedges sent, won and denied; Options.OnHedge reports each, and debug
+// lines name them. Hedging needs a transport that ends a request when its
+// context is cancelled (every net/http one does): an attempt that lost
+// must return before the request can end.
 //
 // # Composition
 //
@@ -102,6 +153,12 @@ type Retry struct {
 	retries   atomic.Int64 // retries made, since New
 	exhausted atomic.Int64 // retries the budget denied, since New
 	lastWarn  atomic.Int64 // UnixNano of the last budget warning
+
+	lat              latencies    // for the adaptive hedge delay
+	hedges           atomic.Int64 // hedges sent, since New
+	hedgesWon        atomic.Int64 // hedges whose response won, since New
+	hedgesDenied     atomic.Int64 // hedges the budget denied, since New
+	hedgePausedUntil atomic.Int64 // Retry.since before which no request is hedged
 }
 
 // New returns a Retry configured by o. The zero Options is valid and gives
@@ -119,6 +176,7 @@ func New(o Options) (*Retry, error) {
 		budget:  newBudget(cfg.ratio, cfg.floor, time.Now()),
 	}
 	rt.replayMem.max = int64(cfg.maxReplayTotal)
+	rt.lat.floor = cfg.hedgeMinDelay
 	rt.states.New = func() any { return new(state) }
 	return rt, nil
 }
@@ -134,8 +192,9 @@ func (rt *Retry) Wrap(next http.Handler) http.Handler {
 
 // Stats are a Retry's counters, for a status page.
 type Stats struct {
-	// Requests and Retries are the client requests and the retries counted
-	// in the budget's current window (the last BudgetWindow).
+	// Requests and Retries are the client requests and the retries and
+	// hedges counted in the budget's current window (the last
+	// BudgetWindow).
 	Requests, Retries int64
 	// TotalRetries is how many retries were made since New.
 	TotalRetries int64
@@ -149,6 +208,14 @@ type Stats struct {
 	// held MaxReplayTotal already. They streamed on unkept, so such a
 	// request is not retried once any of its body was read.
 	ReplaySkipped int64
+
+	// Hedges is how many hedges were sent since New, HedgesWon how many
+	// of them won their race (their response went to the client), and
+	// HedgesDenied how many hedges were due but refused by the budget.
+	Hedges, HedgesWon, HedgesDenied int64
+	// HedgeDelay is the current hedge delay: Options.HedgeDelay, or the
+	// adaptive one; 0 while it is warming up or hedging is off.
+	HedgeDelay time.Duration
 }
 
 // Stats returns the current counters.
@@ -161,7 +228,22 @@ func (rt *Retry) Stats() Stats {
 		BudgetExhausted: rt.exhausted.Load(),
 		ReplayBytes:     rt.replayMem.used.Load(),
 		ReplaySkipped:   rt.replayMem.skipped.Load(),
+		Hedges:          rt.hedges.Load(),
+		HedgesWon:       rt.hedgesWon.Load(),
+		HedgesDenied:    rt.hedgesDenied.Load(),
+		HedgeDelay:      rt.currentHedgeDelay(),
 	}
+}
+
+// currentHedgeDelay returns the hedge delay for Stats, without updating it.
+func (rt *Retry) currentHedgeDelay() time.Duration {
+	switch {
+	case rt.cfg.hedges == 0:
+		return 0
+	case rt.cfg.hedgeDelay > 0:
+		return rt.cfg.hedgeDelay
+	}
+	return time.Duration(rt.lat.d.Load())
 }
 
 // since returns the time since the Retry was made, from the monotonic
@@ -242,8 +324,10 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (rt *Retry) release(st *state) {
 	st.cleanup()
 	reusable := !st.hasBody || st.body.release()
-	if !st.finished || !reusable {
-		return // a panic is on its way up, or a reader is still out: let the state go
+	if !st.finished || !reusable || !st.h.reusable() {
+		// A panic is on its way up, a reader is still out, or the hedge
+		// timer fired: let the state go.
+		return
 	}
 	st.clear()
 	rt.states.Put(st)

@@ -12,67 +12,98 @@ import (
 )
 
 // state is one request's retry state. It is recycled through a sync.Pool,
-// so that the happy path allocates only the request's trail context. That
-// context is deliberately not part of the state: the transport may keep a
+// so that the happy path allocates only the request's trail context (and,
+// when the request may be hedged, its attempts' context). Those contexts
+// are deliberately not part of the state: the transport may keep a
 // request's context after RoundTrip returned (a background dial retains
 // its values), and a recycled context would then show one request's values
 // to another.
 //
 // Nothing else reaches a state after its request: the Interceptor and the
-// Decider are used only during attempts, and body readers left behind by
-// a transport are detached and never touch more than body.mu, which clear
-// leaves alone.
+// Deciders are used only during attempts, body readers left behind by a
+// transport are detached and never touch more than body.mu, which clear
+// leaves alone, and a state whose hedge timer fired is not recycled.
 type state struct {
-	ic   gateway.Interceptor
+	ic   gateway.Interceptor // the interceptor of the attempt on the request's goroutine
 	body replay
+	main lane // the attempt on the request's goroutine
+	h    hedging
 
-	rt  *Retry
-	in  *http.Request         // the inbound request
-	tc  *gateway.TrailContext // the trail context
-	try *tryCtx               // the current attempt's per-try context, if any
+	rt    *Retry
+	next  http.Handler
+	in    *http.Request   // the inbound request
+	tc    context.Context // the trail context over the inbound request's
+	trail *gateway.Trail
 
-	// out is the inbound request with the trail context, which attempts
-	// run with. It is held by value: nothing keeps it after the request
-	// (ReverseProxy clones it for the transport and hands the clone to its
-	// ErrorHandler), and copying r.WithContext's result into it lets the
-	// compiler keep that copy off the heap.
+	// out is the inbound request with the attempts' context (tc, or the
+	// cancelable attemptCtx when hedging). It is held by value: nothing
+	// keeps it after the request (ReverseProxy clones it for the transport
+	// and hands the clone to its ErrorHandler), and copying
+	// r.WithContext's result into it lets the compiler keep that copy off
+	// the heap.
 	out http.Request
 
 	hasBody    bool // in has a body; body streams it
 	repeatable bool // in may be sent again after it may have been applied
 	finished   bool // serve returned normally
 
-	attempt  int           // the current attempt, from 1
+	// attempts is how many attempts started, hedges included. While a
+	// hedge may start it is written under h.mu.
+	attempts int
 	start    time.Duration // when the request arrived, as a monotonic offset (Retry.since)
-	tryStart time.Duration // when the current attempt started, likewise
 
-	fail   *gateway.Failure // the failure of the current attempt, when Decide retries
-	final  *gateway.Failure // the failure passed to the client with the final response
-	delay  time.Duration    // the wait before the next attempt
-	madeUp bool             // fail was made up for a 429: not a gateway failure
+	// fail is the failure of the last attempt when its Decide chose to
+	// retry, and delay the wait before the retry; written by that
+	// attempt's goroutine, read by the request's once every attempt
+	// returned.
+	fail  *gateway.Failure
+	delay time.Duration
+	final *gateway.Failure // the failure passed to the client with the final response
 
 	hdrOld []string  // the inbound AttemptHeader values
 	hdrHad bool      // whether the inbound request had AttemptHeader
 	hdrVal [1]string // the AttemptHeader value of the current attempt
 }
 
+// lane is one attempt in flight: the request goroutine's (state.main), or
+// a hedge's. It is the attempt's Decider.
+type lane struct {
+	st      *state
+	ic      *gateway.Interceptor
+	trail   *gateway.Trail // names the attempt's upstream (Last)
+	try     *tryCtx        // the per-try context, if any
+	attempt int            // its number, from 1
+	start   time.Duration  // when it started (Retry.since)
+	madeUp  bool           // its failure was made up for a 429: not a gateway failure
+
+	// Hedges only.
+	hedge  bool
+	cancel context.CancelCauseFunc // ends the attempt
+	waited time.Duration           // how long the hedged attempt had been outstanding
+	flying bool                    // in the race: not decided, not returned (under h.mu)
+}
+
 // serve runs attempts until one is passed to the client, or the request
 // ends otherwise.
 func (st *state) serve(rt *Retry, next http.Handler, w http.ResponseWriter, r *http.Request) {
-	st.rt, st.in = rt, r
+	st.rt, st.next, st.in = rt, next, r
 	st.start = rt.since()
 	rt.budget.request(st.start)
-	st.tc = new(gateway.TrailContext)
-	st.tc.Init(r.Context())
-	st.out = *r.WithContext(st.tc)
 	st.repeatable = repeatable(r, rt.cfg.trustKey)
+	st.tc, st.trail = gateway.WithTrail(r.Context())
+	if rt.cfg.hedges > 0 && rt.hedgeable(r) {
+		st.hedgeOn()
+	} else {
+		st.out = *r.WithContext(st.tc)
+	}
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		// ReverseProxy sends no body when ContentLength is 0, so neither
 		// is one streamed here. A body that can only be retried unread
-		// (a non-repeatable request) is not kept at all.
+		// (a non-repeatable request) is not kept at all, unless it may
+		// be hedged.
 		st.hasBody = true
 		limit := rt.cfg.maxReplay
-		if !st.repeatable {
+		if !st.repeatable && !st.h.on {
 			limit = 0
 		}
 		st.body.reset(r.Body, &rt.replayMem, limit, r.ContentLength)
@@ -84,19 +115,19 @@ func (st *state) serve(rt *Retry, next http.Handler, w http.ResponseWriter, r *h
 		st.hdrOld, st.hdrHad = r.Header[name]
 	}
 	for {
-		st.attempt++
-		st.run(next, w)
-		if !st.ic.Discarded() {
+		st.round(w)
+		if st.fail == nil {
 			break
 		}
-		// Decide discarded the attempt's response to retry.
+		// An attempt's Decide discarded its response to retry.
 		st.ic.Rollback()
 		f := *st.fail
-		f.Attempts = st.attempt
+		f.Attempts = st.attempts
+		st.fail = nil
 		rt.retries.Add(1)
-		rt.logRetry(r, &f, st.attempt+1, st.delay)
+		rt.logRetry(r, &f, st.attempts+1, st.delay)
 		if rt.cfg.onRetry != nil {
-			rt.cfg.onRetry(st.attempt+1, &f, st.delay)
+			rt.cfg.onRetry(st.attempts+1, &f, st.delay)
 		}
 		if !sleep(r.Context(), st.delay) {
 			st.abandon(w, &f)
@@ -108,38 +139,49 @@ func (st *state) serve(rt *Retry, next http.Handler, w http.ResponseWriter, r *h
 	st.finished = true
 }
 
-// run runs one attempt of next.
-func (st *state) run(next http.Handler, w http.ResponseWriter) {
+// round runs one attempt on the request's goroutine, and the hedges of it
+// if any, until every one of them returned.
+func (st *state) round(w http.ResponseWriter) {
 	cfg := &st.rt.cfg
-	req := &st.out
-	st.tryStart = st.start
-	if st.attempt > 1 {
-		st.tryStart = st.rt.since()
+	l := &st.main
+	st.attempts++
+	*l = lane{st: st, ic: &st.ic, trail: st.trail, attempt: st.attempts}
+	if st.attempts > 1 {
+		l.start = st.rt.since()
+	} else {
+		l.start = st.start
 	}
+	req := &st.out
 	if st.hasBody {
 		// st.out is this request's own copy; ReverseProxy clones it again.
 		req.Body = st.body.attempt()
 	}
 	if cfg.attemptHeader != "" {
 		// The header map is the inbound request's; cleanup restores it.
-		st.hdrVal[0] = strconv.Itoa(st.attempt)
+		st.hdrVal[0] = strconv.Itoa(l.attempt)
 		st.in.Header[cfg.attemptHeader] = st.hdrVal[:]
 	}
 	if cfg.perTry > 0 {
-		st.try = newTryCtx(st.tc, cfg.perTry)
-		req = req.WithContext(st.try)
+		l.try = newTryCtx(req.Context(), cfg.perTry)
+		req = req.WithContext(l.try)
 	}
-	st.fail, st.madeUp = nil, false
-	st.ic.Reset(w, st)
-	st.call(next, req)
+	st.ic.Reset(w, l)
+	if st.h.on {
+		st.arm(l)
+	}
+	st.call(st.next, req)
+	if st.h.on {
+		st.settleRound(w)
+	}
 	st.endAttempt()
 }
 
-// endAttempt ends the attempt's context and detaches its body reader.
+// endAttempt ends the request goroutine's attempt: its per-try context
+// and its body reader.
 func (st *state) endAttempt() {
-	if st.try != nil {
-		st.try.stop()
-		st.try = nil
+	if st.main.try != nil {
+		st.main.try.stop()
+		st.main.try = nil
 	}
 	if st.hasBody {
 		st.body.detach()
@@ -167,31 +209,52 @@ func (st *state) recoverDiscarded() {
 }
 
 // Decide implements gateway.Decider: it passes every response except a
-// failure that will be retried.
-func (st *state) Decide(status int, h http.Header, f *gateway.Failure) gateway.Decision {
+// failure that will be retried, and, while attempts race, any response
+// once another attempt won and a failure while another attempt is still
+// in flight.
+func (l *lane) Decide(status int, h http.Header, f *gateway.Failure) gateway.Decision {
+	if f == nil && (status < http.StatusInternalServerError && status != http.StatusTooManyRequests) {
+		return l.succeed()
+	}
 	if f == nil {
-		if status < http.StatusInternalServerError && status != http.StatusTooManyRequests {
-			st.pass(nil)
-			return gateway.Pass
-		}
-		if f = st.statusFailure(status, h); f == nil {
-			st.pass(nil)
-			return gateway.Pass
+		if f = l.statusFailure(status, h); f == nil {
+			return l.succeed()
 		}
 	}
-	if st.retry(f, status) {
+	st := l.st
+	if l.racing() {
+		return st.raceFailure(l, f, status)
+	}
+	if st.retry(l, f, status) {
 		st.fail = f
 		return gateway.Discard
 	}
-	st.pass(f)
+	l.pass(f, st.attempts)
+	return gateway.Pass
+}
+
+// racing reports whether l may race other attempts: a hedge, or the
+// attempt a hedge was forked from (set before the fork, so never missed).
+func (l *lane) racing() bool {
+	return l.hedge || (l.st.h.on && l.st.h.forked.Load())
+}
+
+// succeed passes a response that is not a failure: it wins, unless it
+// races and another attempt won first.
+func (l *lane) succeed() gateway.Decision {
+	if l.racing() {
+		return l.st.raceSuccess(l)
+	}
+	l.pass(nil, 0)
+	l.st.observe(l)
 	return gateway.Pass
 }
 
 // statusFailure classifies an upstream's own response: 502, 503, 504 by
 // the gateway; 429 here, as a Failure that only this layer sees.
-func (st *state) statusFailure(status int, h http.Header) *gateway.Failure {
+func (l *lane) statusFailure(status int, h http.Header) *gateway.Failure {
 	now := time.Now()
-	upstream := st.tc.Trail().Last()
+	upstream := l.trail.Last()
 	if status != http.StatusTooManyRequests {
 		return gateway.ClassifyStatus(status, h, upstream, now)
 	}
@@ -199,48 +262,48 @@ func (st *state) statusFailure(status int, h http.Header) *gateway.Failure {
 	if !ok || ra <= 0 {
 		return nil // a rate limit without a time to come back: the client's to handle
 	}
-	st.madeUp = true
+	l.madeUp = true
 	return &gateway.Failure{Class: gateway.ClassUpstreamStatus, Status: status,
 		Upstream: upstream, Sent: true, RetryAfter: ra}
 }
 
-// pass prepares the response being passed: the per-try timeout no longer
-// applies, and its Failure, if any, carries the attempt count to the
-// enclosing layer.
 // Committed implements gateway.CommitObserver: an upgrade or a hijack
 // committed the attempt without a decision. The connection now lives as
 // long as the client keeps it: the per-try timeout no longer applies.
-func (st *state) Committed() {
-	if st.try != nil {
-		st.try.disarm()
+func (l *lane) Committed() {
+	if l.try != nil {
+		l.try.disarm()
 	}
 }
 
-func (st *state) pass(f *gateway.Failure) {
-	if st.try != nil {
-		st.try.disarm()
+// pass prepares the response being passed: the per-try timeout no longer
+// applies, and its Failure, if any, carries the attempt count (attempts)
+// to the enclosing layer.
+func (l *lane) pass(f *gateway.Failure, attempts int) {
+	if l.try != nil {
+		l.try.disarm()
 	}
-	if f == nil || st.madeUp {
+	if f == nil || l.madeUp {
 		return
 	}
 	c := *f
-	c.Attempts = st.attempt
-	st.final = &c
-	st.ic.RecordFailure(&c)
+	c.Attempts = attempts
+	l.st.final = &c
+	l.ic.RecordFailure(&c)
 }
 
-// retry decides whether the attempt that failed with f is retried, and with
-// what delay. The budget is consulted last, because it counts the retry,
-// and the body is settled (detached, in-flight reads waited for) only when
-// everything else agreed: a detached body ends the attempt's upload, which
-// a response that is passed after all may still need.
-func (st *state) retry(f *gateway.Failure, status int) bool {
+// retry decides whether the attempt l, which failed with f, is retried,
+// and with what delay. The budget is consulted last, because it counts the
+// retry, and the body is settled (detached, in-flight reads waited for)
+// only when everything else agreed: a detached body ends the attempt's
+// upload, which a response that is passed after all may still need.
+func (st *state) retry(l *lane, f *gateway.Failure, status int) bool {
 	rt := st.rt
 	ctx := st.in.Context()
-	if st.attempt >= rt.cfg.attempts || ctx.Err() != nil || !eligible(f, st.repeatable) {
+	if st.attempts >= rt.cfg.attempts || ctx.Err() != nil || !eligible(f, st.repeatable) {
 		return false
 	}
-	delay := rt.retryDelay(f, st.attempt-1)
+	delay := rt.retryDelay(f, st.attempts-1)
 	if f.Class == gateway.ClassUpstreamStatus && honoursRetryAfter(status) && f.RetryAfter > 0 {
 		if f.RetryAfter > rt.cfg.maxRetryAfter {
 			return false
@@ -251,7 +314,7 @@ func (st *state) retry(f *gateway.Failure, status int) bool {
 	if dl, ok := ctx.Deadline(); ok {
 		// The next attempt must be able to finish: assume it takes as long
 		// as this one did.
-		took := rt.since() - st.tryStart
+		took := rt.since() - l.start
 		if !now.Add(delay + took).Before(dl) {
 			return false
 		}
@@ -279,24 +342,43 @@ func (st *state) retry(f *gateway.Failure, status int) bool {
 
 // finish reports the final outcome once the last attempt returned.
 func (st *state) finish(w http.ResponseWriter) {
-	if st.ic.Committed() {
-		if st.final != nil && !st.ic.Forwarded() {
+	ic := st.result()
+	if ic.Committed() {
+		if st.final != nil && !ic.Forwarded() {
 			gateway.LogFailure(st.rt.cfg.logger, st.in, st.final, st.rt.since()-st.start)
 		}
 		return
 	}
 	// Nothing was written. The gateway ErrorHandler does that for a client
 	// that went away; any other handler that recorded a failure and wrote
-	// nothing gets the failure written for it.
-	if f := st.ic.Failure(); f != nil {
+	// nothing gets the failure written for it. After a race that no
+	// attempt won, that is the failure one of them met while the other
+	// was in flight, if any.
+	if f := st.h.outFail; f != nil {
 		c := *f
-		c.Attempts = st.attempt
+		c.Attempts = st.attempts
+		st.abandon(w, &c) // a client that left since is what happened
+		return
+	}
+	if f := ic.Failure(); f != nil {
+		c := *f
+		c.Attempts = st.attempts
 		st.report(w, &c)
 	}
 }
 
-// abandon ends a request whose context ended while waiting to retry:
-// f is the failure of the last attempt, whose response was discarded.
+// result returns the interceptor of the attempt whose response is the
+// request's: a hedge's that won, or the request goroutine's.
+func (st *state) result() *gateway.Interceptor {
+	if l := st.h.winner; l != nil {
+		return l.ic
+	}
+	return &st.ic
+}
+
+// abandon ends a request whose context ended while waiting to retry (or
+// while the attempts of a race ended): f is the failure of an attempt,
+// whose response was discarded.
 func (st *state) abandon(w http.ResponseWriter, f *gateway.Failure) {
 	ctx := st.in.Context()
 	if errors.Is(ctx.Err(), context.Canceled) {
@@ -318,9 +400,13 @@ func (st *state) report(w http.ResponseWriter, f *gateway.Failure) {
 	}
 }
 
-// cleanup runs after every request, panicking or not: the attempt's
-// context ends, the body reader is detached, the inbound header restored.
+// cleanup runs after every request, panicking or not: hedges are ended and
+// waited for, the attempt's context ends, the body reader is detached, the
+// inbound header restored.
 func (st *state) cleanup() {
+	if st.h.on {
+		st.stopHedging()
+	}
 	st.endAttempt()
 	if st.rt == nil || st.in == nil {
 		return
@@ -338,10 +424,12 @@ func (st *state) cleanup() {
 // alone: a detached reader of a past request may still take them.
 func (st *state) clear() {
 	st.ic = gateway.Interceptor{}
-	st.rt, st.in, st.tc, st.try = nil, nil, nil, nil
+	st.main = lane{}
+	st.h.clear()
+	st.rt, st.next, st.in, st.tc, st.trail = nil, nil, nil, nil, nil
 	st.out = http.Request{}
 	st.hasBody, st.repeatable, st.finished = false, false, false
-	st.attempt, st.start, st.tryStart = 0, 0, 0
-	st.fail, st.final, st.delay, st.madeUp = nil, nil, 0, false
+	st.attempts, st.start = 0, 0
+	st.fail, st.final, st.delay = nil, nil, 0
 	st.hdrOld, st.hdrHad, st.hdrVal = nil, false, [1]string{}
 }

@@ -79,11 +79,15 @@ func (c *tryCtx) Deadline() (time.Time, bool) {
 }
 
 // Err is context.DeadlineExceeded when the per-try timeout ended the
-// attempt, and the embedded context's error otherwise.
+// attempt, or a deadline of the request did through a hedgeable attempt's
+// context (see attemptCtx); the embedded context's error otherwise.
 func (c *tryCtx) Err() error {
 	err := c.Context.Err()
 	if err != nil && c.expired.Load() {
 		return context.DeadlineExceeded
+	}
+	if err != nil {
+		return deadlineErr(c.Context)
 	}
 	return err
 }

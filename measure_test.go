@@ -1,0 +1,162 @@
+package proxykit
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/retry"
+)
+
+// TestMeasureStall measures issue 14's scenario: three healthy upstreams,
+// each of which stalls 2% of its responses by 300 ms, and 8 clients sending
+// GETs; for a bare ReverseProxy (round robin), the stack without hedging and
+// the stack with it (its default), then the same without stalls (the happy
+// path). It prints p50, p99, p99.9, upstream requests per client request
+// and throughput. Without hedging the 8 clients spend most of their time
+// waiting out stalls, so few requests are in flight at once: the p50 of the
+// fast ones is lower, and requests/s shows why. Not a check: it runs only
+// when asked, and takes about half a minute.
+//
+//	PROXYKIT_MEASURE=1 go test -run TestMeasureStall -v -count=1 .
+//
+// PROXYKIT_MEASURE_N sets the requests per row (default 10000).
+func TestMeasureStall(t *testing.T) {
+	if os.Getenv("PROXYKIT_MEASURE") == "" {
+		t.Skip("set PROXYKIT_MEASURE=1 to measure")
+	}
+	n := 10000
+	if v, err := strconv.Atoi(os.Getenv("PROXYKIT_MEASURE_N")); err == nil && v > 0 {
+		n = v
+	}
+	const clients = 8
+	var ups []*gatewaytest.Server
+	var targets []*url.URL
+	for range 3 {
+		s := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.WriteString(w, "ok\n")
+		}))
+		s.Delay = 300 * time.Millisecond
+		defer s.Close()
+		ups = append(ups, s)
+		targets = append(targets, mustParse(s.URL))
+	}
+	stalls := func(ratio float64) {
+		for _, s := range ups {
+			require.NoError(t, s.SetFlaky(gatewaytest.SlowHeaders, ratio))
+		}
+	}
+	upstreamRequests := func() (n int64) {
+		for _, s := range ups {
+			n += s.Requests()
+		}
+		return n
+	}
+
+	base := gateway.NewHTTPTransport()
+	defer base.CloseIdleConnections()
+	var rr atomic.Uint64
+	bare := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(targets[(rr.Add(1)-1)%uint64(len(targets))])
+		},
+		Transport: base,
+	}
+	off, err := New(Config{Upstreams: targets, Logger: quiet, Retry: retry.Options{Hedges: -1}})
+	require.NoError(t, err)
+	defer off.Close()
+	on, err := New(Config{Upstreams: targets, Logger: quiet})
+	require.NoError(t, err)
+	defer on.Close()
+
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * clients}}
+	defer client.CloseIdleConnections()
+	run := func(h http.Handler, requests int) (lat []time.Duration, perRequest, rps float64) {
+		front := httptest.NewServer(h)
+		defer front.Close()
+		before := upstreamRequests()
+		began := time.Now()
+		lat = make([]time.Duration, 0, requests)
+		var mu sync.Mutex
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				mine := make([]time.Duration, 0, requests/clients+1)
+				for next.Add(1) <= int64(requests) {
+					start := time.Now()
+					res, err := client.Get(front.URL + "/x")
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, res.Body)
+					res.Body.Close()
+					if res.StatusCode != http.StatusOK {
+						t.Errorf("status %d", res.StatusCode)
+					}
+					mine = append(mine, time.Since(start))
+				}
+				mu.Lock()
+				lat = append(lat, mine...)
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		return lat, float64(upstreamRequests()-before) / float64(requests), float64(requests) / time.Since(began).Seconds()
+	}
+	q := func(lat []time.Duration, p float64) string {
+		slices.Sort(lat)
+		return fmt.Sprintf("%.2f ms", float64(lat[min(len(lat)-1, int(p*float64(len(lat))))])/1e6)
+	}
+
+	// Warm up every gateway: connections, and the adaptive hedge delay,
+	// which needs 100 samples (one successful attempt in four) and is
+	// recomputed every 200 ms, by a request.
+	stalls(0)
+	for _, h := range []http.Handler{bare, off, on} {
+		run(h, 1000)
+	}
+	time.Sleep(300 * time.Millisecond)
+	run(on, 100)
+	require.NotZero(t, on.Retry.Stats().HedgeDelay, "warmed up")
+
+	rows := []struct {
+		name string
+		h    http.Handler
+	}{{"bare httputil.ReverseProxy", bare}, {"proxykit, hedging off", off}, {"proxykit, hedging on", on}}
+	out := "\n| scenario | gateway | p50 | p99 | p99.9 | upstream requests per request | requests/s |\n|---|---|---|---|---|---|---|\n"
+	for _, sc := range []struct {
+		name  string
+		ratio float64
+	}{{"2% stalls of 300 ms", 0.02}, {"no stalls", 0}} {
+		stalls(sc.ratio)
+		for _, r := range rows {
+			before := on.Retry.Stats()
+			lat, per, rps := run(r.h, n)
+			out += fmt.Sprintf("| %s | %s | %s | %s | %s | %.3f | %.0f |\n", sc.name, r.name, q(lat, 0.5), q(lat, 0.99), q(lat, 0.999), per, rps)
+			if r.h == http.Handler(on) {
+				after := on.Retry.Stats()
+				out += fmt.Sprintf("|  | (hedges sent %d, won %d, denied %d; delay %v) | | | | | |\n",
+					after.Hedges-before.Hedges, after.HedgesWon-before.HedgesWon, after.HedgesDenied-before.HedgesDenied, after.HedgeDelay)
+			}
+		}
+	}
+	t.Log(out)
+}
