@@ -279,6 +279,14 @@ func New(cfg Config) (*Stack, error) {
 	} else {
 		ro.OnRetry = monitor.ObserveRetry
 	}
+	if user := ro.OnHedge; user != nil {
+		ro.OnHedge = func(e retry.HedgeEvent, attempt int, delay time.Duration) {
+			monitor.ObserveHedge(e, attempt, delay)
+			user(e, attempt, delay)
+		}
+	} else {
+		ro.OnHedge = monitor.ObserveHedge
+	}
 	retrying, err := retry.New(ro)
 	if err != nil {
 		return nil, err

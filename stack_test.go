@@ -164,6 +164,8 @@ func TestStackHedging(t *testing.T) {
 
 	snap := st.Monitor.Snapshot()
 	assert.EqualValues(t, 10, snap.ByStatus["2xx"])
+	assert.EqualValues(t, 10, snap.Hedges, "the Monitor counts the hedges sent")
+	assert.EqualValues(t, 10, snap.HedgesWon, "and those that won")
 	for class, n := range snap.Failures {
 		assert.Zero(t, n, "Monitor: %s", class)
 	}

@@ -35,11 +35,16 @@ func repeatable(r *http.Request, trustKey bool) bool {
 // budget and the client are checked separately.
 func eligible(f *gateway.Failure, repeatable bool) bool {
 	switch f.Class {
-	case gateway.ClassCanceled, gateway.ClassNoUpstream, gateway.ClassClientBody:
-		// The client went away; nothing is left to try; or the client's
-		// own body broke, which no upstream can mend (and which cannot be
-		// read again).
+	case gateway.ClassCanceled, gateway.ClassNoUpstream, gateway.ClassClientBody, gateway.ClassMaintenance:
+		// The client went away; nothing is left to try; the client's own
+		// body broke, which no upstream can mend (and which cannot be read
+		// again); or the operator closed the service.
 		return false
+	case gateway.ClassOverloaded:
+		// Shed before it was sent, by the host's concurrency limit:
+		// another host may have headroom (the limiter never sends a retry
+		// back to a host at its limit that this request tried).
+		return f.Upstream != ""
 	case gateway.ClassOpen:
 		// The breaker answered without contacting the upstream. One that
 		// names its upstream (a per-host breaker) is retried so that the
@@ -60,7 +65,10 @@ func eligible(f *gateway.Failure, repeatable bool) bool {
 // backoff delay: a stale keep-alive connection says nothing about the
 // upstream's health, and the next attempt gets a fresh connection.
 func immediate(f *gateway.Failure) bool {
-	return f.Class == gateway.ClassStaleConn
+	// A stale keep-alive connection says nothing about the host; a shed
+	// request goes to another host at once, or not at all: its
+	// Retry-After is meant for the client.
+	return f.Class == gateway.ClassStaleConn || f.Class == gateway.ClassOverloaded
 }
 
 // retryDelay returns the wait before retry n (n = 0 for the first retry)

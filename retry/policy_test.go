@@ -49,6 +49,10 @@ func TestDecisionTable(t *testing.T) {
 		{gateway.ClassClientBody, "", false, false, false},
 		{gateway.ClassStaleConn, up, false, true, true},
 		{gateway.ClassStaleConn, up, true, false, true},
+		{gateway.ClassOverloaded, up, false, true, true},
+		{gateway.ClassOverloaded, "", false, false, false},
+		{gateway.ClassMaintenance, "", false, false, false},
+		{gateway.ClassMaintenance, up, false, false, false},
 	}
 	for _, r := range rows {
 		f := &gateway.Failure{Class: r.class, Upstream: r.upstream, Sent: r.sent}
@@ -57,8 +61,9 @@ func TestDecisionTable(t *testing.T) {
 	}
 }
 
-// TestRetryDelayByClass: a stale keep-alive connection is retried at once,
-// whatever the attempt; every other class waits the jittered backoff.
+// TestRetryDelayByClass: a stale keep-alive connection and a request shed
+// as overloaded are retried at once, whatever the attempt; every other
+// class waits the jittered backoff.
 func TestRetryDelayByClass(t *testing.T) {
 	rt := mustNew(t, Options{BaseDelay: 10 * time.Millisecond, MaxDelay: 40 * time.Millisecond})
 	// The largest delay the jitter can draw: a source that always returns
@@ -67,7 +72,7 @@ func TestRetryDelayByClass(t *testing.T) {
 	for _, c := range gateway.Classes() {
 		for n := range 4 {
 			d := rt.retryDelay(&gateway.Failure{Class: c, Upstream: "u:1", Sent: true}, n)
-			if c == gateway.ClassStaleConn {
+			if c == gateway.ClassStaleConn || c == gateway.ClassOverloaded {
 				assert.Zero(t, d, "%s, retry %d", c, n)
 				continue
 			}

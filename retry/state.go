@@ -229,6 +229,11 @@ func (l *lane) Decide(status int, h http.Header, f *gateway.Failure) gateway.Dec
 		st.fail = f
 		return gateway.Discard
 	}
+	if f.Class == gateway.ClassNoUpstream && st.fail != nil && st.fail.Class == gateway.ClassOverloaded {
+		// A shed request found no other host with headroom: the client
+		// learns that the service is overloaded, not that it has no host.
+		f = st.fail
+	}
 	l.pass(f, st.attempts)
 	return gateway.Pass
 }

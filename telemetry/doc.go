@@ -52,10 +52,10 @@
 //	proxykit.requests.without_upstream  counter: requests answered without reaching an upstream
 //	    error.type                 no_upstream or open
 //
-// Hedges are counted as attempts with proxykit.attempt.role="hedge". The
-// retry layer does not mark hedged attempts yet: until it does (a context
-// marker on the hedge's attempt, which Telemetry reads), every attempt is
-// first or retry.
+// Hedges are counted as attempts with proxykit.attempt.role="hedge"
+// (retry.IsHedge marks the hedge's context). The attempt a hedge beat is
+// cancelled by the retry layer: its span gets a "hedge lost" event, not an
+// error status.
 //
 // # Traces
 //

@@ -19,6 +19,7 @@ import (
 	"github.com/proxykit/proxykit"
 	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/retry"
 )
 
 // ScopeName is the instrumentation scope of proxykit's meter and tracer.
@@ -88,9 +89,8 @@ type Telemetry struct {
 
 	clientStart []trace.SpanStartOption
 
-	// hedged, if set, reports whether an attempt's context marks a hedge.
-	// Nothing marks hedges yet (see the package documentation): it is nil
-	// until the retry layer does.
+	// hedged reports whether an attempt's context marks a hedge:
+	// retry.IsHedge (tests replace it).
 	hedged func(context.Context) bool
 }
 
@@ -121,6 +121,7 @@ func New(o Options) (*Telemetry, error) {
 		prop:        prop,
 		ups:         newUpstreams(limit),
 		clientStart: []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient)},
+		hedged:      retry.IsHedge,
 	}
 	_, t.w3c = prop.(propagation.TraceContext)
 	for _, f := range prop.Fields() {

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/retry"
 )
 
 // Transport returns a RoundTripper that records each upstream attempt
@@ -164,7 +165,11 @@ func (tr *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if status != 0 {
 		kvs = append(kvs, semconv.HTTPResponseStatusCodeKey.Int(status))
 	}
-	if kv, ok := errorType(kind, class, status); ok {
+	if errors.Is(context.Cause(ctx), retry.ErrHedgeLost) {
+		// This attempt lost a hedged race and was cancelled by the retry
+		// layer: not an error, whatever its transport returned.
+		span.AddEvent("hedge lost")
+	} else if kv, ok := errorType(kind, class, status); ok {
 		kvs = append(kvs, kv)
 		desc := ""
 		if f != nil {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/retry"
 )
 
 // Monitor is middleware for the outermost position of a proxy stack. It
@@ -55,6 +56,7 @@ type Monitor struct {
 	requests atomic.Int64
 	inFlight atomic.Int64
 	retries  atomic.Int64
+	hedges   [3]atomic.Int64 // sent, won, denied
 	byStatus [6]atomic.Int64 // index status/100; 0 holds "nothing written"
 	byClass  [classSlots]atomic.Int64
 
@@ -196,6 +198,19 @@ func (m *Monitor) ObserveRetry(attempt int, f *gateway.Failure, delay time.Durat
 	m.retries.Add(1)
 }
 
+// ObserveHedge counts one hedge event. Its signature fits the retry
+// layer's OnHedge hook.
+func (m *Monitor) ObserveHedge(e retry.HedgeEvent, attempt int, delay time.Duration) {
+	switch e {
+	case retry.HedgeSent:
+		m.hedges[0].Add(1)
+	case retry.HedgeWon:
+		m.hedges[1].Add(1)
+	case retry.HedgeDenied:
+		m.hedges[2].Add(1)
+	}
+}
+
 // Snapshot is a Monitor's counters at one moment.
 type Snapshot struct {
 	// Since is when the Monitor first wrapped a handler.
@@ -205,6 +220,12 @@ type Snapshot struct {
 	InFlight int64 `json:"in_flight"`
 	// Retries counts retries reported through ObserveRetry.
 	Retries int64 `json:"retries"`
+	// Hedges, HedgesWon and HedgesDenied count the hedges sent, those whose
+	// response went to the client, and those the retry budget refused,
+	// reported through ObserveHedge.
+	Hedges       int64 `json:"hedges"`
+	HedgesWon    int64 `json:"hedges_won"`
+	HedgesDenied int64 `json:"hedges_denied"`
 	// ByStatus counts finished requests by status family: "2xx", "5xx", …,
 	// and "none" for requests that got no complete response (client gone,
 	// response aborted).
@@ -224,8 +245,12 @@ func (m *Monitor) Snapshot() Snapshot {
 		Requests: m.requests.Load(),
 		InFlight: m.inFlight.Load(),
 		Retries:  m.retries.Load(),
-		ByStatus: make(map[string]int64, 6),
-		Failures: make(map[string]int64, len(classes)),
+
+		Hedges:       m.hedges[0].Load(),
+		HedgesWon:    m.hedges[1].Load(),
+		HedgesDenied: m.hedges[2].Load(),
+		ByStatus:     make(map[string]int64, 6),
+		Failures:     make(map[string]int64, len(classes)),
 	}
 	families := [...]string{"none", "1xx", "2xx", "3xx", "4xx", "5xx"}
 	for k := range m.byStatus {
