@@ -105,7 +105,7 @@ func openLoop(client *http.Client, url string, rate float64, d time.Duration) []
 				res.Body.Close()
 				o.ok = res.StatusCode == 200
 			} else {
-				o.overld = gateway.Classify(err) == gateway.ClassOverloaded
+				o.overld = gateway.ClassifyError(err, "", true).Class == gateway.ClassOverloaded
 			}
 			o.took = time.Since(t0)
 			mu.Lock()

@@ -271,7 +271,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	if err != nil {
-		if from != 0 && gateway.Classify(err) == gateway.ClassTimeout {
+		if from != 0 && gateway.ClassifyError(err, "", true).Class == gateway.ClassTimeout {
 			// A request that timed out waiting for its header is the
 			// strongest sign of queueing: its latency is at least this.
 			h.sample(start, from, end)

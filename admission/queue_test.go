@@ -91,7 +91,7 @@ func (r result) class() string {
 	if r.err == nil {
 		return "ok"
 	}
-	return gateway.Classify(r.err).String()
+	return gateway.ClassifyError(r.err, "", true).Class.String()
 }
 
 // send runs a RoundTrip in the background.

@@ -112,7 +112,7 @@ func (o *outer) Decide(status int, _ http.Header, f *gateway.Failure) gateway.De
 }
 
 func (o *outer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	o.next.ServeHTTP(gateway.NewInterceptor(w, o), r)
+	o.next.ServeHTTP(newInterceptor(w, o), r)
 }
 
 func (o *outer) last() (int, *gateway.Failure) {
@@ -578,4 +578,10 @@ func TestOutermostLogsOnce(t *testing.T) {
 		assert.Equal(t, n+1, strings.Count(logs.String(), failureLine), logs.String())
 		assert.Contains(t, logs.String(), "level=WARN "+failureLine+" class=open status=503")
 	})
+}
+
+func newInterceptor(w http.ResponseWriter, d gateway.Decider) *gateway.Interceptor {
+	i := new(gateway.Interceptor)
+	i.Reset(w, d)
+	return i
 }

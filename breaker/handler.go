@@ -35,7 +35,7 @@ func New(s Settings) (*Breaker, error) {
 // Wrap returns next guarded by b. While the request's breaker is open,
 // next is not called: the client gets the [gateway.ClassOpen] failure (503,
 // Retry-After), handed first to any enclosing [gateway.FailureRecorder]
-// (a retry or errorpage layer) as [gateway.ErrorHandler] does.
+// (a retry or errorpage layer) as [gateway.NewErrorHandler] does.
 //
 // The outcome is observed through a [gateway.Interceptor] that passes
 // every response: a [gateway.Failure] recorded below (by the proxy's
@@ -110,7 +110,7 @@ func (b *Breaker) handOut(w http.ResponseWriter, r *http.Request, f *gateway.Fai
 	if outer {
 		return
 	}
-	// No duration, as from gateway.ErrorHandler: a clock read on every
+	// No duration, as from gateway.NewErrorHandler's: a clock read on every
 	// request would cost more than the rest of this duty.
 	gateway.LogFailure(b.set.c.Logger, r, f, 0)
 	if !committed {

@@ -111,7 +111,7 @@ var errKeyPerHost = errors.New("breaker: invalid settings: Key is for New; PerHo
 // While a host's breaker is open, RoundTrip returns at once, without
 // touching next, a *gateway.Failure of class [gateway.ClassOpen]: status
 // 503, Retry-After the time left open (1 s while half-open with every probe
-// slot taken), Sent false. [gateway.ErrorHandler] turns it into the
+// slot taken), Sent false. [gateway.NewErrorHandler] turns it into the
 // response.
 //
 // Outcomes are counted from the response header: a response that breaks

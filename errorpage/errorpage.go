@@ -432,9 +432,9 @@ func (h *Handler) Write(w http.ResponseWriter, r *http.Request, f *gateway.Failu
 // alone does not guarantee a writable error status.
 func statusFor(f *gateway.Failure) int {
 	s := f.StatusCode()
-	if s < 400 || s > 599 || s == gateway.StatusClientClosedRequest {
+	if s < 400 || s > 599 || s == gateway.ClassCanceled.Status() {
 		s = f.Class.Status()
-		if s < 400 || s > 599 || s == gateway.StatusClientClosedRequest {
+		if s < 400 || s > 599 || s == gateway.ClassCanceled.Status() {
 			s = http.StatusBadGateway
 		}
 	}

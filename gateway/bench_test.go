@@ -34,7 +34,7 @@ func benchProxy(b *testing.B, h http.Handler) {
 }
 
 // BenchmarkProxy compares, in one run, a bare ReverseProxy with the same
-// proxy using gateway.Transport and gateway.ErrorHandler, on the happy
+// proxy using gateway.Transport and gateway.NewErrorHandler(nil), on the happy
 // path. The difference is the instrumentation's cost per request.
 //
 //	go test -run '^$' -bench BenchmarkProxy -benchmem ./gateway/
@@ -57,7 +57,7 @@ func BenchmarkProxy(b *testing.B) {
 		benchProxy(b, &httputil.ReverseProxy{
 			Rewrite:      func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
 			Transport:    &gateway.Transport{Base: up},
-			ErrorHandler: gateway.ErrorHandler,
+			ErrorHandler: gateway.NewErrorHandler(nil),
 			ErrorLog:     quiet,
 			BufferPool:   pool,
 		})
@@ -87,7 +87,7 @@ func BenchmarkProxyLoopback(b *testing.B) {
 		benchProxy(b, &httputil.ReverseProxy{
 			Rewrite:      func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
 			Transport:    &gateway.Transport{Base: base},
-			ErrorHandler: gateway.ErrorHandler,
+			ErrorHandler: gateway.NewErrorHandler(nil),
 		})
 	})
 }

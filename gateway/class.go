@@ -73,10 +73,10 @@ const (
 	numClasses = iota
 )
 
-// StatusClientClosedRequest is the status logged for a client that went away
+// statusClientClosedRequest is the status logged for a client that went away
 // before the response was ready (nginx's 499). It is never written to the
 // wire: there is nobody left to read it.
-const StatusClientClosedRequest = 499
+const statusClientClosedRequest = 499
 
 // classInfo is the static knowledge about one Class. The table is immutable.
 type classInfo struct {
@@ -124,7 +124,7 @@ var classTable = [numClasses]classInfo{
 	ClassNoUpstream: {"no_upstream", http.StatusServiceUnavailable, false,
 		"No instance of the service is available right now.",
 		"every upstream was tried by this request, is resting, or is behind an open breaker (last: %s); check the pool's health"},
-	ClassCanceled: {"canceled", StatusClientClosedRequest, false,
+	ClassCanceled: {"canceled", statusClientClosedRequest, false,
 		"The request was canceled before the service answered.",
 		"the client went away while %s was handling the request; not an upstream fault"},
 	ClassClientBody: {"client_body", http.StatusBadRequest, false,

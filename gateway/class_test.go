@@ -97,7 +97,7 @@ func TestClassifySynthetic(t *testing.T) {
 		{errors.Join(errors.New("a"), dial(syscall.ECONNREFUSED)), gateway.ClassRefused},
 	}
 	for _, c := range cases {
-		assert.Equal(t, c.want, gateway.Classify(c.err), "%v", c.err)
+		assert.Equal(t, c.want, gateway.ClassifyError(c.err, "", true).Class, "%v", c.err)
 	}
 }
 
@@ -157,7 +157,7 @@ func FuzzClassify(f *testing.F) {
 				}
 			}
 		}
-		c := gateway.Classify(err)
+		c := gateway.ClassifyError(err, "", true).Class
 		if c.String() == "" || c.Status() < 400 || c.Status() > 599 {
 			t.Fatalf("class %d for %v", c, err)
 		}

@@ -23,19 +23,12 @@ type progress struct {
 	responded bool // at least one response byte arrived
 }
 
-// Classify returns the class of err, an error returned by an
-// http.RoundTripper or recorded by a proxy. It never panics; a nil or
-// unrecognised error is [ClassInternal]. A *Failure in the chain keeps its
-// class.
-//
-// Classify sees only the error. [Transport] classifies more precisely
-// because it also knows how far the request got (connected, sent,
-// response started).
-func Classify(err error) Class { return classify(err, progress{}) }
-
-// ClassifyError returns a Failure for err with the given upstream (host:port)
-// and sent flag, which the caller should set to true when it does not know
-// (the safe assumption). Errors that can only happen before a connection
+// ClassifyError returns a Failure for err, an error returned by an
+// http.RoundTripper or recorded by a proxy, with the given upstream
+// (host:port) and sent flag, which the caller should set to true when it
+// does not know (the safe assumption). It never panics; a nil or
+// unrecognised error is [ClassInternal]. [Transport] classifies more
+// precisely, because it also knows how far the request got. Errors that can only happen before a connection
 // exists (a failed dial or name lookup, a rejected TLS handshake) are never
 // marked sent. If err already is or wraps a *Failure, that Failure is
 // returned unchanged.

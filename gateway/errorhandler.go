@@ -8,12 +8,6 @@ import (
 	"strconv"
 )
 
-// ErrorHandler is an httputil.ReverseProxy ErrorHandler that logs to
-// slog.Default(). See [NewErrorHandler].
-func ErrorHandler(w http.ResponseWriter, r *http.Request, err error) {
-	handleError(nil, w, r, err)
-}
-
 // NewErrorHandler returns an httputil.ReverseProxy ErrorHandler that
 // classifies err into a *Failure and:
 //

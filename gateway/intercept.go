@@ -96,7 +96,7 @@ const (
 // An Interceptor is used by one handler goroutine at a time, like any
 // ResponseWriter; several attempts at one response run at once through
 // Interceptors made by [Interceptor.Fork]. Its zero value is not usable:
-// call Reset or NewInterceptor. It may be embedded by value and reused
+// call Reset. It may be embedded by value and reused
 // with Reset to avoid an allocation per attempt.
 type Interceptor struct {
 	w         http.ResponseWriter
@@ -115,13 +115,6 @@ type Interceptor struct {
 	hdr     http.Header          // while racing: the attempt's own map
 	race    *race                // the race i is in, once i knows it
 	fork    atomic.Pointer[race] // nil: open; claimedRace: w's map taken; else the race
-}
-
-// NewInterceptor returns an Interceptor writing to w and deciding with d.
-func NewInterceptor(w http.ResponseWriter, d Decider) *Interceptor {
-	i := new(Interceptor)
-	i.Reset(w, d)
-	return i
 }
 
 // Reset prepares i for a new response on w: it forgets the previous

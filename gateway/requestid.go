@@ -16,7 +16,7 @@ const RequestIDHeader = "X-Request-Id" // canonical form of X-Request-ID
 const maxRequestIDLen = 128
 
 // RequestID returns middleware that gives every request an ID: a valid
-// inbound X-Request-ID is kept (see [ValidRequestID]); otherwise a new one
+// inbound X-Request-ID is kept (see [validRequestID]); otherwise a new one
 // is minted and replaces whatever the client sent. The ID is set on the
 // request's header, so that a ReverseProxy forwards it upstream and every
 // layer can read it with [RequestIDOf], and on the response's header, so
@@ -32,7 +32,7 @@ const maxRequestIDLen = 128
 func RequestID(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		vals := r.Header[RequestIDHeader]
-		if len(vals) != 1 || !ValidRequestID(vals[0]) {
+		if len(vals) != 1 || !validRequestID(vals[0]) {
 			vals = []string{NewRequestID()}
 			r.Header[RequestIDHeader] = vals
 		}
@@ -87,17 +87,17 @@ func dropConnectionToken(h http.Header, conn []string, name string) {
 // one. Behind [RequestID] it is never "".
 func RequestIDOf(r *http.Request) string {
 	vals := r.Header[RequestIDHeader]
-	if len(vals) != 1 || !ValidRequestID(vals[0]) {
+	if len(vals) != 1 || !validRequestID(vals[0]) {
 		return ""
 	}
 	return vals[0]
 }
 
-// ValidRequestID reports whether id is safe to keep, log and show: 1 to
+// validRequestID reports whether id is safe to keep, log and show: 1 to
 // maxRequestIDLen bytes of ASCII letters, digits and "-_.:+/=@". This admits
 // UUIDs, ULIDs, base32/base64 IDs and W3C trace IDs, and nothing that needs
 // escaping in a header or a log line.
-func ValidRequestID(id string) bool {
+func validRequestID(id string) bool {
 	if len(id) == 0 || len(id) > maxRequestIDLen {
 		return false
 	}

@@ -139,7 +139,7 @@ func TestBudgetCapsAmplificationUnderOutage(t *testing.T) {
 	var budgetMarked atomic.Int64
 	wrapped := rt.Wrap(proxy)
 	front := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		i := gateway.NewInterceptor(w, nil)
+		i := newInterceptor(w, nil)
 		wrapped.ServeHTTP(i, r)
 		if f := i.Failure(); f != nil && errors.Is(f, gateway.ErrRetryBudget) {
 			budgetMarked.Add(1)

@@ -178,7 +178,7 @@ func (o *outer) Decide(status int, _ http.Header, f *gateway.Failure) gateway.De
 }
 
 func (o *outer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	i := gateway.NewInterceptor(w, o)
+	i := newInterceptor(w, o)
 	o.next.ServeHTTP(i, r)
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -348,4 +348,10 @@ func (l *leaving) goAway(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the handler did not finish after the client went away")
 	}
+}
+
+func newInterceptor(w http.ResponseWriter, d gateway.Decider) *gateway.Interceptor {
+	i := new(gateway.Interceptor)
+	i.Reset(w, d)
+	return i
 }

@@ -34,7 +34,7 @@ func TestTryCtx(t *testing.T) {
 	require.True(t, errors.As(cause, &ne))
 	assert.True(t, ne.Timeout())
 	assert.NotEmpty(t, cause.Error())
-	assert.Equal(t, gateway.ClassTimeout, gateway.Classify(cause))
+	assert.Equal(t, gateway.ClassTimeout, gateway.ClassifyError(cause, "", true).Class)
 	c.stop()
 
 	c = newTryCtx(parent, 20*time.Millisecond)

@@ -240,7 +240,7 @@ func (b *spanBody) end(err error) {
 		return
 	}
 	if err != nil && err != io.EOF {
-		c := gateway.Classify(err)
+		c := gateway.ClassifyError(err, "", true).Class
 		b.span.SetAttributes(semconv.ErrorTypeKey.String(c.String()))
 		b.span.SetStatus(codes.Error, "response body: "+err.Error())
 	}

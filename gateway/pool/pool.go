@@ -39,7 +39,7 @@ const (
 //	p, err := pool.New(targets...)
 //	proxy := &httputil.ReverseProxy{
 //		Transport:    &gateway.Transport{},
-//		ErrorHandler: gateway.ErrorHandler,
+//		ErrorHandler: gateway.NewErrorHandler(nil),
 //	}
 //	err = p.Attach(proxy)
 //
@@ -299,7 +299,7 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	u.inFlight.Add(-1)
 	switch {
 	case err != nil:
-		c := gateway.Classify(err)
+		c := gateway.ClassifyError(err, "", true).Class
 		switch {
 		case errors.Is(req.Context().Err(), context.Canceled):
 			u.requests.Add(1) // the client left: says nothing about the host

@@ -415,7 +415,7 @@ func ExamplePool() {
 	proxy := &httputil.ReverseProxy{
 		Rewrite:      pool.Rewrite,
 		Transport:    pool.Transport(transport),
-		ErrorHandler: gateway.ErrorHandler,
+		ErrorHandler: gateway.NewErrorHandler(nil),
 	}
 	front := httptest.NewServer(proxy)
 	defer front.Close()

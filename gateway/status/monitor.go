@@ -132,7 +132,7 @@ func (m *Monitor) finish(r *http.Request, i *gateway.Interceptor, start time.Tim
 	}
 	if m.OnRequest != nil {
 		if status == 0 && f != nil && f.Class == gateway.ClassCanceled {
-			status = gateway.StatusClientClosedRequest
+			status = gateway.ClassCanceled.Status()
 		}
 		m.OnRequest(r, status, f, m.now().Sub(start))
 	}
@@ -152,7 +152,7 @@ func (m *Monitor) aborted(r *http.Request, i *gateway.Interceptor, start time.Ti
 		// The client went away mid-response (net/http cancels the context
 		// when the connection closes), and the copy to it failed: not the
 		// upstream's fault.
-		f = &gateway.Failure{Class: gateway.ClassCanceled, Status: gateway.StatusClientClosedRequest,
+		f = &gateway.Failure{Class: gateway.ClassCanceled, Status: gateway.ClassCanceled.Status(),
 			Sent: true, Err: context.Cause(r.Context())}
 	case f == nil:
 		f = &gateway.Failure{Class: gateway.ClassReset, Status: i.Status(), Sent: true, Err: errAborted}

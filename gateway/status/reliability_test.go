@@ -37,7 +37,7 @@ func TestReliabilityMonitorResponseController(t *testing.T) {
 	t.Run("Interceptor", func(t *testing.T) {
 		gatewaytest.CheckResponseController(t, func(h http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				h.ServeHTTP(gateway.NewInterceptor(w, nil), r)
+				h.ServeHTTP(newInterceptor(w, nil), r)
 			})
 		})
 	})
@@ -163,3 +163,9 @@ type healthFuncs struct {
 
 func (h healthFuncs) Allows(host string) bool           { return h.allows(host) }
 func (h healthFuncs) OpenFor(host string) time.Duration { return h.openFor(host) }
+
+func newInterceptor(w http.ResponseWriter, d gateway.Decider) *gateway.Interceptor {
+	i := new(gateway.Interceptor)
+	i.Reset(w, d)
+	return i
+}
