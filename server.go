@@ -26,7 +26,7 @@ const (
 // header size limit (the Default* constants). It sets no ReadTimeout and
 // no WriteTimeout on purpose: both would cut long uploads, downloads,
 // server-sent events and WebSockets; bound a request's body with
-// [gateway.BodyReadTimeout] (which the stack from [New] applies) and an
+// [gateway.ClientBodyTimeout] (which the stack from [New] applies) and an
 // upstream's silence with the transport's response-header timeout
 // instead. ErrorLog goes to logger at warn level (nil: slog.Default()).
 // Set Addr, or call Serve with a listener.

@@ -38,8 +38,10 @@ import (
 	"github.com/sony/gobreaker/v2"
 )
 
-// Defaults of [Settings]. DESIGN.md gives the reasons: nginx and oxy rest an
-// upstream for 10 s; 5 consecutive failures is Envoy's outlier threshold.
+// Defaults of [Settings]. 5 consecutive failures is Envoy's outlier
+// threshold; the first open period is short (1 s) because repeated trips
+// double it up to MaxTimeout (Envoy multiplies its base ejection time by
+// the number of ejections), and a host that is back is probed back.
 const (
 	DefaultConsecutiveFailures = 5
 	DefaultFailureRatio        = 0.5

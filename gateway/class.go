@@ -14,7 +14,7 @@ import (
 // unknown value as [ClassInternal].
 type Class uint8
 
-// The failure classes, in the order of DESIGN.md's taxonomy table.
+// The failure classes, in the order of the README's taxonomy table.
 const (
 	// ClassInternal is anything unrecognised. 502.
 	ClassInternal Class = iota

@@ -10,7 +10,7 @@ import (
 	"github.com/proxykit/proxykit/gateway"
 )
 
-// TestDecisionTable checks eligible against DESIGN.md's taxonomy, row by
+// TestDecisionTable checks eligible against the README's taxonomy, row by
 // row: "retry: any method" and "retry: idempotent", with the sent flag each
 // class has in practice (reset, internal and stale_connection both ways:
 // they are measured). An open breaker is retried only when it names an
