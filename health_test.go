@@ -240,8 +240,9 @@ func TestComesBackAnswering503(t *testing.T) {
 			assert.LessOrEqual(t, float64(up), 1.25*float64(clients))
 			assert.Less(t, float64(up), 0.5*float64(clients), "shed: most requests never reach it")
 			// A whole pool out is tried again every 3×PanicInterval
-			// (150 ms) at most, with at most MaxRequests trial requests.
-			assert.LessOrEqual(t, perSec, 1/(3*breaker.DefaultPanicInterval.Seconds())+1)
+			// (150 ms, PanicInterval's default being 50 ms) at most, with
+			// at most MaxRequests trial requests.
+			assert.LessOrEqual(t, perSec, 1/(3*(50*time.Millisecond).Seconds())+1)
 		})
 	}
 }

@@ -113,7 +113,7 @@ func TestStatusRuleMixes(t *testing.T) {
 	})
 	t.Run("every route fails", func(t *testing.T) {
 		out, cause := run(t, Settings{}, 100, func(int) answer { return answer{status: http.StatusServiceUnavailable} })
-		assert.Equal(t, DefaultMinRequests, out, "out after StatusMinRequests")
+		assert.Equal(t, defaultMinRequests, out, "out after StatusMinRequests")
 		assert.Equal(t, "upstream_status", cause)
 	})
 	t.Run("95% of 503s", func(t *testing.T) {
@@ -194,7 +194,7 @@ func TestHalfOpenAnswerIsEnough(t *testing.T) {
 			h.set.clock = now.Load
 			a := tc.first
 			rt := h.Transport(fakeRT(func(r *http.Request) (*http.Response, error) { return a.roundTrip(r) }))
-			for range 2 * DefaultMinRequests {
+			for range 2 * defaultMinRequests {
 				res, err := rt.RoundTrip(httptest.NewRequest("GET", "http://svc:80/", nil))
 				if err == nil {
 					res.Body.Close()
@@ -203,7 +203,7 @@ func TestHalfOpenAnswerIsEnough(t *testing.T) {
 			require.False(t, h.Allows("svc:80"))
 			now.Add(int64(time.Minute))
 			a = answer{status: http.StatusBadGateway}
-			for range DefaultMaxRequests {
+			for range defaultMaxRequests {
 				res, err := rt.RoundTrip(httptest.NewRequest("GET", "http://svc:80/", nil))
 				if err == nil {
 					res.Body.Close()
@@ -242,7 +242,7 @@ func TestNeverDialsAHostKnownOut(t *testing.T) {
 				up.Add(1)
 				return answer{class: class}.roundTrip(r)
 			}))
-			for range DefaultConsecutiveFailures {
+			for range defaultConsecutiveFailures {
 				do(t, rt, "GET", "svc:80", &up)
 			}
 			require.Equal(t, "probing", h.HostState("svc:80"))
@@ -274,11 +274,11 @@ func TestNeverDialsAHostKnownOut(t *testing.T) {
 			up.Add(1)
 			return answer{class: gateway.ClassRefused}.roundTrip(r)
 		}))
-		for range DefaultConsecutiveFailures {
+		for range defaultConsecutiveFailures {
 			do(t, rt, "GET", "svc:80", &up)
 		}
 		require.False(t, do(t, rt, "GET", "svc:80", &up))
-		now.Add(int64(DefaultTimeout))
+		now.Add(int64(defaultTimeout))
 		assert.True(t, do(t, rt, "GET", "svc:80", &up), "half-open after the period")
 	})
 }
@@ -336,7 +336,7 @@ func TestHalfOpenIdempotentFirst(t *testing.T) {
 	t.Run("POST-only traffic: after SafeFirst", func(t *testing.T) {
 		h, rt, now, up := setup(t)
 		assert.False(t, do(t, rt, "POST", "b:80", up))
-		now.Add(int64(DefaultSafeFirst))
+		now.Add(int64(defaultSafeFirst))
 		assert.True(t, h.AllowsRequest("b:80", postTo("b:80")))
 		assert.True(t, do(t, rt, "POST", "b:80", up), "no idempotent request came: POSTs are tried")
 	})
@@ -391,7 +391,7 @@ func TestHealthCheckProbe(t *testing.T) {
 		return err
 	}
 	require.NoError(t, up.SetFault(gatewaytest.ResetAfterRequest))
-	for range DefaultConsecutiveFailures {
+	for range defaultConsecutiveFailures {
 		require.Error(t, get())
 	}
 	require.Equal(t, "probing", h.HostState(up.Addr))
@@ -477,9 +477,9 @@ func TestHostHealthValidate(t *testing.T) {
 	defer h.Close()
 	hh := h.set.c.Health
 	assert.EqualValues(t, 7, hh.StatusMinRequests, "defaults to MinRequests")
-	assert.Equal(t, DefaultStatusFailureRatio, hh.StatusFailureRatio)
-	assert.Equal(t, HealthCheck{Path: "/healthz", MinStatus: 200, MaxStatus: 399, Timeout: DefaultProbeTimeout,
-		Interval: DefaultCheckInterval, Fall: DefaultCheckFall}, hh.Check)
+	assert.Equal(t, defaultStatusFailureRatio, hh.StatusFailureRatio)
+	assert.Equal(t, HealthCheck{Path: "/healthz", MinStatus: 200, MaxStatus: 399, Timeout: defaultProbeTimeout,
+		Interval: defaultCheckInterval, Fall: defaultCheckFall}, hh.Check)
 }
 
 // TestRestThenWarm: a host rests after a failure (share 0), then ramps
@@ -505,11 +505,11 @@ func TestRestThenWarm(t *testing.T) {
 	do(t, rt, "POST", "svc:80", &up)
 	assert.Equal(t, "resting", h.HostState("svc:80"))
 	assert.Zero(t, h.Share("svc:80"))
-	now.Add(int64(DefaultRest))
+	now.Add(int64(defaultRest))
 	assert.Equal(t, "warming", h.HostState("svc:80"))
 	assert.InDelta(t, 0.1, h.Share("svc:80"), 0.01)
-	now.Add(int64(DefaultSlowStart / 2))
+	now.Add(int64(defaultSlowStart / 2))
 	assert.InDelta(t, 0.55, h.Share("svc:80"), 0.01)
-	now.Add(int64(DefaultSlowStart / 2))
+	now.Add(int64(defaultSlowStart / 2))
 	assert.Equal(t, 1.0, h.Share("svc:80"))
 }

@@ -21,21 +21,21 @@ import (
 
 // Defaults of [HostHealth].
 const (
-	DefaultProbeInterval      = 100 * time.Millisecond
-	DefaultMaxProbeInterval   = 2 * time.Second
-	DefaultPanicInterval      = 50 * time.Millisecond
-	DefaultProbeTimeout       = time.Second
-	DefaultRestAfter          = 1
-	DefaultRest               = time.Second
-	DefaultMaxRest            = 10 * time.Second
-	DefaultProbation          = 100
-	DefaultSlowStart          = 3 * time.Second
-	DefaultStatusFailureRatio = 0.9
-	DefaultSafeFirst          = time.Second
-	DefaultCheckInterval      = 5 * time.Second
-	DefaultCheckFall          = 2
-	DefaultCheckMinStatus     = 200
-	DefaultCheckMaxStatus     = 399
+	defaultProbeInterval      = 100 * time.Millisecond
+	defaultMaxProbeInterval   = 2 * time.Second
+	defaultPanicInterval      = 50 * time.Millisecond
+	defaultProbeTimeout       = time.Second
+	defaultRestAfter          = 1
+	defaultRest               = time.Second
+	defaultMaxRest            = 10 * time.Second
+	defaultProbation          = 100
+	defaultSlowStart          = 3 * time.Second
+	defaultStatusFailureRatio = 0.9
+	defaultSafeFirst          = time.Second
+	defaultCheckInterval      = 5 * time.Second
+	defaultCheckFall          = 2
+	defaultCheckMinStatus     = 200
+	defaultCheckMaxStatus     = 399
 )
 
 // HostHealth configures the host-health model of [Hosts]: one state per
@@ -212,26 +212,26 @@ type HealthCheck struct {
 }
 
 func (h HostHealth) withDefaults(minRequests uint32) HostHealth {
-	orDefault(&h.ProbeInterval, DefaultProbeInterval)
-	orDefault(&h.MaxProbeInterval, DefaultMaxProbeInterval)
+	orDefault(&h.ProbeInterval, defaultProbeInterval)
+	orDefault(&h.MaxProbeInterval, defaultMaxProbeInterval)
 	h.MaxProbeInterval = max(h.MaxProbeInterval, h.ProbeInterval)
-	orDefault(&h.PanicInterval, DefaultPanicInterval)
-	orDefault(&h.ProbeTimeout, DefaultProbeTimeout)
-	orDefault(&h.StatusFailureRatio, DefaultStatusFailureRatio)
+	orDefault(&h.PanicInterval, defaultPanicInterval)
+	orDefault(&h.ProbeTimeout, defaultProbeTimeout)
+	orDefault(&h.StatusFailureRatio, defaultStatusFailureRatio)
 	orDefault(&h.StatusMinRequests, minRequests)
-	orDefault(&h.SafeFirst, DefaultSafeFirst)
-	orDefault(&h.RestAfter, DefaultRestAfter)
-	orDefault(&h.Rest, DefaultRest)
-	orDefault(&h.MaxRest, DefaultMaxRest)
+	orDefault(&h.SafeFirst, defaultSafeFirst)
+	orDefault(&h.RestAfter, defaultRestAfter)
+	orDefault(&h.Rest, defaultRest)
+	orDefault(&h.MaxRest, defaultMaxRest)
 	h.MaxRest = max(h.MaxRest, h.Rest)
-	orDefault(&h.Probation, DefaultProbation)
-	orDefault(&h.SlowStart, DefaultSlowStart)
+	orDefault(&h.Probation, defaultProbation)
+	orDefault(&h.SlowStart, defaultSlowStart)
 	c := &h.Check
-	orDefault(&c.MinStatus, DefaultCheckMinStatus)
-	orDefault(&c.MaxStatus, DefaultCheckMaxStatus)
+	orDefault(&c.MinStatus, defaultCheckMinStatus)
+	orDefault(&c.MaxStatus, defaultCheckMaxStatus)
 	orDefault(&c.Timeout, h.ProbeTimeout)
-	orDefault(&c.Interval, DefaultCheckInterval)
-	orDefault(&c.Fall, DefaultCheckFall)
+	orDefault(&c.Interval, defaultCheckInterval)
+	orDefault(&c.Fall, defaultCheckFall)
 	return h
 }
 

@@ -54,13 +54,13 @@ func TestOpenPeriodsGrow(t *testing.T) {
 
 	// A probe succeeds: closed. A whole Interval later, a trip starts again
 	// from Timeout.
-	for range DefaultMaxRequests {
+	for range defaultMaxRequests {
 		done, f := e.allow("")
 		require.Nil(t, f)
 		e.finish(done, nil)
 	}
 	require.Equal(t, StateClosed, State(e.state.Load()))
-	now.Add(int64(DefaultInterval))
+	now.Add(int64(defaultInterval))
 	fail()
 	assert.Equal(t, s, time.Duration(e.openUntil.Load()-now.Load()), "a healthy spell resets the period")
 }
@@ -108,7 +108,7 @@ func TestRouteFailuresDoNotTakeHostOut(t *testing.T) {
 		require.NoError(t, err)
 		res.Body.Close()
 	}
-	assert.Equal(t, DefaultMinRequests, n, "a host failing everything is out after MinRequests")
+	assert.Equal(t, defaultMinRequests, n, "a host failing everything is out after MinRequests")
 
 	// Repeats of one request on one host count once.
 	h3, err := PerHost(Settings{Logger: quietLog, Health: HostHealth{RestAfter: -1}})
@@ -155,7 +155,7 @@ func TestProbeRecovery(t *testing.T) {
 			_, err := get(up)
 			require.NoError(t, err)
 		}
-		for range DefaultConsecutiveFailures {
+		for range defaultConsecutiveFailures {
 			_, err := get(down)
 			require.Error(t, err)
 		}
@@ -212,7 +212,7 @@ func TestProbeRateWhileDown(t *testing.T) {
 	res, err := rt.RoundTrip(httptest.NewRequest("GET", up.URL, nil))
 	require.NoError(t, err)
 	res.Body.Close()
-	for range DefaultConsecutiveFailures {
+	for range defaultConsecutiveFailures {
 		_, err := rt.RoundTrip(httptest.NewRequest("GET", dead.URL, nil))
 		require.Error(t, err)
 	}
@@ -249,16 +249,16 @@ func TestSlowStartShare(t *testing.T) {
 	}
 	do()
 	assert.Equal(t, "out", h.HostState("svc:80"))
-	now.Add(int64(DefaultTimeout))
+	now.Add(int64(defaultTimeout))
 	fail = false
-	for range DefaultMaxRequests {
+	for range defaultMaxRequests {
 		do()
 	}
 	require.Equal(t, "warming", h.HostState("svc:80"))
 	assert.InDelta(t, 0.1, h.Share("svc:80"), 0.01)
-	now.Add(int64(DefaultSlowStart / 2))
+	now.Add(int64(defaultSlowStart / 2))
 	assert.InDelta(t, 0.55, h.Share("svc:80"), 0.01)
-	now.Add(int64(DefaultSlowStart / 2))
+	now.Add(int64(defaultSlowStart / 2))
 	assert.Equal(t, 1.0, h.Share("svc:80"))
 	assert.Equal(t, "serving", h.HostState("svc:80"))
 }

@@ -43,15 +43,15 @@ import (
 // double it up to MaxTimeout (Envoy multiplies its base ejection time by
 // the number of ejections), and a host that is back is probed back.
 const (
-	DefaultConsecutiveFailures = 5
-	DefaultFailureRatio        = 0.5
-	DefaultMinRequests         = 20
-	DefaultInterval            = 10 * time.Second
-	DefaultBucketPeriod        = time.Second
-	DefaultTimeout             = 1 * time.Second
-	DefaultMaxTimeout          = 30 * time.Second
-	DefaultMaxRequests         = 3
-	DefaultMaxKeys             = 1024
+	defaultConsecutiveFailures = 5
+	defaultFailureRatio        = 0.5
+	defaultMinRequests         = 20
+	defaultInterval            = 10 * time.Second
+	defaultBucketPeriod        = time.Second
+	defaultTimeout             = 1 * time.Second
+	defaultMaxTimeout          = 30 * time.Second
+	defaultMaxRequests         = 3
+	defaultMaxKeys             = 1024
 )
 
 // maxBuckets bounds the rolling window's buckets, and with them the memory
@@ -177,11 +177,11 @@ type config struct {
 func (s Settings) normalize() (config, error) {
 	c := config{s}
 	orDefault(&c.Name, "breaker")
-	orDefault(&c.ConsecutiveFailures, DefaultConsecutiveFailures)
-	orDefault(&c.FailureRatio, DefaultFailureRatio)
-	orDefault(&c.MinRequests, DefaultMinRequests)
-	orDefault(&c.Interval, DefaultInterval)
-	if c.BucketPeriod == 0 && c.Interval > 0 && c.Interval%DefaultBucketPeriod != 0 {
+	orDefault(&c.ConsecutiveFailures, defaultConsecutiveFailures)
+	orDefault(&c.FailureRatio, defaultFailureRatio)
+	orDefault(&c.MinRequests, defaultMinRequests)
+	orDefault(&c.Interval, defaultInterval)
+	if c.BucketPeriod == 0 && c.Interval > 0 && c.Interval%defaultBucketPeriod != 0 {
 		// Interval set alone to something the default period does not
 		// divide: one bucket per tenth of it if that divides, else one.
 		c.BucketPeriod = c.Interval
@@ -189,12 +189,12 @@ func (s Settings) normalize() (config, error) {
 			c.BucketPeriod = c.Interval / 10
 		}
 	}
-	orDefault(&c.BucketPeriod, min(DefaultBucketPeriod, c.Interval))
-	orDefault(&c.Timeout, DefaultTimeout)
-	orDefault(&c.MaxTimeout, DefaultMaxTimeout)
+	orDefault(&c.BucketPeriod, min(defaultBucketPeriod, c.Interval))
+	orDefault(&c.Timeout, defaultTimeout)
+	orDefault(&c.MaxTimeout, defaultMaxTimeout)
 	c.MaxTimeout = max(c.MaxTimeout, c.Timeout)
-	orDefault(&c.MaxRequests, DefaultMaxRequests)
-	orDefault(&c.MaxKeys, DefaultMaxKeys)
+	orDefault(&c.MaxRequests, defaultMaxRequests)
+	orDefault(&c.MaxKeys, defaultMaxKeys)
 	var errs []error
 	if math.IsNaN(c.FailureRatio) || c.FailureRatio <= 0 || c.FailureRatio > 1 {
 		errs = append(errs, fmt.Errorf("FailureRatio %v is not in (0, 1]", s.FailureRatio))

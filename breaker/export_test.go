@@ -1,0 +1,8 @@
+package breaker
+
+// Defaults, exported for the external tests only.
+const (
+	DefaultBucketPeriod = defaultBucketPeriod
+	DefaultInterval     = defaultInterval
+	DefaultMaxKeys      = defaultMaxKeys
+)
