@@ -3,9 +3,11 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync"
 )
 
 // NewErrorHandler returns an httputil.ReverseProxy ErrorHandler that
@@ -28,14 +30,44 @@ import (
 //     level otherwise, with the attempt that failed: the length of the
 //     request's [Trail] when the Failure does not say.
 //
+// When no enclosing layer takes a Failure although the request carries a
+// [Trail] (so a retry layer is above, whose Interceptor would have taken
+// it), a ResponseWriter wrapper between them hides the chain: it lacks
+// Unwrap() http.ResponseWriter. The handler says so once, at warn level,
+// naming the wrapper's type; every failure would otherwise be logged twice
+// and classified by status alone above it.
+//
 // A nil logger means slog.Default() at the time of each call.
 func NewErrorHandler(logger *slog.Logger) func(http.ResponseWriter, *http.Request, error) {
+	var hidden sync.Once
 	return func(w http.ResponseWriter, r *http.Request, err error) {
-		handleError(logger, w, r, err)
+		if !handleError(logger, w, r, err) && TrailFrom(r.Context()) != nil {
+			hidden.Do(func() { warnHidden(logger, w) })
+		}
 	}
 }
 
-func handleError(logger *slog.Logger, w http.ResponseWriter, r *http.Request, err error) {
+// warnHidden says that a wrapper without Unwrap cut the chain of writers
+// between this handler and the retry layer above it.
+func warnHidden(logger *slog.Logger, w http.ResponseWriter) {
+	for {
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			break
+		}
+		w = u.Unwrap()
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	logger.Warn("proxy: a ResponseWriter wrapper between the proxy and the layers above it has no Unwrap() http.ResponseWriter method, "+
+		"so failures cannot reach those layers (each is logged twice, and classified by its status alone); add the method to the wrapper",
+		slog.String("wrapper", fmt.Sprintf("%T", w)))
+}
+
+// handleError answers err and reports whether an enclosing layer took the
+// Failure.
+func handleError(logger *slog.Logger, w http.ResponseWriter, r *http.Request, err error) bool {
 	var up string
 	if r.URL != nil {
 		up = hostPort(r.URL.Scheme, r.URL.Host)
@@ -62,10 +94,11 @@ func handleError(logger *slog.Logger, w http.ResponseWriter, r *http.Request, er
 	}
 	if outer {
 		logFailure(logger, slog.LevelDebug, r, f, attempts, 0)
-		return
+		return true
 	}
 	logFailure(logger, failureLevel(f), r, f, attempts, 0)
 	AbortIfCanceled(f)
+	return false
 }
 
 // AbortIfCanceled ends the response of a client that went away, f being of
