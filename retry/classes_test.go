@@ -416,3 +416,42 @@ func TestStaleConnectionOnTheWire(t *testing.T) {
 		})
 	}
 }
+
+// TestShedRetriedAtOnceElsewhere: a request shed as overloaded is retried
+// at once; when the retry finds no other host (no_upstream), the client
+// learns that the service is overloaded, not that it has no host.
+func TestShedRetriedAtOnceElsewhere(t *testing.T) {
+	rt := mustNew(t, Options{BaseDelay: time.Second, MaxDelay: time.Second})
+	var calls atomic.Int64
+	eh := gateway.NewErrorHandler(slog.New(slog.DiscardHandler))
+	h := rt.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f := gateway.NewFailure(gateway.ClassNoUpstream, "10.0.0.5:80", nil)
+		if calls.Add(1) == 1 {
+			f = gateway.NewFailure(gateway.ClassOverloaded, "10.0.0.5:80", nil)
+		}
+		eh(w, r, f)
+	}))
+	var got *gateway.Failure
+	outer := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := &failureCatcher{ResponseWriter: w}
+		h.ServeHTTP(rec, r)
+		got = rec.f
+	})
+	start := time.Now()
+	rec := httptest.NewRecorder()
+	outer.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	assert.Less(t, time.Since(start), 500*time.Millisecond, "no backoff before the retry of a shed request")
+	assert.EqualValues(t, 2, calls.Load(), "retried once")
+	require.NotNil(t, got)
+	assert.Equal(t, gateway.ClassOverloaded, got.Class, "the client is told the service is overloaded")
+	assert.Equal(t, http.StatusServiceUnavailable, rec.Code)
+}
+
+// failureCatcher is an enclosing layer that takes the Failure handed out.
+type failureCatcher struct {
+	http.ResponseWriter
+	f *gateway.Failure
+}
+
+func (c *failureCatcher) RecordFailure(f *gateway.Failure) { c.f = f }
+func (c *failureCatcher) Unwrap() http.ResponseWriter      { return c.ResponseWriter }

@@ -59,6 +59,10 @@ type state struct {
 	fail  *gateway.Failure
 	delay time.Duration
 	final *gateway.Failure // the failure passed to the client with the final response
+	// shed is the last attempt's failure when it was shed as overloaded
+	// and retried: if no other host has headroom, the client gets it
+	// rather than the no_upstream its retry met.
+	shed *gateway.Failure
 
 	hdrOld []string  // the inbound AttemptHeader values
 	hdrHad bool      // whether the inbound request had AttemptHeader
@@ -123,6 +127,9 @@ func (st *state) serve(rt *Retry, next http.Handler, w http.ResponseWriter, r *h
 		st.ic.Rollback()
 		f := *st.fail
 		f.Attempts = st.attempts
+		if f.Class == gateway.ClassOverloaded {
+			st.shed = st.fail
+		}
 		st.fail = nil
 		rt.retries.Add(1)
 		rt.logRetry(r, &f, st.attempts+1, st.delay)
@@ -229,10 +236,10 @@ func (l *lane) Decide(status int, h http.Header, f *gateway.Failure) gateway.Dec
 		st.fail = f
 		return gateway.Discard
 	}
-	if f.Class == gateway.ClassNoUpstream && st.fail != nil && st.fail.Class == gateway.ClassOverloaded {
+	if f.Class == gateway.ClassNoUpstream && st.shed != nil {
 		// A shed request found no other host with headroom: the client
 		// learns that the service is overloaded, not that it has no host.
-		f = st.fail
+		f = st.shed
 	}
 	l.pass(f, st.attempts)
 	return gateway.Pass
@@ -435,6 +442,6 @@ func (st *state) clear() {
 	st.out = http.Request{}
 	st.hasBody, st.repeatable, st.finished = false, false, false
 	st.attempts, st.start = 0, 0
-	st.fail, st.final, st.delay = nil, nil, 0
+	st.fail, st.final, st.delay, st.shed = nil, nil, 0, nil
 	st.hdrOld, st.hdrHad, st.hdrVal = nil, false, [1]string{}
 }
