@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sync/atomic"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
@@ -127,11 +128,29 @@ func (h *Hosts) Transport(next http.RoundTripper) http.RoundTripper {
 type transport struct {
 	set  *set
 	next http.RoundTripper
+	name atomic.Pointer[hostName] // the last name that cost an allocation
+}
+
+// hostName caches gateway.UpstreamName of a URL without a port, whose
+// name is built: a proxy mostly sends to a few hosts.
+type hostName struct{ scheme, host, name string }
+
+// upstream returns gateway.UpstreamName(u) without allocating for the
+// host named last.
+func (t *transport) upstream(u *url.URL) string {
+	if c := t.name.Load(); c != nil && c.host == u.Host && c.scheme == u.Scheme {
+		return c.name
+	}
+	name := gateway.UpstreamName(u)
+	if name != u.Host {
+		t.name.Store(&hostName{scheme: u.Scheme, host: u.Host, name: name})
+	}
+	return name
 }
 
 // RoundTrip implements http.RoundTripper.
 func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	host := gateway.UpstreamName(req.URL)
+	host := t.upstream(req.URL)
 	e := t.set.lookup(host)
 	if e == nil {
 		if e = t.set.admit(host); e.host != nil {

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -195,13 +196,28 @@ func UpstreamName(u *url.URL) string {
 	return hostPort(u.Scheme, u.Host)
 }
 
+// hasPort reports whether host (as in a URL) ends in ":port" with a
+// non-empty port: after the closing bracket of an IPv6 literal, or after
+// the only colon of a name or IPv4 address. Unlike net.SplitHostPort it
+// does not allocate an error for a host without one.
+func hasPort(host string) bool {
+	i := strings.LastIndexByte(host, ':')
+	if i < 0 || i == len(host)-1 {
+		return false
+	}
+	if host[0] == '[' {
+		return host[i-1] == ']'
+	}
+	return strings.IndexByte(host, ':') == i
+}
+
 // hostPort returns host with the scheme's default port added when it has none.
 func hostPort(scheme, host string) string {
 	if host == "" {
 		return ""
 	}
-	if _, port, err := net.SplitHostPort(host); err == nil && port != "" {
-		return host
+	if hasPort(host) {
+		return host // the common case, without allocating
 	}
 	port := "80"
 	if scheme == "https" || scheme == "wss" {

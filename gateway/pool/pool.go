@@ -85,6 +85,7 @@ type Pool struct {
 
 	ups     []*upstream
 	byHost  map[string]*upstream
+	byRaw   map[string]*upstream // by the target's URL.Host, as Rewrite sets it
 	rr      atomic.Uint64
 	watched sync.Once // the targets told to a Watcher
 	epoch   time.Time
@@ -183,7 +184,7 @@ func New(targets ...*url.URL) (*Pool, error) {
 	if len(targets) == 0 {
 		return nil, errors.New("pool: New: no targets")
 	}
-	p := &Pool{byHost: make(map[string]*upstream, len(targets)), epoch: time.Now()}
+	p := &Pool{byHost: make(map[string]*upstream, len(targets)), byRaw: make(map[string]*upstream, len(targets)), epoch: time.Now()}
 	for i, t := range targets {
 		if err := checkTarget(t); err != nil {
 			return nil, fmt.Errorf("pool: New: target %d: %w", i, err)
@@ -195,6 +196,7 @@ func New(targets ...*url.URL) (*Pool, error) {
 		u := &upstream{target: &c, host: gateway.UpstreamName(&c)}
 		p.ups = append(p.ups, u)
 		p.byHost[u.host] = u
+		p.byRaw[c.Host] = u
 	}
 	return p, nil
 }
@@ -288,7 +290,10 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		f.RetryAfter = p.noUpstreamRetryAfter()
 		return nil, f
 	}
-	u := p.byHost[gateway.UpstreamName(req.URL)]
+	u := p.byRaw[req.URL.Host] // as the target gives it: no name to build
+	if u == nil {
+		u = p.byHost[gateway.UpstreamName(req.URL)]
+	}
 	if u == nil {
 		return t.next.RoundTrip(req)
 	}
