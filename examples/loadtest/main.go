@@ -7,14 +7,16 @@
 //	go run ./examples/loadtest -scenario restart    # issue 13's restart scenarios only
 //	go run ./examples/loadtest -scenario restart1,badroute -rate 400
 //	go run ./examples/loadtest -scenario overload   # issue 16's overload scenario
+//	go run ./examples/loadtest -scenario hedging    # issue 14's stall and nostall
 //	go run ./examples/loadtest -markdown            # the table for BENCHMARKS.md
 //
 // Fault scenarios (3 upstreams each, fresh for every run; closed-loop load
 // by -concurrency clients for -duration):
 //
 //	happy      all healthy; also the naive proxy (NewSingleHostReverseProxy
-//	           on http.DefaultTransport) and proxykit without its per-host
-//	           limiter (kit-nolimit: what the limiter costs) for comparison
+//	           on http.DefaultTransport), proxykit without its per-host
+//	           limiter (kit-nolimit: what the limiter costs) and without
+//	           hedging (kit-nohedge: what hedging costs) for comparison
 //	refuse1    1 of 3 refuses connections
 //	reset20    1 of 3 resets 20% of requests after reading them (half POSTs:
 //	           a POST delivered twice would show in the dup column)
@@ -48,6 +50,22 @@
 // off (kit-noretry). A second table gives goodput (200s complete within
 // 250 ms, per second), the p99 of the 200s, the p99 of the rest, and how
 // many of the rest were 503 with Retry-After.
+//
+// Stall scenarios (issue 14; -scenario hedging runs both): 3 healthy
+// upstreams, GET traffic from -stall-clients (8) clients, closed-loop,
+// -stall-requests (10,000) measured requests per run after a warm-up of
+// 1,000 (connections; the adaptive hedge delay):
+//
+//	stall      each upstream stalls a random 2% of its responses by 300 ms;
+//	           through the bare proxy, proxykit with hedging off
+//	           (kit-nohedge: retry.Options{Hedges: -1}) and proxykit with
+//	           its defaults (hedging on)
+//	nostall    no stalls (the happy path): kit-nohedge and proxykit, for
+//	           what hedging costs when nothing is late
+//
+// A second table gives p50, p99, p99.9, upstream requests per request,
+// requests/s, and the hedges sent and won (retry Stats) and the hedge
+// delay at the end.
 //
 // Columns: requests sent, success (2xx/3xx), latency, upstream requests
 // read per client request, POSTs an upstream read twice, failures by class
@@ -110,7 +128,7 @@ type scenario struct {
 }
 
 var scenarios = []scenario{
-	{name: "happy", post: 0.2, stacks: []string{"naive", "bare", "proxykit", "kit-nolimit"},
+	{name: "happy", post: 0.2, stacks: []string{"naive", "bare", "proxykit", "kit-nolimit", "kit-nohedge"},
 		check: func(k, _ loadgen.Row) string {
 			return want(k.Failures["overloaded"] == 0, "nothing shed on a healthy upstream")
 		}},
@@ -159,7 +177,8 @@ func want(ok bool, target string) string {
 type job struct {
 	name   string
 	stacks []string
-	length time.Duration
+	length time.Duration // how long one run takes, or
+	count  int           // how many requests it sends
 	one    func(ctx context.Context, stack string) (loadgen.Row, error)
 	check  func(kit, bare loadgen.Row) string
 }
@@ -178,6 +197,9 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	fs.DurationVar(&tl.after, "after", tl.after, "restart scenarios: how long they are watched after the return (dead1: counted; badroute: run)")
 	ov := defaultOverload
 	fs.Float64Var(&ov.rate, "overload-rate", ov.rate, "overload scenario: offered GET/s, open-loop (capacity is 800/s)")
+	sp := defaultStall
+	fs.IntVar(&sp.requests, "stall-requests", sp.requests, "stall scenarios: measured requests per run")
+	fs.IntVar(&sp.clients, "stall-clients", sp.clients, "stall scenarios: concurrent clients")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(out)
@@ -201,7 +223,10 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	if !(ov.rate >= 1 && ov.rate <= 20000) {
 		return fmt.Errorf("-overload-rate %v: want 1 to 20000", ov.rate)
 	}
-	chosen, err := choose(*only, jobs(*duration, *concurrency, tl, ov))
+	if sp.requests < 1 || sp.requests > 10_000_000 || sp.clients < 1 || sp.clients > 1024 {
+		return fmt.Errorf("-stall-requests %d, -stall-clients %d: want 1 to 10000000 and 1 to 1024", sp.requests, sp.clients)
+	}
+	chosen, err := choose(*only, jobs(*duration, *concurrency, tl, ov, sp))
 	if err != nil {
 		return err
 	}
@@ -209,7 +234,7 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 }
 
 // jobs lists every scenario, fault scenarios first.
-func jobs(d time.Duration, conc int, tl timeline, ov overloadSpec) []job {
+func jobs(d time.Duration, conc int, tl timeline, ov overloadSpec, sp stallSpec) []job {
 	var all []job
 	for _, sc := range scenarios {
 		j := job{name: sc.name, stacks: sc.stacks, length: max(d, sc.minDuration), check: sc.check,
@@ -231,24 +256,27 @@ func jobs(d time.Duration, conc int, tl timeline, ov overloadSpec) []job {
 	all = append(all, job{name: "overload", stacks: overloadStacks, length: ov.length,
 		one:   func(ctx context.Context, stack string) (loadgen.Row, error) { return runOverload(ctx, stack, ov) },
 		check: func(kit, _ loadgen.Row) string { return checkOverload(kit) }})
-	return all
+	return append(all, stallJobs(sp)...)
 }
 
 // choose picks the jobs named in list: names, "all", "faults" (the fault
-// scenarios) or "restart" (issue 13's), comma-separated, in table order.
-// The overload scenario is in neither group.
+// scenarios), "restart" (issue 13's) or "hedging" (issue 14's stall and
+// nostall), comma-separated, in table order. The overload scenario is in
+// no group.
 func choose(list string, all []job) ([]job, error) {
 	restart := map[string]bool{}
 	for _, sc := range restartScenarios {
 		restart[sc.name] = true
 	}
+	hedging := map[string]bool{"stall": true, "nostall": true}
 	want := map[string]bool{}
 	for _, name := range strings.Split(list, ",") {
 		name = strings.TrimSpace(name)
 		found := false
 		for _, j := range all {
 			if name == "all" || name == j.name || (name == "restart" && restart[j.name]) ||
-				(name == "faults" && !restart[j.name] && j.name != "overload") {
+				(name == "hedging" && hedging[j.name]) ||
+				(name == "faults" && !restart[j.name] && !hedging[j.name] && j.name != "overload") {
 				want[j.name], found = true, true
 			}
 		}
@@ -257,7 +285,7 @@ func choose(list string, all []job) ([]job, error) {
 			for i, j := range all {
 				names[i] = j.name
 			}
-			return nil, fmt.Errorf("unknown -scenario %q: want all, faults, restart or %s", name, strings.Join(names, ", "))
+			return nil, fmt.Errorf("unknown -scenario %q: want all, faults, restart, hedging or %s", name, strings.Join(names, ", "))
 		}
 	}
 	var chosen []job
@@ -281,7 +309,11 @@ func runJobs(ctx context.Context, chosen []job, markdown bool, out, errOut io.Wr
 		}
 		byStack := map[string]loadgen.Row{}
 		for _, st := range stacks {
-			fmt.Fprintf(errOut, "running %s through %s for %v…\n", j.name, st, j.length)
+			if j.count > 0 {
+				fmt.Fprintf(errOut, "running %s through %s for %d requests…\n", j.name, st, j.count)
+			} else {
+				fmt.Fprintf(errOut, "running %s through %s for %v…\n", j.name, st, j.length)
+			}
 			row, err := j.one(ctx, st)
 			if err != nil {
 				return fmt.Errorf("%s/%s: %w", j.name, st, err)
@@ -354,6 +386,14 @@ func runOne(ctx context.Context, sc scenario, stackName string, d time.Duration,
 // build returns the handler for a stack: the naive proxy most code runs,
 // a bare ReverseProxy on a tuned transport, or proxykit's full stack.
 func build(name string, targets []*url.URL, tryTimeout time.Duration) (http.Handler, func(), error) {
+	h, cleanup, _, err := buildStack(name, targets, tryTimeout)
+	return h, cleanup, err
+}
+
+// buildStack is build, with proxykit's Stack for the proxykit stacks (nil
+// for the others): proxykit with its defaults, kit-nolimit without its
+// per-host limiter, kit-nohedge without hedging.
+func buildStack(name string, targets []*url.URL, tryTimeout time.Duration) (http.Handler, func(), *proxykit.Stack, error) {
 	quiet := log.New(io.Discard, "", 0)
 	switch name {
 	case "naive":
@@ -361,7 +401,7 @@ func build(name string, targets []*url.URL, tryTimeout time.Duration) (http.Hand
 		// connections per host). It sends everything to the first upstream.
 		p := httputil.NewSingleHostReverseProxy(targets[0])
 		p.ErrorLog = quiet
-		return p, func() {}, nil
+		return p, func() {}, nil, nil
 	case "bare":
 		var rr atomic.Uint64
 		tr := gateway.NewHTTPTransport()
@@ -371,18 +411,22 @@ func build(name string, targets []*url.URL, tryTimeout time.Duration) (http.Hand
 			ErrorLog:   quiet,
 			BufferPool: gateway.NewBufferPool(0, 0),
 		}
-		return p, tr.CloseIdleConnections, nil
-	case "proxykit", "kit-nolimit":
+		return p, tr.CloseIdleConnections, nil, nil
+	case "proxykit", "kit-nolimit", "kit-nohedge":
+		ro := retry.Options{PerTryTimeout: tryTimeout}
+		if name == "kit-nohedge" {
+			ro.Hedges = -1
+		}
 		st, err := proxykit.New(proxykit.Config{
 			Upstreams: targets,
-			Retry:     retry.Options{PerTryTimeout: tryTimeout},
+			Retry:     ro,
 			Logger:    slog.New(slog.DiscardHandler),
 			NoLimiter: name == "kit-nolimit",
 		})
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
-		return st.Handler, st.Close, nil
+		return st.Handler, st.Close, st, nil
 	}
-	return nil, nil, fmt.Errorf("unknown stack %q", name)
+	return nil, nil, nil, fmt.Errorf("unknown stack %q", name)
 }

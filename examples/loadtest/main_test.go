@@ -34,7 +34,8 @@ func TestScenarios(t *testing.T) {
 func TestBadFlags(t *testing.T) {
 	var out, errs strings.Builder
 	for _, args := range [][]string{{"-scenario", "nope"}, {"-duration", "0s"}, {"-concurrency", "0"}, {"-x"},
-		{"-rate", "0"}, {"-outage", "0s"}, {"-after", "-1s"}, {"-overload-rate", "0"}} {
+		{"-rate", "0"}, {"-outage", "0s"}, {"-after", "-1s"}, {"-overload-rate", "0"},
+		{"-stall-requests", "0"}, {"-stall-clients", "0"}} {
 		assert.Error(t, run(context.Background(), args, &out, &errs), "%v", args)
 	}
 }
@@ -48,7 +49,7 @@ func TestBadFlags(t *testing.T) {
 func TestRestartScenarios(t *testing.T) {
 	tl := timeline{rate: 100, seed: 1, before: 200 * time.Millisecond, outage: 200 * time.Millisecond,
 		settle: 300 * time.Millisecond, after: 400 * time.Millisecond}
-	chosen, err := choose("restart", jobs(time.Second, 4, tl, defaultOverload))
+	chosen, err := choose("restart", jobs(time.Second, 4, tl, defaultOverload, defaultStall))
 	require.NoError(t, err)
 	require.Len(t, chosen, len(restartScenarios))
 	rows := map[string]loadgen.Row{}
@@ -79,7 +80,7 @@ func TestRestartScenarios(t *testing.T) {
 
 // TestChoose: scenarios by name, comma-separated, or by group.
 func TestChoose(t *testing.T) {
-	all := jobs(time.Second, 1, defaultTimeline, defaultOverload)
+	all := jobs(time.Second, 1, defaultTimeline, defaultOverload, defaultStall)
 	names := func(list string) []string {
 		js, err := choose(list, all)
 		require.NoError(t, err, list)
@@ -91,8 +92,9 @@ func TestChoose(t *testing.T) {
 	}
 	assert.Equal(t, []string{"restart1", "restart3", "dead1", "badroute"}, names("restart"))
 	assert.Equal(t, []string{"happy", "refuse1", "reset20", "slow1", "outage", "outage503"}, names("faults"))
-	assert.Len(t, names("all"), len(scenarios)+len(restartScenarios)+1)
+	assert.Len(t, names("all"), len(scenarios)+len(restartScenarios)+3)
 	assert.Equal(t, []string{"overload"}, names("overload"))
+	assert.Equal(t, []string{"stall", "nostall"}, names("hedging"))
 	assert.Equal(t, []string{"refuse1", "badroute"}, names("badroute, refuse1"), "in table order")
 	_, err := choose("restart1,nope", all)
 	assert.ErrorContains(t, err, `"nope"`)
@@ -139,4 +141,50 @@ func TestOverloadScenario(t *testing.T) {
 	require.NoError(t, runJobs(context.Background(), []job{{name: "overload", stacks: []string{"kit-noretry"},
 		one: func(ctx context.Context, stack string) (loadgen.Row, error) { return kit, nil }}}, false, &out, &errs))
 	assert.Contains(t, out.String(), "goodput/s")
+}
+
+// TestStallScenario runs issue 14's stall scenarios on a short timeline (4
+// clients, 600 measured requests, 3% of responses stalled by 100 ms: few
+// enough that the p95 the hedge delay derives from stays fast). The
+// bare proxy is the control: its p99 is a stall. proxykit with hedging off
+// waits them out too; with its defaults it hedges them (hedges sent and
+// won, a hedge delay learned in the warm-up) and its p99 is below a
+// stall. Without stalls, hedging adds next to no upstream requests.
+func TestStallScenario(t *testing.T) {
+	sp := stallSpec{clients: 4, requests: 600, warmup: 600, ratio: 0.03, delay: 100 * time.Millisecond}
+	rows := map[string]loadgen.Row{}
+	for _, j := range stallJobs(sp) {
+		for _, st := range j.stacks {
+			row, err := j.one(context.Background(), st)
+			require.NoError(t, err, "%s/%s", j.name, st)
+			require.NotNil(t, row.Tail, "%s/%s", j.name, st)
+			assert.Equal(t, sp.requests, row.Requests, "%s/%s: the warm-up is not counted", j.name, st)
+			assert.Equal(t, 100.0, row.SuccessRate(), "%s/%s", j.name, st)
+			t.Logf("%s/%s: p50 %v p99 %v p99.9 %v, %.3f upstream/request, %+v", j.name, st,
+				row.Percentile(50), row.Percentile(99), row.Percentile(99.9), row.Amplification(), *row.Tail)
+			rows[j.name+"/"+st] = row
+		}
+	}
+	bare, off, on := rows["stall/bare"], rows["stall/kit-nohedge"], rows["stall/proxykit"]
+	assert.GreaterOrEqual(t, bare.Percentile(99), sp.delay, "the stalls show at the bare proxy's p99")
+	assert.GreaterOrEqual(t, off.Percentile(99), sp.delay, "hedging off: the stalls show")
+	assert.Zero(t, off.Tail.Hedges)
+	assert.False(t, off.Tail.Hedging)
+	assert.True(t, on.Tail.Hedging)
+	assert.Positive(t, on.Tail.HedgeDelay, "the hedge delay was learned in the warm-up")
+	assert.Positive(t, on.Tail.Hedges, "stalled requests were hedged")
+	assert.Positive(t, on.Tail.HedgesWon, "and the hedges answered first")
+	assert.Less(t, on.Percentile(99), sp.delay, "hedging cuts the stalls from the p99")
+	assert.Greater(t, on.Amplification(), 1.0, "a hedge is an upstream request")
+	assert.InDelta(t, 1.0, bare.Amplification(), 0.001)
+	assert.LessOrEqual(t, rows["nostall/proxykit"].Amplification(), 1.10, "without stalls, few hedges")
+
+	var out, errs strings.Builder
+	require.NoError(t, runJobs(context.Background(), []job{{name: "stall", stacks: []string{"bare", "proxykit"},
+		one:   func(_ context.Context, stack string) (loadgen.Row, error) { return rows["stall/"+stack], nil },
+		check: func(kit, _ loadgen.Row) string { return checkStall(kit) }}}, true, &out, &errs))
+	text := out.String()
+	assert.Contains(t, text, "| p99.9 |")
+	assert.Contains(t, text, "| hedges sent | hedges won |")
+	assert.Contains(t, text, "| stall | bare |")
 }

@@ -260,6 +260,9 @@ type Row struct {
 	// Overload, if set, are an overload scenario's figures; the tables
 	// print them in a table of their own below.
 	Overload *OverloadFigures
+	// Tail, if set, are a tail-latency scenario's figures (p99.9, hedges);
+	// the tables print them in a table of their own below.
+	Tail *TailFigures
 }
 
 // Amplification is upstream requests per client request.
@@ -296,6 +299,7 @@ func PrintTable(w io.Writer, rows []Row) {
 			r.Amplification(), r.Duplicates, cells, formatCounts(r.Failures))
 	}
 	printOverload(w, rows, false)
+	printTail(w, rows, false)
 }
 
 // PrintMarkdown writes rows as a Markdown table, with the Figures columns
@@ -320,6 +324,7 @@ func PrintMarkdown(w io.Writer, rows []Row) {
 			r.Amplification(), r.Duplicates, cells, formatCounts(r.Failures))
 	}
 	printOverload(w, rows, true)
+	printTail(w, rows, true)
 }
 
 func formatCounts(m map[string]int) string {
