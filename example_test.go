@@ -15,8 +15,8 @@ import (
 	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/pool"
-	"github.com/proxykit/proxykit/gateway/status"
 	"github.com/proxykit/proxykit/retry"
+	"github.com/proxykit/proxykit/status"
 )
 
 // The recommended stack in one call: a pool over two upstreams, one of

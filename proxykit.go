@@ -51,8 +51,8 @@ import (
 	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/pool"
-	"github.com/proxykit/proxykit/gateway/status"
 	"github.com/proxykit/proxykit/retry"
+	"github.com/proxykit/proxykit/status"
 )
 
 // Config configures the stack. The zero value of every field takes the

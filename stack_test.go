@@ -17,8 +17,8 @@ import (
 
 	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
-	"github.com/proxykit/proxykit/gateway/status"
 	"github.com/proxykit/proxykit/retry"
+	"github.com/proxykit/proxykit/status"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -33,6 +33,6 @@
 //   - [BufferPool] bounds ReverseProxy's copy buffers.
 //
 // The upstream pool and balancer live in package gateway/pool, the Monitor
-// and status view in package gateway/status. Package gatewaytest has
+// and status view in package status. Package gatewaytest has
 // fault-injecting upstreams for tests.
 package gateway

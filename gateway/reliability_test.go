@@ -1,8 +1,7 @@
 package gateway_test
 
-// Reliability tests (issue 8): request-ID validation fuzzed against an
-// independent oracle. (The Monitor's and the pool's moved to gateway/status
-// and gateway/pool with them.)
+// Reliability tests: request-ID validation fuzzed against an independent
+// oracle. The Monitor's and the pool's live in status and gateway/pool.
 
 import (
 	"fmt"

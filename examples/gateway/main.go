@@ -65,8 +65,8 @@ import (
 	"github.com/proxykit/proxykit"
 	"github.com/proxykit/proxykit/admission"
 	"github.com/proxykit/proxykit/errorpage"
-	"github.com/proxykit/proxykit/gateway/status"
 	"github.com/proxykit/proxykit/retry"
+	"github.com/proxykit/proxykit/status"
 )
 
 // drainTimeout bounds graceful shutdown.

@@ -33,8 +33,8 @@ import (
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
 	"github.com/proxykit/proxykit/gateway/pool"
-	"github.com/proxykit/proxykit/gateway/status"
 	"github.com/proxykit/proxykit/retry"
+	"github.com/proxykit/proxykit/status"
 )
 
 // built is stack.Build over servers, with round robin so that the first

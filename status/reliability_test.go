@@ -23,7 +23,7 @@ import (
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
 	"github.com/proxykit/proxykit/gateway/pool"
-	"github.com/proxykit/proxykit/gateway/status"
+	"github.com/proxykit/proxykit/status"
 )
 
 // TestReliabilityMonitorResponseController: Flush, deadlines and Hijack

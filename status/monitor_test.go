@@ -25,7 +25,7 @@ import (
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
 	"github.com/proxykit/proxykit/gateway/pool"
-	"github.com/proxykit/proxykit/gateway/status"
+	"github.com/proxykit/proxykit/status"
 )
 
 // TestMonitorCountsAndLogsOnce: behind a Monitor, a failed request is

@@ -7,7 +7,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 
-	"github.com/proxykit/proxykit/gateway/status"
+	"github.com/proxykit/proxykit/status"
 )
 
 // TestReadOnly: the admin guard serves GET and HEAD for the listener's own
