@@ -2,25 +2,41 @@ package pool
 
 import (
 	"errors"
-	"net"
+	"net/http"
 	"net/http/httputil"
 )
 
-// Attach makes proxy route through p: it sets proxy.Rewrite to pick a host
-// and proxy.Transport to p.Transport(proxy.Transport), in one call, so the
-// two halves of a pool cannot be wired apart (without the Transport, an
-// empty pool would surface as an internal error instead of no_upstream).
+// Attach makes proxy route through p: it sets proxy's Rewrite or Director
+// to pick a host and proxy.Transport to p.Transport(proxy.Transport), in
+// one call, so the two halves of a pool cannot be wired apart (without the
+// Transport, an empty pool would surface as an internal error instead of
+// no_upstream).
 //
-// What proxy already does keeps running. A Rewrite of its own runs first,
-// on the outbound request, and the pool then routes what it produced (the
-// target's scheme and host, the target's path prefix joined with the
-// request's path). A Director, which ReverseProxy does not allow beside a
-// Rewrite, is run the same way, and the client's address is then appended
-// to X-Forwarded-For as ReverseProxy does for a Director. ModifyResponse,
-// ErrorHandler and the rest are left alone. A nil proxy.Transport means
-// http.DefaultTransport.
+// What proxy already does keeps running, in the mode ReverseProxy runs it
+// in, and the pool changes only where the request goes:
 //
-// Attach fails on a nil proxy, and on one already attached to a pool.
+//   - A Rewrite of its own runs first; the pool then points the outbound
+//     URL at the host it picked (scheme and host replaced, the target's
+//     path prefix joined with the path, the target's query merged, as
+//     [httputil.ProxyRequest.SetURL] does) and leaves the outbound Host
+//     header as the Rewrite left it: empty after the Rewrite's own SetURL
+//     (the picked target's host is sent), or whatever the Rewrite set.
+//   - A Director stays a Director: it runs first, then the pool points the
+//     URL at the picked host as above, leaving req.Host alone (the inbound
+//     Host, unless the Director set one). ReverseProxy's Director-mode
+//     handling is untouched: X-Forwarded-For appended (or omitted when the
+//     Director set it to nil), the client's X-Forwarded-Host and
+//     -Proto passed, the query forwarded as sent unless the Director
+//     parsed the form.
+//   - With neither, the pool's [Pool.Rewrite] is the Rewrite: the target's
+//     host is sent as Host, and no X-Forwarded-* header is set.
+//
+// ModifyResponse, ErrorHandler and the rest are left alone. A nil
+// proxy.Transport means http.DefaultTransport.
+//
+// Attach fails on a nil proxy, on one with both a Rewrite and a Director
+// (which ReverseProxy refuses at every request), and on one already
+// attached to a pool.
 func (p *Pool) Attach(proxy *httputil.ReverseProxy) error {
 	if proxy == nil {
 		return errors.New("pool: Attach: nil ReverseProxy")
@@ -29,17 +45,17 @@ func (p *Pool) Attach(proxy *httputil.ReverseProxy) error {
 		return errors.New("pool: Attach: the ReverseProxy is already attached to a pool")
 	}
 	switch rewrite, director := proxy.Rewrite, proxy.Director; {
+	case rewrite != nil && director != nil:
+		return errors.New("pool: Attach: the ReverseProxy has both a Rewrite and a Director, which ReverseProxy refuses; keep one")
 	case rewrite != nil:
 		proxy.Rewrite = func(pr *httputil.ProxyRequest) {
 			rewrite(pr)
-			p.Rewrite(pr)
+			p.route(pr.In, pr.Out)
 		}
 	case director != nil:
-		proxy.Director = nil
-		proxy.Rewrite = func(pr *httputil.ProxyRequest) {
-			director(pr.Out)
-			p.Rewrite(pr)
-			appendForwardedFor(pr)
+		proxy.Director = func(r *http.Request) {
+			director(r)
+			p.route(r, r)
 		}
 	default:
 		proxy.Rewrite = p.Rewrite
@@ -48,28 +64,13 @@ func (p *Pool) Attach(proxy *httputil.ReverseProxy) error {
 	return nil
 }
 
-// appendForwardedFor adds the client's IP to X-Forwarded-For, as
-// ReverseProxy does after a Director.
-func appendForwardedFor(pr *httputil.ProxyRequest) {
-	ip, _, err := net.SplitHostPort(pr.In.RemoteAddr)
-	if err != nil {
-		return
+// route points out's URL at the host the pool picks for in, as
+// [Pool.Rewrite] does, and keeps out.Host: the user's routing decided the
+// Host header, the pool only where to connect.
+func (p *Pool) route(in, out *http.Request) {
+	host := out.Host
+	p.Rewrite(&httputil.ProxyRequest{In: in, Out: out})
+	if out.URL.Scheme != noUpstreamScheme {
+		out.Host = host
 	}
-	h := pr.Out.Header
-	prior, ok := pr.In.Header["X-Forwarded-For"]
-	if ok && prior == nil {
-		return // nil means: do not set it (ReverseProxy's convention)
-	}
-	if len(prior) > 0 {
-		ip = joinComma(prior) + ", " + ip
-	}
-	h.Set("X-Forwarded-For", ip)
-}
-
-func joinComma(v []string) string {
-	s := v[0]
-	for _, x := range v[1:] {
-		s += ", " + x
-	}
-	return s
 }

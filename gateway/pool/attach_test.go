@@ -60,3 +60,45 @@ func TestAttach(t *testing.T) {
 	}
 	assert.Error(t, (&Pool{}).Attach(nil))
 }
+
+// TestAttachKeepsHost: the pool chooses where to connect; the Host header
+// is what the proxy's own Rewrite or Director left, and a Director stays a
+// Director (its X-Forwarded-For nil convention holds).
+func TestAttachKeepsHost(t *testing.T) {
+	seen := make(chan *http.Request, 1)
+	up := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r
+	}))
+	defer up.Close()
+	for name, tc := range map[string]struct {
+		proxy *httputil.ReverseProxy
+		host  func(front string) string
+		xff   bool
+	}{
+		"director_host": {&httputil.ReverseProxy{Director: func(r *http.Request) {
+			r.Host = "vhost.example"
+			r.Header["X-Forwarded-For"] = nil
+		}}, func(string) string { return "vhost.example" }, false},
+		"director_inbound": {&httputil.ReverseProxy{Director: func(*http.Request) {}},
+			func(front string) string { return front }, true},
+		"rewrite_inbound": {&httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.Out.Host = pr.In.Host }},
+			func(front string) string { return front }, false},
+		"none": {&httputil.ReverseProxy{}, func(string) string { return up.Addr }, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := newTestPool(t, up)
+			tc.proxy.ErrorHandler = gateway.NewErrorHandler(quietLogger)
+			require.NoError(t, p.Attach(tc.proxy))
+			front := httptest.NewServer(tc.proxy)
+			defer front.Close()
+			res, _ := get(t, front.Client(), front.URL+"/")
+			assert.Equal(t, http.StatusOK, res.StatusCode)
+			r := <-seen
+			assert.Equal(t, tc.host(front.Listener.Addr().String()), r.Host)
+			_, xff := r.Header["X-Forwarded-For"]
+			assert.Equal(t, tc.xff, xff)
+		})
+	}
+	both := &httputil.ReverseProxy{Director: func(*http.Request) {}, Rewrite: func(*httputil.ProxyRequest) {}}
+	assert.ErrorContains(t, newTestPool(t, up).Attach(both), "both a Rewrite and a Director")
+}
