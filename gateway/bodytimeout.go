@@ -40,8 +40,12 @@ const defaultClientBodyIdle = 30 * time.Second
 // (Unwrap); where SetReadDeadline is not supported it does nothing. The
 // deadline replaces any set by http.Server.ReadTimeout for the body. A
 // request body meant to idle longer than idle (a bidirectional stream)
-// needs a longer idle. It replaces r.Body in place, as http.MaxBytesReader
-// is used; wrap it outside any layer that keeps the body (retry).
+// needs a longer idle. The layers inside see a shallow copy of the request
+// with the body wrapped; net/http keeps its own, so that a client that sent
+// "Expect: 100-continue" and is answered before its body is read (an
+// upstream that failed) gets that answer at once, as from a bare
+// ReverseProxy, and is never read from for its unsent body. Wrap it outside
+// any layer that keeps the body (retry).
 func ClientBodyTimeout(next http.Handler, idle time.Duration) http.Handler {
 	if idle <= 0 {
 		idle = defaultClientBodyIdle
@@ -57,8 +61,14 @@ func ClientBodyTimeout(next http.Handler, idle time.Duration) http.Handler {
 			return
 		}
 		defer b.stop() // w is not ours once the handler returned
-		r.Body = b
-		next.ServeHTTP(w, r)
+		// A shallow copy carries the wrapped body: the server's own
+		// request keeps its body, whose type net/http reads after the
+		// handler (a client still waiting for 100 Continue is not read
+		// from, only its connection closed; an unread rest is
+		// discarded under the deadline).
+		in := *r
+		in.Body = b
+		next.ServeHTTP(w, &in)
 	})
 }
 

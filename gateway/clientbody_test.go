@@ -222,3 +222,21 @@ func TestClientBodyLoggedAtInfo(t *testing.T) {
 	assert.True(t, strings.Contains(line, "level=INFO"), line)
 	assert.Contains(t, line, "class=client_body")
 }
+
+// TestExpectContinueFailureAnsweredAtOnce: a client that sent "Expect:
+// 100-continue" and waits for it gets the failure of an upstream that
+// refused at once, as from a bare ReverseProxy, not after the idle timeout
+// (net/http must still see its own body type to know the body was never
+// asked for).
+func TestExpectContinueFailureAnsweredAtOnce(t *testing.T) {
+	down := gatewaytest.NewServer(gatewaytest.Refused)
+	defer down.Close()
+	const idle = 5 * time.Second
+	_, front := stalledProxy(t, down.URL, idle)
+	start := time.Now()
+	res, _ := rawExchange(t, front.Listener.Addr().String(),
+		"PUT /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 100000\r\n\r\n")
+	took := time.Since(start)
+	assert.Equal(t, http.StatusBadGateway, res.StatusCode)
+	assert.Less(t, took, idle/2, "answered without waiting for the unsent body")
+}

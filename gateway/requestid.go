@@ -31,6 +31,11 @@ const maxRequestIDLen = 128
 // clone would copy every header of every request.
 func RequestID(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header == nil {
+			// Allowed for a server-side request built in code;
+			// ReverseProxy allocates one the same way.
+			r.Header = make(http.Header)
+		}
 		vals := r.Header[RequestIDHeader]
 		if len(vals) != 1 || !validRequestID(vals[0]) {
 			vals = []string{NewRequestID()}

@@ -155,3 +155,16 @@ func TestRequestIDConnectionHeaderWithoutAllocation(t *testing.T) {
 	allocs := testing.AllocsPerRun(100, func() { h.ServeHTTP(w, req) })
 	assert.Zero(t, allocs, "a Connection header without the token costs nothing")
 }
+
+// TestRequestIDNilHeader: a request built in code may have a nil Header,
+// which ReverseProxy accepts; so does RequestID.
+func TestRequestIDNilHeader(t *testing.T) {
+	var id string
+	h := gateway.RequestID(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { id = gateway.RequestIDOf(r) }))
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r.Header = nil
+	rec := httptest.NewRecorder()
+	require.NotPanics(t, func() { h.ServeHTTP(rec, r) })
+	assert.NotEmpty(t, id)
+	assert.Equal(t, id, rec.Header().Get(gateway.RequestIDHeader))
+}
