@@ -232,6 +232,8 @@ var classCopies = map[gateway.Class]classCopy{
 	gateway.ClassOverloaded: {"The service is too busy right now", "Busy", true},
 	// The service is down on purpose; the page says so (Page.Planned).
 	gateway.ClassMaintenance: {"We're down for planned maintenance", "Planned maintenance", true},
+	// The service answered; the gateway's own rules declined the answer.
+	gateway.ClassResponseRejected: {"We can't show you this response", "Declined", false},
 }
 
 // clientBodyCopy refines ClassClientBody by the Failure's status.
@@ -286,6 +288,9 @@ func hops(dst []Hop, f *gateway.Failure, c classCopy, gatewayName string, gatewa
 		// state: a failed gateway hop is a broken browser → gateway link.
 		gw.State, gw.Note = HopFailed, c.note
 		svc.State, svc.Note = HopIdle, "Not at fault"
+	case f.Class == gateway.ClassResponseRejected:
+		gw.State, gw.Note = HopFailed, c.note
+		svc.State, svc.Note = HopOK, "Answered"
 	case gatewayFault:
 		gw.State, svc.State = HopFailed, HopIdle
 		if f.Class == gateway.ClassNoUpstream {
@@ -326,6 +331,8 @@ func where(f *gateway.Failure, status int, brand string, gatewayFault bool) stri
 		return ok + "The service is at capacity: " + gw + " turned your request away at once, rather than keep you waiting, so that it keeps up with the rest."
 	case f.Class == gateway.ClassMaintenance:
 		return ok + "The service is down for planned maintenance; " + gw + " is answering in its place."
+	case f.Class == gateway.ClassResponseRejected:
+		return ok + "The service answered, and " + gw + " declined to pass that answer on."
 	}
 	return ok + "The problem is between " + gw + " and the service."
 }

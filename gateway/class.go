@@ -69,6 +69,11 @@ const (
 	// was not sent. 503 with Retry-After (until the maintenance ends, when
 	// known); not a failure; never retried.
 	ClassMaintenance
+	// ClassResponseRejected: the upstream answered, and the proxy's own
+	// ModifyResponse hook rejected the answer (see [WrapModifyResponse]).
+	// A decision of the gateway's code, not a fault of the upstream: 502,
+	// not counted by breakers, health or limits, never retried or hedged.
+	ClassResponseRejected
 
 	numClasses = iota
 )
@@ -139,6 +144,9 @@ var classTable = [numClasses]classInfo{
 	ClassMaintenance: {"maintenance", http.StatusServiceUnavailable, false,
 		"The service is down for planned maintenance.",
 		"the gateway is in maintenance mode (last upstream: %s); requests are answered without reaching an upstream until it is switched off"},
+	ClassResponseRejected: {"response_rejected", http.StatusBadGateway, false,
+		"The gateway declined to pass on the service's answer.",
+		"the proxy's ModifyResponse hook rejected the answer of %s; a decision of the gateway's own code, not an upstream fault: the hook's error is in the gateway log"},
 }
 
 func (c Class) info() *classInfo {

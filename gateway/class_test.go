@@ -35,17 +35,18 @@ func TestClassTable(t *testing.T) {
 		assert.NotContains(t, f.Class.Explanation(), "10.0.0.5")
 		assert.GreaterOrEqual(t, c.Status(), 400)
 	}
-	assert.Len(t, names, 17, "the taxonomy has 17 classes")
+	assert.Len(t, names, 18, "the taxonomy has 18 classes")
 	want := map[gateway.Class]int{
 		gateway.ClassDNS: 502, gateway.ClassRefused: 502, gateway.ClassUnreachable: 502,
 		gateway.ClassConnectTimeout: 504, gateway.ClassTLS: 502, gateway.ClassReset: 502,
 		gateway.ClassMalformed: 502, gateway.ClassTimeout: 504, gateway.ClassOpen: 503,
 		gateway.ClassNoUpstream: 503, gateway.ClassCanceled: 499, gateway.ClassInternal: 502,
+		gateway.ClassResponseRejected: 502,
 	}
 	for c, s := range want {
 		assert.Equal(t, s, c.Status(), c.String())
 	}
-	for _, c := range []gateway.Class{gateway.ClassOpen, gateway.ClassNoUpstream, gateway.ClassCanceled} {
+	for _, c := range []gateway.Class{gateway.ClassOpen, gateway.ClassNoUpstream, gateway.ClassCanceled, gateway.ClassResponseRejected} {
 		assert.False(t, c.CountsAsFailure(), c.String())
 	}
 	assert.True(t, gateway.ClassReset.CountsAsFailure())

@@ -25,9 +25,10 @@ func failureLevel(f *Failure) slog.Level {
 	case ClassCanceled, ClassMaintenance:
 		// Not a fault: the client left; the operator asked for it.
 		return slog.LevelDebug
-	case ClassClientBody, ClassOverloaded:
+	case ClassClientBody, ClassOverloaded, ClassResponseRejected:
 		// The client's doing; load shedding working as meant (the
-		// limiter reports the shedding itself, per host).
+		// limiter reports the shedding itself, per host); a policy
+		// decision of the proxy's own ModifyResponse.
 		return slog.LevelInfo
 	}
 	return slog.LevelWarn

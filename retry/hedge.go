@@ -507,6 +507,11 @@ func (st *state) raceFailure(l *lane, f *gateway.Failure, status int) gateway.De
 	if h.winner != nil || h.mainWon {
 		return gateway.Discard
 	}
+	if final(f) {
+		st.winLocked(l)
+		l.pass(f, st.attempts)
+		return gateway.Pass
+	}
 	if l.flying {
 		l.flying = false
 		h.flying--

@@ -35,10 +35,13 @@ func repeatable(r *http.Request, trustKey bool) bool {
 // budget and the client are checked separately.
 func eligible(f *gateway.Failure, repeatable bool) bool {
 	switch f.Class {
-	case gateway.ClassCanceled, gateway.ClassNoUpstream, gateway.ClassClientBody, gateway.ClassMaintenance:
+	case gateway.ClassCanceled, gateway.ClassNoUpstream, gateway.ClassClientBody, gateway.ClassMaintenance,
+		gateway.ClassResponseRejected:
 		// The client went away; nothing is left to try; the client's own
 		// body broke, which no upstream can mend (and which cannot be read
-		// again); or the operator closed the service.
+		// again); the operator closed the service; or the proxy's own
+		// ModifyResponse rejected an answer, a decision that another
+		// attempt would only repeat at the upstream's expense.
 		return false
 	case gateway.ClassOverloaded:
 		// Shed before it was sent, by the host's concurrency limit:
@@ -85,3 +88,9 @@ func (rt *Retry) retryDelay(f *gateway.Failure, n int) time.Duration {
 func honoursRetryAfter(status int) bool {
 	return status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests
 }
+
+// final reports a failure that ends the request at once, even while other
+// attempts race it: the upstream answered and the proxy's own
+// ModifyResponse rejected the answer, which is the request's outcome as
+// much as a success would be.
+func final(f *gateway.Failure) bool { return f.Class == gateway.ClassResponseRejected }

@@ -98,8 +98,8 @@ func TestIdempotentMethods(t *testing.T) {
 
 // FuzzEligible: whatever the method, class, sent flag, key and upstream, a
 // request that may have been applied is retried only if it is repeatable; a
-// client that went away, an empty pool or a broken client body is never
-// retried; an open breaker is retried only when it names an upstream.
+// client that went away, an empty pool, a broken client body, maintenance
+// or a response the proxy's ModifyResponse rejected is never retried; an open breaker is retried only when it names an upstream.
 func FuzzEligible(f *testing.F) {
 	f.Add("POST", uint8(gateway.ClassReset), true, false, false, true)
 	f.Add("GET", uint8(gateway.ClassTimeout), true, false, false, true)
@@ -108,6 +108,8 @@ func FuzzEligible(f *testing.F) {
 	f.Add("GET", uint8(gateway.ClassOpen), false, false, false, false)
 	f.Add("PUT", uint8(gateway.ClassClientBody), false, false, false, true)
 	f.Add("POST", uint8(gateway.ClassStaleConn), true, true, false, true)
+	f.Add("GET", uint8(gateway.ClassResponseRejected), true, false, false, true)
+	f.Add("GET", uint8(gateway.ClassResponseRejected), false, false, false, true)
 	f.Fuzz(func(t *testing.T, method string, class uint8, sent, key, trust, hostBreaker bool) {
 		r, err := http.NewRequest(http.MethodGet, "http://x/", nil)
 		if err != nil {
@@ -128,7 +130,8 @@ func FuzzEligible(f *testing.F) {
 			c = gateway.ClassInternal // unknown classes behave as internal
 		}
 		switch {
-		case c == gateway.ClassCanceled || c == gateway.ClassNoUpstream || c == gateway.ClassClientBody:
+		case c == gateway.ClassCanceled || c == gateway.ClassNoUpstream || c == gateway.ClassClientBody ||
+			c == gateway.ClassResponseRejected || c == gateway.ClassMaintenance:
 			if got {
 				t.Fatalf("retried %s", c)
 			}
