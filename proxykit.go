@@ -64,14 +64,21 @@ type Config struct {
 	// route by itself (its Rewrite or Director) and no pool is built.
 	Upstreams []*url.URL
 
-	// Proxy is an existing ReverseProxy to wrap. Nil means a new one. Its
-	// Rewrite or Director keeps running before the pool routes (see
-	// [pool.Pool.Attach]); its ModifyResponse, BufferPool, FlushInterval
-	// and ErrorLog are kept; its Transport becomes the base transport
-	// unless Transport is set. An ErrorHandler of its own is rejected: it
-	// would cut the failure hand-off between the layers (see
-	// [gateway.NewErrorHandler]). New modifies Proxy: do not use it
-	// elsewhere afterwards.
+	// Proxy is an existing ReverseProxy to wrap. Nil means a new one. New
+	// works on a copy (Stack.Proxy) and leaves Proxy as it is, so the same
+	// ReverseProxy may be given to several stacks or served on its own.
+	// Its Rewrite or Director keeps running, in its own mode, before the
+	// pool routes (see [pool.Pool.Attach]: the pool chooses where to
+	// connect, the Host header stays as the hook left it); its
+	// BufferPool, FlushInterval and ErrorLog are kept; its ModifyResponse
+	// too, its errors classified [gateway.ClassResponseRejected] (see
+	// [gateway.WrapModifyResponse]); its Transport becomes the base
+	// transport unless Transport is set. An ErrorLog of its own receives,
+	// beside Logger, the one line per failed request at info level and
+	// above. New rejects a Proxy that ReverseProxy would refuse at every
+	// request (both Rewrite and Director set), and one with an
+	// ErrorHandler of its own, which would cut the failure hand-off
+	// between the layers (see [gateway.NewErrorHandler]).
 	Proxy *httputil.ReverseProxy
 
 	// Transport is the base transport that reaches the network. Nil means
@@ -183,23 +190,37 @@ func (s *Stack) Close() {
 
 // ErrOwnErrorHandler is returned by [New] for a Config.Proxy that has an
 // ErrorHandler of its own.
-var ErrOwnErrorHandler = errors.New("proxykit: Config.Proxy has an ErrorHandler: it would cut the failure hand-off between the layers; remove it and use Config.OnFailure to observe failures, or Config.Pages to change what clients see")
+var ErrOwnErrorHandler = errors.New("proxykit: Config.Proxy has an ErrorHandler: it would cut the failure hand-off between the layers; remove it and use Config.OnFailure to observe failures, or Config.Pages to change what clients see " +
+	"(a Stack.Proxy is already used by a proxykit stack and has that stack's: give New the ReverseProxy you built, which New leaves unmodified)")
+
+// ErrRewriteAndDirector is returned by [New] for a Config.Proxy with both a
+// Rewrite and a Director, which ReverseProxy refuses at every request.
+var ErrRewriteAndDirector = errors.New("proxykit: Config.Proxy has both a Rewrite and a Director; ReverseProxy refuses every request of such a proxy: keep one")
 
 // New builds the recommended stack. It fails on an invalid option of any
-// layer, on a Config with neither Upstreams nor a routing Proxy, and on a
-// Proxy with its own ErrorHandler ([ErrOwnErrorHandler]).
+// layer, on a Config with neither Upstreams nor a routing Proxy, on a
+// Proxy with both a Rewrite and a Director ([ErrRewriteAndDirector]) and on
+// a Proxy with its own ErrorHandler ([ErrOwnErrorHandler]).
 func New(cfg Config) (*Stack, error) {
 	logger := cfg.Logger
 	if logger == nil {
 		logger = slog.Default()
 	}
-	proxy := cfg.Proxy
-	if proxy == nil {
-		proxy = &httputil.ReverseProxy{}
+	proxy := &httputil.ReverseProxy{}
+	if cfg.Proxy != nil {
+		*proxy = *cfg.Proxy // the user's stays theirs
 	}
 	if proxy.ErrorHandler != nil {
 		return nil, ErrOwnErrorHandler
 	}
+	if proxy.Rewrite != nil && proxy.Director != nil {
+		return nil, ErrRewriteAndDirector
+	}
+	failureLogger := logger
+	if proxy.ErrorLog != nil {
+		failureLogger = withErrorLog(logger, proxy.ErrorLog)
+	}
+	proxy.ModifyResponse = gateway.WrapModifyResponse(proxy.ModifyResponse)
 	if cfg.RequestTimeout < 0 {
 		return nil, fmt.Errorf("proxykit: RequestTimeout %v is negative", cfg.RequestTimeout)
 	}
@@ -260,7 +281,7 @@ func New(cfg Config) (*Stack, error) {
 		}
 	}
 
-	monitor := &status.Monitor{Logger: logger, OnFailure: cfg.OnFailure, OnRequest: cfg.OnRequest}
+	monitor := &status.Monitor{Logger: failureLogger, OnFailure: cfg.OnFailure, OnRequest: cfg.OnRequest}
 	ro := cfg.Retry
 	if ro.Logger == nil {
 		ro.Logger = logger
