@@ -654,6 +654,24 @@ type trackedConn struct {
 
 func (c *trackedConn) Write(p []byte) (int, error) { return c.rwc.Write(p) }
 
+// CloseWrite half-closes the upgraded connection, as ReverseProxy does
+// when the client half-closes its side: without it the tunnel would be
+// torn down and the data still flowing the other way lost.
+func (c *trackedConn) CloseWrite() error {
+	if cw, ok := c.rwc.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return fmt.Errorf("admission: CloseWrite on %T: %w", c.rwc, http.ErrNotSupported)
+}
+
+// CloseRead half-closes the reading side of the upgraded connection.
+func (c *trackedConn) CloseRead() error {
+	if cr, ok := c.rwc.(interface{ CloseRead() error }); ok {
+		return cr.CloseRead()
+	}
+	return fmt.Errorf("admission: CloseRead on %T: %w", c.rwc, http.ErrNotSupported)
+}
+
 // Drain stops sending new requests to host (its canonical name, host:port,
 // or an http(s) URL): a pool that asks [Limiter.Health] passes it over at
 // once, and a request that reaches it anyway is refused with
