@@ -65,3 +65,38 @@ func ExampleInterceptor() {
 	fmt.Println(f.Class, f.StatusCode(), "sent:", f.Sent)
 	// Output: reset 502 sent: true
 }
+
+// A ModifyResponse that rejects an answer is a decision of the proxy's own
+// code: wrapped, its error is a Failure of class response_rejected, which
+// no layer retries or counts against the upstream.
+func ExampleWrapModifyResponse() {
+	upstream := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Internal", "1")
+		_, _ = io.WriteString(w, "internal details")
+	}))
+	defer upstream.Close()
+	target, _ := url.Parse(upstream.URL)
+
+	proxy := &httputil.ReverseProxy{
+		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
+		Transport: &gateway.Transport{},
+		ModifyResponse: gateway.WrapModifyResponse(func(res *http.Response) error {
+			if res.Header.Get("X-Internal") != "" {
+				return fmt.Errorf("policy: internal response for %s", res.Request.URL.Path)
+			}
+			return nil
+		}),
+		ErrorHandler: gateway.NewErrorHandler(slog.New(slog.DiscardHandler)),
+	}
+	front := httptest.NewServer(proxy)
+	defer front.Close()
+
+	res, err := http.Get(front.URL + "/admin")
+	if err != nil {
+		panic(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	fmt.Print(res.StatusCode, " ", string(body))
+	// Output: 502 502 Bad Gateway: The gateway declined to pass on the service's answer.
+}
