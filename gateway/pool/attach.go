@@ -13,23 +13,27 @@ import (
 // no_upstream).
 //
 // What proxy already does keeps running, in the mode ReverseProxy runs it
-// in, and the pool changes only where the request goes:
+// in, and the pool changes only where the request goes: after the proxy's
+// own Rewrite or Director, it points the outbound URL at the host it
+// picked (scheme and host replaced, the target's path prefix joined with
+// the path, the target's query merged, as [httputil.ProxyRequest.SetURL]
+// does to the URL).
 //
-//   - A Rewrite of its own runs first; the pool then points the outbound
-//     URL at the host it picked (scheme and host replaced, the target's
-//     path prefix joined with the path, the target's query merged, as
-//     [httputil.ProxyRequest.SetURL] does) and leaves the outbound Host
-//     header as the Rewrite left it: empty after the Rewrite's own SetURL
-//     (the picked target's host is sent), or whatever the Rewrite set.
-//   - A Director stays a Director: it runs first, then the pool points the
-//     URL at the picked host as above, leaving req.Host alone (the inbound
-//     Host, unless the Director set one). ReverseProxy's Director-mode
+// The Host header is the hook's. After a hook that routes (sets the URL's
+// host, as SetURL does) it stays as the hook left it: with a Rewrite, empty
+// after SetURL (the picked target's host is sent), the inbound Host if the
+// Rewrite kept it (pr.Out.Host = pr.In.Host), or its own; with a Director,
+// the inbound Host unless the Director set one. A Host the hook set is kept
+// in any case. Only after a hook that leaves both routing and Host to the
+// pool is the picked target's host sent, as with the pool alone.
+//
+//   - A Director stays a Director, so ReverseProxy's Director-mode
 //     handling is untouched: X-Forwarded-For appended (or omitted when the
-//     Director set it to nil), the client's X-Forwarded-Host and
-//     -Proto passed, the query forwarded as sent unless the Director
-//     parsed the form.
-//   - With neither, the pool's [Pool.Rewrite] is the Rewrite: the target's
-//     host is sent as Host, and no X-Forwarded-* header is set.
+//     Director set it to nil), the client's X-Forwarded-Host and -Proto
+//     passed, the query forwarded as sent unless the Director parsed the
+//     form.
+//   - With neither hook, the pool's [Pool.Rewrite] is the Rewrite: the
+//     target's host is sent as Host, and no X-Forwarded-* header is set.
 //
 // ModifyResponse, ErrorHandler and the rest are left alone. A nil
 // proxy.Transport means http.DefaultTransport.
@@ -50,12 +54,13 @@ func (p *Pool) Attach(proxy *httputil.ReverseProxy) error {
 	case rewrite != nil:
 		proxy.Rewrite = func(pr *httputil.ProxyRequest) {
 			rewrite(pr)
-			p.route(pr.In, pr.Out)
+			p.route(pr.In, pr.Out, pr.In.Host, pr.In.URL.Host)
 		}
 	case director != nil:
 		proxy.Director = func(r *http.Request) {
+			host, urlHost := r.Host, r.URL.Host
 			director(r)
-			p.route(r, r)
+			p.route(r, r, host, urlHost)
 		}
 	default:
 		proxy.Rewrite = p.Rewrite
@@ -65,12 +70,16 @@ func (p *Pool) Attach(proxy *httputil.ReverseProxy) error {
 }
 
 // route points out's URL at the host the pool picks for in, as
-// [Pool.Rewrite] does, and keeps out.Host: the user's routing decided the
-// Host header, the pool only where to connect.
-func (p *Pool) route(in, out *http.Request) {
+// [Pool.Rewrite] does. The Host header is the user's hook's: kept as the
+// hook left it when the hook routed (set the URL's host, as SetURL does)
+// or set a Host of its own; only after a hook that left routing to the
+// pool and the Host untouched is it the picked target's, as with the pool
+// alone. inHost and inURLHost are out's Host and URL host before the hook.
+func (p *Pool) route(in, out *http.Request, inHost, inURLHost string) {
 	host := out.Host
+	keep := out.URL.Host != inURLHost || host != inHost
 	p.Rewrite(&httputil.ProxyRequest{In: in, Out: out})
-	if out.URL.Scheme != noUpstreamScheme {
+	if keep && out.URL.Scheme != noUpstreamScheme {
 		out.Host = host
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	"net/url"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -79,10 +80,19 @@ func TestAttachKeepsHost(t *testing.T) {
 			r.Host = "vhost.example"
 			r.Header["X-Forwarded-For"] = nil
 		}}, func(string) string { return "vhost.example" }, false},
-		"director_inbound": {&httputil.ReverseProxy{Director: func(*http.Request) {}},
-			func(front string) string { return front }, true},
-		"rewrite_inbound": {&httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.Out.Host = pr.In.Host }},
-			func(front string) string { return front }, false},
+		"director_routes": {&httputil.ReverseProxy{Director: func(r *http.Request) {
+			r.URL.Scheme, r.URL.Host = "http", up.Addr
+		}}, func(front string) string { return front }, true},
+		"director_leaves_routing": {&httputil.ReverseProxy{Director: func(*http.Request) {}},
+			func(string) string { return up.Addr }, true},
+		"rewrite_routes_inbound": {&httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(&url.URL{Scheme: "http", Host: up.Addr})
+			pr.Out.Host = pr.In.Host
+		}}, func(front string) string { return front }, false},
+		"rewrite_sets_host": {&httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.Out.Host = "vhost.example" }},
+			func(string) string { return "vhost.example" }, false},
+		"rewrite_leaves_routing": {&httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) { pr.Out.Header.Set("X-Mine", "1") }},
+			func(string) string { return up.Addr }, false},
 		"none": {&httputil.ReverseProxy{}, func(string) string { return up.Addr }, false},
 	} {
 		t.Run(name, func(t *testing.T) {
