@@ -71,7 +71,7 @@ type conformanceCase struct {
 func TestConformance(t *testing.T) {
 	var cases []conformanceCase
 	for _, group := range [][]conformanceCase{
-		hostCases(), forwardedCases(), queryCases(), hopByHopCases(), trailerCases(),
+		hostCases(), forwardedCases(), queryCases(), hopByHopCases(), userAgentCases(), responseCases(), trailerCases(),
 		informationalCases(), flushCases(), upgradeCases(), bodyCases(), lifecycleCases(),
 	} {
 		cases = append(cases, group...)
@@ -250,6 +250,12 @@ func forwardedCases() []conformanceCase {
 			assert.Equal(t, "https", s.header.Get("X-Forwarded-Proto"))
 			assert.Equal(t, "for=203.0.113.9", s.header.Get("Forwarded"))
 		}},
+		{"forwarded/director_folds_prior", func(t *testing.T, m proxyMode) {
+			s, _ := proxiedGET(t, m, func(b string) *httputil.ReverseProxy {
+				return &httputil.ReverseProxy{Director: directorTo(b, nil)}
+			}, "/", http.Header{"X-Forwarded-For": {"203.0.113.9", "198.51.100.7"}})
+			assert.Equal(t, []string{"203.0.113.9, 198.51.100.7, 127.0.0.1"}, s.header.Values("X-Forwarded-For"))
+		}},
 		{"forwarded/director_nil_omits", func(t *testing.T, m proxyMode) {
 			s, _ := proxiedGET(t, m, func(b string) *httputil.ReverseProxy {
 				return &httputil.ReverseProxy{Director: directorTo(b, func(r *http.Request) { r.Header["X-Forwarded-For"] = nil })}
@@ -351,6 +357,65 @@ func hopByHopCases() []conformanceCase {
 			assert.Empty(t, res.Header.Values("X-Resp-Hop"))
 			assert.Empty(t, res.Header.Values("Keep-Alive"))
 			assert.Equal(t, "1", res.Header.Get("X-Resp-End"))
+		}},
+	}
+}
+
+// userAgentCases: no User-Agent from the client means none upstream, not
+// Go's default.
+func userAgentCases() []conformanceCase {
+	return []conformanceCase{
+		{"user_agent/absent", func(t *testing.T, m proxyMode) {
+			s, _ := proxiedGET(t, m, func(b string) *httputil.ReverseProxy {
+				return &httputil.ReverseProxy{Rewrite: rewriteTo(b, nil)}
+			}, "/", http.Header{"User-Agent": {""}})
+			assert.Empty(t, s.header.Values("User-Agent"))
+		}},
+		{"user_agent/kept", func(t *testing.T, m proxyMode) {
+			s, _ := proxiedGET(t, m, func(b string) *httputil.ReverseProxy {
+				return &httputil.ReverseProxy{Director: directorTo(b, nil)}
+			}, "/", http.Header{"User-Agent": {"client/1.0"}})
+			assert.Equal(t, "client/1.0", s.header.Get("User-Agent"))
+		}},
+	}
+}
+
+// responseCases: the upstream's status, Content-Length and HEAD answers
+// pass as they are.
+func responseCases() []conformanceCase {
+	return []conformanceCase{
+		{"response/status_and_length", func(t *testing.T, m proxyMode) {
+			b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Length", "5")
+				w.Header().Set("X-App", "1")
+				w.WriteHeader(http.StatusCreated)
+				if r.Method != http.MethodHead {
+					_, _ = io.WriteString(w, "made!")
+				}
+			}))
+			defer b.Close()
+			front := m.serve(t, &httputil.ReverseProxy{Rewrite: rewriteTo(b.URL, nil)}, b.URL)
+			for _, method := range []string{http.MethodGet, http.MethodHead} {
+				res, body := roundTrip(t, front, newRequest(t, method, front.URL, nil))
+				assert.Equal(t, http.StatusCreated, res.StatusCode, method)
+				assert.Equal(t, int64(5), res.ContentLength, method)
+				assert.Equal(t, "1", res.Header.Get("X-App"), method)
+				if method == http.MethodGet {
+					assert.Equal(t, "made!", body)
+				} else {
+					assert.Empty(t, body)
+				}
+			}
+		}},
+		{"response/upstream_error_status", func(t *testing.T, m proxyMode) {
+			b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				http.Error(w, "app error", http.StatusInternalServerError)
+			}))
+			defer b.Close()
+			front := m.serve(t, &httputil.ReverseProxy{Rewrite: rewriteTo(b.URL, nil)}, b.URL)
+			res, body := roundTrip(t, front, newRequest(t, http.MethodGet, front.URL, nil))
+			assert.Equal(t, http.StatusInternalServerError, res.StatusCode, "an application's 500 is its answer, passed as it is")
+			assert.Equal(t, "app error\n", body)
 		}},
 	}
 }
