@@ -21,6 +21,7 @@ import (
 	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/retry"
 )
 
 // TestModifyResponseRejection: a ModifyResponse error is the user's
@@ -159,4 +160,52 @@ func TestErrorLogGetsFailureLine(t *testing.T) {
 	assert.True(t, strings.HasPrefix(got[0], "proxy: level=WARN"), got[0])
 	assert.Contains(t, got[0], "class=refused")
 	assert.Contains(t, slogged.String(), "class=refused", "slog still gets it")
+}
+
+// TestModifyResponseRejectionEndsHedgeRace: a rejected answer is the
+// request's outcome even while a hedge is in flight: the race ends at once
+// and the other attempt is canceled, rather than awaited.
+func TestModifyResponseRejectionEndsHedgeRace(t *testing.T) {
+	var canceled atomic.Int64
+	answerAfter := func(d time.Duration) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			select {
+			case <-r.Context().Done():
+				canceled.Add(1)
+				return
+			case <-time.After(d):
+			}
+			w.Header().Set("X-Secret", "1")
+		})
+	}
+	fast := gatewaytest.NewHealthy(answerAfter(200 * time.Millisecond))
+	defer fast.Close()
+	slow := gatewaytest.NewHealthy(answerAfter(5 * time.Second))
+	defer slow.Close()
+	var hedges atomic.Int64
+	p := &httputil.ReverseProxy{ModifyResponse: func(res *http.Response) error {
+		if res.Header.Get("X-Secret") != "" {
+			return errors.New("policy: secret response")
+		}
+		return nil
+	}}
+	st, err := New(Config{Proxy: p, Upstreams: []*url.URL{mustParse(fast.URL), mustParse(slow.URL)}, Logger: quiet,
+		Retry: retry.Options{HedgeDelay: 20 * time.Millisecond, OnHedge: func(e retry.HedgeEvent, _ int, _ time.Duration) {
+			if e == retry.HedgeSent {
+				hedges.Add(1)
+			}
+		}}})
+	require.NoError(t, err)
+	defer st.Close()
+	front := httptest.NewServer(st)
+	defer front.Close()
+
+	start := time.Now()
+	res, _ := get(t, front.Client(), front.URL)
+	took := time.Since(start)
+	assert.Equal(t, http.StatusBadGateway, res.StatusCode)
+	require.Equal(t, int64(1), hedges.Load(), "the precondition: a hedge raced the first attempt")
+	assert.Less(t, took, 2500*time.Millisecond, "the rejection ended the race; the slow attempt was not awaited (5 s)")
+	require.Eventually(t, func() bool { return canceled.Load() == 1 }, 5*time.Second, time.Millisecond,
+		"the slow attempt was canceled")
 }
