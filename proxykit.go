@@ -171,7 +171,10 @@ type Stack struct {
 	Maintenance *admission.Maintenance
 	Retry       *retry.Retry
 	Pages       *errorpage.Handler
-	Proxy       *httputil.ReverseProxy
+	// Proxy is the stack's own ReverseProxy: a copy of Config.Proxy (or a
+	// new one) wired to the layers. It is already used by this stack:
+	// give another New the ReverseProxy you built, not this one.
+	Proxy *httputil.ReverseProxy
 
 	base http.RoundTripper
 }
@@ -332,7 +335,7 @@ func New(cfg Config) (*Stack, error) {
 	h = monitor.Wrap(h)
 	h = gateway.RequestID(h)
 	if cfg.ClientBodyTimeout >= 0 {
-		// Outermost: it replaces the body before any layer keeps it, and
+		// Outermost: it wraps the body before any layer keeps it, and
 		// reaches the connection through every layer's Unwrap.
 		h = gateway.ClientBodyTimeout(h, cfg.ClientBodyTimeout)
 	}
