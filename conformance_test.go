@@ -34,22 +34,32 @@ import (
 // upstream.
 
 // proxyMode serves a user's ReverseProxy, whose own routing reaches
-// backend, and returns the public server.
+// backend.
 type proxyMode struct {
-	name  string
-	serve func(t *testing.T, p *httputil.ReverseProxy, backend string) *httptest.Server
+	name    string
+	handler func(t *testing.T, p *httputil.ReverseProxy, backend string) http.Handler
+}
+
+// serve starts the public server of m for p.
+func (m proxyMode) serve(t *testing.T, p *httputil.ReverseProxy, backend string) *httptest.Server {
+	t.Helper()
+	return startFront(t, m.handler(t, p, backend))
+}
+
+// stackMode serves the proxy through a stack that build makes from a
+// Config with the proxy and the backend as the one upstream.
+func stackMode(name string, build func(Config) (*Stack, error)) proxyMode {
+	return proxyMode{name, func(t *testing.T, p *httputil.ReverseProxy, backend string) http.Handler {
+		st, err := build(Config{Proxy: p, Upstreams: []*url.URL{mustParse(backend)}, Logger: quiet})
+		require.NoError(t, err)
+		t.Cleanup(st.Close)
+		return st
+	}}
 }
 
 var proxyModes = []proxyMode{
-	{"bare", func(t *testing.T, p *httputil.ReverseProxy, _ string) *httptest.Server {
-		return startFront(t, p)
-	}},
-	{"proxykit", func(t *testing.T, p *httputil.ReverseProxy, backend string) *httptest.Server {
-		st, err := New(Config{Proxy: p, Upstreams: []*url.URL{mustParse(backend)}, Logger: quiet})
-		require.NoError(t, err)
-		t.Cleanup(st.Close)
-		return startFront(t, st)
-	}},
+	{"bare", func(_ *testing.T, p *httputil.ReverseProxy, _ string) http.Handler { return p }},
+	stackMode("proxykit", New),
 }
 
 func startFront(t *testing.T, h http.Handler) *httptest.Server {
@@ -68,7 +78,10 @@ type conformanceCase struct {
 	run  func(t *testing.T, m proxyMode)
 }
 
-func TestConformance(t *testing.T) {
+func TestConformance(t *testing.T) { runConformance(t, proxyModes...) }
+
+// runConformance runs every case in each of modes.
+func runConformance(t *testing.T, modes ...proxyMode) {
 	var cases []conformanceCase
 	for _, group := range [][]conformanceCase{
 		hostCases(), forwardedCases(), queryCases(), hopByHopCases(), userAgentCases(), responseCases(), trailerCases(),
@@ -78,7 +91,7 @@ func TestConformance(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			for _, m := range proxyModes {
+			for _, m := range modes {
 				t.Run(m.name, func(t *testing.T) { c.run(t, m) })
 			}
 		})
@@ -722,13 +735,7 @@ func lifecycleCases() []conformanceCase {
 		}},
 		{"nil_header", func(t *testing.T, m proxyMode) {
 			b, got := recordingBackend(t)
-			var h http.Handler = &httputil.ReverseProxy{Director: directorTo(b.URL, nil)}
-			if m.name != "bare" {
-				st, err := New(Config{Proxy: h.(*httputil.ReverseProxy), Upstreams: []*url.URL{mustParse(b.URL)}, Logger: quiet})
-				require.NoError(t, err)
-				defer st.Close()
-				h = st
-			}
+			h := m.handler(t, &httputil.ReverseProxy{Director: directorTo(b.URL, nil)}, b.URL)
 			req := httptest.NewRequest(http.MethodGet, "/nil", nil)
 			req.Header = nil
 			rec := httptest.NewRecorder()
