@@ -20,6 +20,7 @@ import (
 
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // answer is a fake upstream's answer to one request: a status, or a
@@ -209,7 +210,7 @@ func TestHalfOpenAnswerIsEnough(t *testing.T) {
 					res.Body.Close()
 				}
 			}
-			assert.Equal(t, tc.closes, h.HostState("svc:80") != "out" && h.Allows("svc:80"), h.HostState("svc:80"))
+			assert.Equal(t, tc.closes, h.HostState("svc:80") != pool.StateOut && h.Allows("svc:80"), h.HostState("svc:80"))
 		})
 	}
 }
@@ -245,7 +246,8 @@ func TestNeverDialsAHostKnownOut(t *testing.T) {
 			for range defaultConsecutiveFailures {
 				do(t, rt, "GET", "svc:80", &up)
 			}
-			require.Equal(t, "probing", h.HostState("svc:80"))
+			require.Equal(t, pool.StateOut, h.HostState("svc:80"))
+			require.True(t, h.set.lookup("svc:80").host.probing.Load(), "out, and probed")
 			// Many open periods and probes later, no request went through.
 			deadline := time.Now().Add(200 * time.Millisecond)
 			for time.Now().Before(deadline) {
@@ -257,7 +259,7 @@ func TestNeverDialsAHostKnownOut(t *testing.T) {
 			assert.Positive(t, h.OpenFor("svc:80"), "Retry-After: until the next probe at least")
 			probeOK.Store(true)
 			require.Eventually(t, func() bool { return h.Allows("svc:80") }, time.Second, time.Millisecond)
-			assert.Equal(t, "half-open", h.HostState("svc:80"))
+			assert.Equal(t, pool.StateTrial, h.HostState("svc:80"))
 			assert.True(t, do(t, rt, "GET", "svc:80", &up), "a probe passed: trial requests go")
 		})
 	}
@@ -309,7 +311,7 @@ func TestHalfOpenIdempotentFirst(t *testing.T) {
 		req.Header.Set("Fail", "1")
 		_, err = rt.RoundTrip(req)
 		require.Error(t, err)
-		require.Equal(t, "out", h.HostState("b:80"))
+		require.Equal(t, pool.StateOut, h.HostState("b:80"))
 		now.Add(int64(time.Minute)) // the open period is over
 		return h, rt, &now, &up
 	}
@@ -321,7 +323,7 @@ func TestHalfOpenIdempotentFirst(t *testing.T) {
 		h, rt, _, up := setup(t)
 		assert.False(t, h.AllowsRequest("b:80", postTo("b:80")), "a pool sends the POST elsewhere")
 		assert.True(t, h.AllowsRequest("b:80", httptest.NewRequest("GET", "http://b:80/", nil)))
-		assert.Equal(t, "half-open", h.HostState("b:80"))
+		assert.Equal(t, pool.StateTrial, h.HostState("b:80"))
 		before := up.Load()
 		_, err := rt.RoundTrip(postTo("b:80"))
 		var f *gateway.Failure
@@ -394,7 +396,8 @@ func TestHealthCheckProbe(t *testing.T) {
 	for range defaultConsecutiveFailures {
 		require.Error(t, get())
 	}
-	require.Equal(t, "probing", h.HostState(up.Addr))
+	require.Equal(t, pool.StateOut, h.HostState(up.Addr))
+	require.True(t, h.set.lookup(up.Addr).host.probing.Load(), "out, and probed")
 	require.NoError(t, up.SetFault(gatewaytest.Healthy)) // serves again, but its check fails
 	seen := others.Load()
 	time.Sleep(300 * time.Millisecond) // fifteen open periods
@@ -437,7 +440,7 @@ func TestHealthCheckAlways(t *testing.T) {
 	u := mustURL(up.URL)
 	h.Watch(u)
 	require.Eventually(t, func() bool { return checks.Load() >= 3 }, time.Second, time.Millisecond, "checked before any request")
-	assert.Equal(t, "serving", h.HostState(up.Addr))
+	assert.Equal(t, pool.StateServing, h.HostState(up.Addr))
 	healthy.Store(false)
 	require.Eventually(t, func() bool { return !h.Allows(up.Addr) }, time.Second, time.Millisecond, "out after Fall failed checks")
 	assert.Equal(t, "upstream_status", h.States()[0].LastClass)
@@ -503,10 +506,10 @@ func TestRestThenWarm(t *testing.T) {
 	do(t, rt, "GET", "svc:80", &up)
 	assert.Equal(t, 1.0, h.Share("svc:80"))
 	do(t, rt, "POST", "svc:80", &up)
-	assert.Equal(t, "resting", h.HostState("svc:80"))
+	assert.Equal(t, pool.StateResting, h.HostState("svc:80"))
 	assert.Zero(t, h.Share("svc:80"))
 	now.Add(int64(defaultRest))
-	assert.Equal(t, "warming", h.HostState("svc:80"))
+	assert.Equal(t, pool.StateWarming, h.HostState("svc:80"))
 	assert.InDelta(t, 0.1, h.Share("svc:80"), 0.01)
 	now.Add(int64(defaultSlowStart / 2))
 	assert.InDelta(t, 0.55, h.Share("svc:80"), 0.01)

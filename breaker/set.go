@@ -14,6 +14,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // Outcomes are reported to gobreaker as these errors: nil is a success.
@@ -400,20 +401,22 @@ func (e *entry) status() Status {
 	}
 	s := Status{Name: e.set.c.Name, Key: e.key, Overflow: e.overflow, State: st, Counts: n}
 	if st == StateOpen {
-		s.OpenUntil = time.Unix(0, e.openUntil.Load())
+		// When a request may pass again: for a host out until a probe
+		// passes, its next probe at the earliest, never a moment past.
+		s.OpenUntil = time.Unix(0, now+int64(e.openFor(now)))
 	}
 	if h := e.host; h != nil {
-		s.Health, s.Share = e.hostHealth(now)
+		s.HostState, s.Share = e.hostHealth(now)
 		if st != StateClosed {
 			s.Since = time.Unix(0, h.outSince.Load())
 			if c := gateway.Class(h.lastClass.Load()); c != gateway.ClassInternal || h.consecutive.Load() > 0 {
 				s.LastClass = c.String()
 			}
 		}
-		if n := h.nextProbe.Load(); n > 0 {
-			s.NextProbe = time.Unix(0, n)
+		if n := h.nextProbe.Load(); n > now {
+			s.NextProbe = time.Unix(0, n) // none while one is in flight
 		}
-		if s.Health == "resting" {
+		if s.HostState == pool.StateResting {
 			s.RestUntil = time.Unix(0, h.restUntil.Load())
 		}
 	}
@@ -638,10 +641,12 @@ func (s *set) states() []Status {
 		es = append(es, e)
 	}
 	sort.Slice(es, func(i, j int) bool { return es[i].key < es[j].key })
-	es = append(es, s.overflow)
-	out := make([]Status, len(es))
+	out := make([]Status, len(es), len(es)+1)
 	for i, e := range es {
 		out[i] = e.status()
+	}
+	if ov := s.overflow.status(); ov.Counts.Requests > 0 {
+		out = append(out, ov) // only while keys pass unguarded
 	}
 	return out
 }
