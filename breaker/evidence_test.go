@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -515,4 +516,85 @@ func TestRestThenWarm(t *testing.T) {
 	assert.InDelta(t, 0.55, h.Share("svc:80"), 0.01)
 	now.Add(int64(defaultSlowStart / 2))
 	assert.Equal(t, 1.0, h.Share("svc:80"))
+}
+
+// TestStatusTimesAhead: a host out until a probe passes, its open period
+// long over, reports when a request may pass again as a moment ahead of
+// now (its next probe at the earliest), never the end of an open period
+// already past, and no next probe in the past; it is out, one word.
+func TestStatusTimesAhead(t *testing.T) {
+	h, err := PerHost(Settings{Logger: quietLog, Timeout: time.Second})
+	require.NoError(t, err)
+	defer h.Close()
+	h.set.prober.dial = func(context.Context, string, string) (net.Conn, error) { return nil, errors.New("still down") }
+	var now atomic.Int64
+	now.Store(time.Now().UnixNano())
+	h.set.clock = now.Load
+	var up atomic.Int64
+	rt := h.Transport(fakeRT(func(r *http.Request) (*http.Response, error) {
+		up.Add(1)
+		return answer{class: gateway.ClassRefused}.roundTrip(r)
+	}))
+	for range defaultConsecutiveFailures {
+		do(t, rt, "GET", "svc:80", &up)
+	}
+	require.False(t, h.Allows("svc:80"))
+	now.Add(int64(30 * time.Second)) // the open period (1 s) is long over; no probe passed
+	st := h.States()
+	require.Len(t, st, 1)
+	at := time.Unix(0, now.Load())
+	assert.Equal(t, pool.StateOut, st[0].HostState)
+	assert.Equal(t, StateOpen, st[0].State)
+	assert.False(t, st[0].OpenUntil.Before(at), "open until %v, reported at %v", st[0].OpenUntil, at)
+	assert.True(t, st[0].NextProbe.IsZero() || !st[0].NextProbe.Before(at), "next probe %v, reported at %v", st[0].NextProbe, at)
+	assert.Equal(t, "refused", st[0].LastClass)
+}
+
+// TestSpellLinesRationed: a host that leaves and rejoins service again and
+// again is logged at warn and info level once a minute; the spells between
+// are debug lines, and the next warn line counts them.
+func TestSpellLinesRationed(t *testing.T) {
+	var logs gatewaytest.SafeBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h, err := PerHost(Settings{Logger: logger, Health: HostHealth{NoProbes: true, SlowStart: -1}})
+	require.NoError(t, err)
+	defer h.Close()
+	var now atomic.Int64
+	now.Store(time.Now().UnixNano())
+	h.set.clock = now.Load
+	var up atomic.Int64
+	rt := h.Transport(fakeRT(func(r *http.Request) (*http.Response, error) {
+		up.Add(1)
+		if r.Method == "POST" {
+			return answer{class: gateway.ClassReset}.roundTrip(r)
+		}
+		return answer{status: 200}.roundTrip(r)
+	}))
+	spell := func() {
+		do(t, rt, "POST", "svc:80", &up) // a reset: it rests
+		require.Equal(t, pool.StateResting, h.HostState("svc:80"))
+		do(t, rt, "GET", "svc:80", &up) // a success while resting: still out
+		now.Add(int64(defaultMaxRest))
+		do(t, rt, "GET", "svc:80", &up) // rest over, a success: back
+		require.Equal(t, pool.StateServing, h.HostState("svc:80"))
+	}
+	count := func(level, msg string) int {
+		return strings.Count(logs.String(), "level="+level+" msg=\""+msg+"\"")
+	}
+	spell()
+	assert.Equal(t, 1, count("WARN", "upstream out of service"), logs.String())
+	assert.Contains(t, logs.String(), "upstream=svc:80 state=resting class=reset since=")
+	assert.Equal(t, 1, count("INFO", "upstream back in service"))
+	for range 3 {
+		spell()
+	}
+	assert.Equal(t, 1, count("WARN", "upstream out of service"), "rationed")
+	assert.Equal(t, 1, count("INFO", "upstream back in service"))
+	assert.Equal(t, 3, count("DEBUG", "upstream out of service"))
+	assert.Equal(t, 3, count("DEBUG", "upstream back in service"))
+	now.Add(int64(time.Minute))
+	spell()
+	assert.Equal(t, 2, count("WARN", "upstream out of service"))
+	assert.Contains(t, logs.String(), "spells_since_last_line=3")
+	assert.Equal(t, 2, count("INFO", "upstream back in service"))
 }

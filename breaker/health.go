@@ -311,6 +311,8 @@ type hostState struct {
 	lastTrail atomic.Pointer[gateway.Trail]
 	lastLen   atomic.Int64
 
+	spell spell // its time out of service, for the log
+
 	restUntil atomic.Int64 // ns; resting while now < restUntil
 	strikes   atomic.Int32 // rests since the host last passed probation
 	successes atomic.Int32 // successes in a row since a strike
@@ -489,6 +491,7 @@ func (e *entry) hostFailure(req *http.Request, c gateway.Class) bool {
 	}
 	h.restMu.Lock()
 	h.successes.Store(0)
+	rested := false
 	if h.restRun++; h.restRun >= hh.RestAfter && now >= h.restUntil.Load() {
 		strikes := h.strikes.Add(1)
 		rest := hh.Rest
@@ -497,8 +500,12 @@ func (e *entry) hostFailure(req *http.Request, c gateway.Class) bool {
 		}
 		h.restUntil.Store(now + int64(min(rest, hh.MaxRest)))
 		h.restRun = 0
+		rested = true
 	}
 	h.restMu.Unlock()
+	if rested && State(e.state.Load()) == StateClosed {
+		e.leave(now, pool.StateResting, c)
+	}
 	return true
 }
 
@@ -509,11 +516,18 @@ func (e *entry) hostStatusFailure(req *http.Request) bool {
 	return e.hostFailure(req, gateway.ClassUpstreamStatus)
 }
 
-// hostSuccess records a success, writing only what changes.
+// hostSuccess records a success, writing only what changes. A success of
+// a host out of service whose breaker is closed and whose rest is over
+// brings it back.
 func (e *entry) hostSuccess() {
 	h := e.host
 	if h.consecutive.Load() != 0 {
 		h.consecutive.Store(0)
+	}
+	if h.spell.since.Load() != 0 && State(e.state.Load()) == StateClosed {
+		if now := e.set.now(); now >= h.restUntil.Load() {
+			e.rejoin(now)
+		}
 	}
 	if h.strikes.Load() > 0 {
 		h.restMu.Lock()

@@ -89,7 +89,7 @@ type transition struct {
 	from, to State
 	period   time.Duration // the open period, for a transition to open
 	spell    bool          // open→half-open→open within one out spell
-	cause    string        // for a host going out: the class of the evidence
+	cause    gateway.Class // for a host going out: the class of the evidence
 }
 
 // Kinds of entry.
@@ -211,7 +211,7 @@ func (e *entry) onStateChange(b *gbox, from, to gobreaker.State) {
 				cause = gateway.ClassUpstreamStatus
 			}
 			h.cause.Store(int32(cause))
-			t.cause = cause.String()
+			t.cause = cause
 			if !s.othersServing(e) {
 				// A whole pool out: try it again soon.
 				period = min(period, 3*s.c.Health.PanicInterval)
@@ -651,12 +651,19 @@ func (s *set) states() []Status {
 	return out
 }
 
-// report logs a transition and calls the user's hook.
+// report logs a transition and calls the user's hook. A host's
+// transitions are debug lines: its leaving and rejoining service are the
+// lines operators read (see spell).
 func (s *set) report(e *entry, t transition) {
-	logger := s.c.Logger
-	if logger == nil {
-		logger = slog.Default()
+	if e.host != nil {
+		switch {
+		case t.to == StateOpen && t.from == StateClosed:
+			e.leave(s.now(), pool.StateOut, t.cause)
+		case t.to == StateClosed && t.from != StateClosed:
+			e.rejoin(s.now())
+		}
 	}
+	logger := s.logger()
 	ctx := context.Background()
 	if logger.Enabled(ctx, slog.LevelDebug) || logger.Enabled(ctx, slog.LevelWarn) {
 		attrs := []slog.Attr{
@@ -670,12 +677,12 @@ func (s *set) report(e *entry, t transition) {
 		}
 		if t.to == StateOpen {
 			attrs = append(attrs, slog.Duration("open_for", t.period))
-			if t.cause != "" {
-				attrs = append(attrs, slog.String("cause", t.cause))
+			if e.host != nil {
+				attrs = append(attrs, slog.String("cause", t.cause.String()))
 			}
 		}
 		level := slog.LevelWarn
-		if t.spell || (t.from == StateOpen && t.to == StateHalfOpen) {
+		if e.host != nil || t.spell || (t.from == StateOpen && t.to == StateHalfOpen) {
 			// Within one out spell (half-open tries that fail) the
 			// transitions are debug: the spell's start and end are warn.
 			level = slog.LevelDebug
@@ -685,6 +692,14 @@ func (s *set) report(e *entry, t transition) {
 	if s.c.OnStateChange != nil {
 		s.c.OnStateChange(s.c.Name, e.key, t.from, t.to)
 	}
+}
+
+// logger is Settings.Logger, or slog.Default().
+func (s *set) logger() *slog.Logger {
+	if s.c.Logger != nil {
+		return s.c.Logger
+	}
+	return slog.Default()
 }
 
 // now is the set's clock, in Unix ns.
