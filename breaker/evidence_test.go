@@ -509,6 +509,10 @@ func TestRestThenWarm(t *testing.T) {
 	do(t, rt, "POST", "svc:80", &up)
 	assert.Equal(t, pool.StateResting, h.HostState("svc:80"))
 	assert.Zero(t, h.Share("svc:80"))
+	st := h.States()[0]
+	assert.Equal(t, time.Unix(0, now.Load()), st.Since, "resting since the failure")
+	assert.Equal(t, "reset", st.LastClass)
+	assert.True(t, st.RestUntil.After(time.Unix(0, now.Load())), "its rest ends ahead")
 	now.Add(int64(defaultRest))
 	assert.Equal(t, pool.StateWarming, h.HostState("svc:80"))
 	assert.InDelta(t, 0.1, h.Share("svc:80"), 0.01)

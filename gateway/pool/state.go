@@ -31,7 +31,3 @@ const (
 	// StateDrained: a drained host with nothing left in flight.
 	StateDrained State = "drained"
 )
-
-// InService reports whether a host in state s takes its share of new
-// requests: serving or warming.
-func (s State) InService() bool { return s == StateServing || s == StateWarming }
