@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -12,8 +13,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
 	"github.com/proxykit/proxykit/gateway/pool"
+	"github.com/proxykit/proxykit/status"
 )
 
 // TestHostLeavesAndRejoinsLogged: an upstream dies under the stack; 40
@@ -24,7 +27,9 @@ import (
 func TestHostLeavesAndRejoinsLogged(t *testing.T) {
 	var logs gatewaytest.SafeBuffer
 	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	r := newRig(t, 2, nil, Config{Logger: logger})
+	// Round robin: the dead host is surely tried again after its first,
+	// stale-connection failure (peak EWMA may avoid it from then on).
+	r := newRig(t, 2, nil, Config{Logger: logger, Policy: pool.RoundRobin})
 	dead := r.ups[1]
 	get := func() int {
 		res, err := r.front.Client().Get(r.front.URL + "/")
@@ -90,4 +95,58 @@ func TestHostLeavesAndRejoinsLogged(t *testing.T) {
 	assert.Len(t, about("WARN"), 1, "no other warn line about the host")
 	st := r.st.Pool.Status()[1]
 	assert.Contains(t, []pool.State{pool.StateServing, pool.StateWarming}, st.State, "back in service")
+}
+
+// TestOneWordPerHost: a host refusing every connection has one state,
+// out, under Upstreams, Circuit breakers and Concurrency limits alike, in
+// the status view's HTML and JSON; its breaker's own state and times are
+// details, and no time shown is past.
+func TestOneWordPerHost(t *testing.T) {
+	r := newRig(t, 2, nil, Config{Policy: pool.RoundRobin, Breaker: breaker.Settings{Health: breaker.HostHealth{RestAfter: -1}}})
+	dead := r.ups[1]
+	require.NoError(t, dead.SetFault(gatewaytest.Refused))
+	require.Eventually(t, func() bool {
+		res, err := r.front.Client().Get(r.front.URL + "/")
+		require.NoError(t, err)
+		res.Body.Close()
+		return !r.st.Hosts.Allows(dead.Addr)
+	}, 10*time.Second, time.Millisecond, "the refusing host goes out")
+
+	rec := httptest.NewRecorder()
+	r.st.Status.ServeHTTP(rec, httptest.NewRequest("GET", "/status?format=json", nil))
+	var rep status.Report
+	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &rep), rec.Body.String())
+	for _, u := range rep.Upstreams {
+		if u.Upstream == dead.Addr {
+			assert.Equal(t, pool.StateOut, u.State)
+			assert.False(t, u.Allowed)
+			assert.False(t, u.Until.Before(rep.Time), "until %v at %v", u.Until, rep.Time)
+		}
+	}
+	for _, b := range rep.Breakers {
+		require.False(t, b.Overflow, "no overflow row while nothing overflows")
+		if b.Key == dead.Addr {
+			assert.Equal(t, pool.StateOut, b.HostState)
+			assert.False(t, b.OpenUntil.Before(rep.Time), "open until %v at %v", b.OpenUntil, rep.Time)
+			assert.True(t, b.NextProbe.IsZero() || !b.NextProbe.Before(rep.Time))
+		}
+	}
+	for _, a := range rep.Admission {
+		assert.Empty(t, a.State, "the Limiter claims no state for %s", a.Upstream)
+	}
+	assert.NotContains(t, rec.Body.String(), `"healthy"`)
+
+	req := httptest.NewRequest("GET", "/status", nil)
+	req.Header.Set("Accept", "text/html")
+	rec = httptest.NewRecorder()
+	r.st.Status.ServeHTTP(rec, req)
+	rows := 0
+	for _, row := range strings.Split(rec.Body.String(), "<tr>") {
+		if strings.Contains(row, "<code>"+dead.Addr) || strings.Contains(row, ": "+dead.Addr+"</code>") {
+			rows++
+			assert.Contains(t, row, `class="bad">out<`, row)
+		}
+	}
+	assert.Equal(t, 3, rows, "upstreams, breakers and limits each show the host")
+	assert.NotContains(t, rec.Body.String(), "probing")
 }
