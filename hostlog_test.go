@@ -47,6 +47,7 @@ func TestHostLeavesAndRejoinsLogged(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	require.Positive(t, r.st.Pool.Status()[1].Failures, "the dead host was tried")
+	assert.NotEqual(t, pool.StateServing, r.st.Pool.Status()[1].State, "a dead host is not serving")
 
 	type line struct {
 		Level    string        `json:"level"`

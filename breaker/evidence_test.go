@@ -579,6 +579,7 @@ func TestSpellLinesRationed(t *testing.T) {
 		require.Equal(t, pool.StateResting, h.HostState("svc:80"))
 		do(t, rt, "GET", "svc:80", &up) // a success while resting: still out
 		now.Add(int64(defaultMaxRest))
+		require.Equal(t, pool.StateWarming, h.HostState("svc:80"), "rest over, not yet proven")
 		do(t, rt, "GET", "svc:80", &up) // rest over, a success: back
 		require.Equal(t, pool.StateServing, h.HostState("svc:80"))
 	}

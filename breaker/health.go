@@ -46,8 +46,9 @@ const (
 //   - resting: its breaker is closed, but it failed lately (see
 //     RestAfter): a pool sends it requests only when no other host is
 //     left;
-//   - warming: serving again after being out or resting, with a share of
-//     traffic that ramps up over SlowStart;
+//   - warming: back after being out or resting, with a share of traffic
+//     that ramps up over SlowStart; after a rest, until a request to it
+//     succeeds;
 //   - out: its breaker is open (tripped by evidence about the host, see
 //     [Hosts]); no request reaches it, and probes (see below) watch for
 //     its return;
@@ -828,6 +829,11 @@ func (e *entry) hostHealth(now int64) (pool.State, float64) {
 			return pool.StateResting, 0
 		}
 		return pool.StateWarming, share
+	}
+	if e.host.spell.since.Load() != 0 {
+		// Its rest is over, but no request has succeeded since it left
+		// service: back, not yet proven.
+		return pool.StateWarming, 1
 	}
 	return pool.StateServing, 1
 }

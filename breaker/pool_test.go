@@ -83,7 +83,7 @@ func closeAll(servers ...*gatewaytest.Server) {
 // TestPoolRestsFailingHost: one failure that is evidence about the host
 // (here a refused connection) rests it (HostHealth, the pool's Shares);
 // while it rests the others take its traffic; it is back once the rest is
-// over.
+// over and a request to it succeeded.
 func TestPoolRestsFailingHost(t *testing.T) {
 	a, b, c := gatewaytest.NewHealthy(nil), gatewaytest.NewServer(gatewaytest.Refused), gatewaytest.NewHealthy(nil)
 	defer closeAll(a, b, c)
@@ -116,7 +116,12 @@ func TestPoolRestsFailingHost(t *testing.T) {
 			assert.Equal(t, before, b.Requests(), "a resting host gets no traffic while others are left")
 		}
 	}
-	require.Eventually(t, func() bool { return p.Status()[1].State == pool.StateServing }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool {
+		// Back once its rest is over and a request to it succeeded.
+		res, _ := getBody(t, front.Client(), front.URL)
+		assert.Equal(t, http.StatusOK, res.StatusCode)
+		return p.Status()[1].State == pool.StateServing
+	}, 5*time.Second, 10*time.Millisecond)
 	for range 6 {
 		res, _ := getBody(t, front.Client(), front.URL)
 		assert.Equal(t, http.StatusOK, res.StatusCode)

@@ -407,14 +407,12 @@ func (e *entry) status() Status {
 	}
 	if h := e.host; h != nil {
 		s.HostState, s.Share = e.hostHealth(now)
-		if st != StateClosed || s.HostState == pool.StateResting {
-			since := h.spell.since.Load() // it may have rested before it went out
-			if since == 0 && st != StateClosed {
-				since = h.outSince.Load()
-			}
-			if since != 0 {
-				s.Since = time.Unix(0, since)
-			}
+		since := h.spell.since.Load() // it may have rested before it went out
+		if since == 0 && st != StateClosed {
+			since = h.outSince.Load()
+		}
+		if since != 0 {
+			s.Since = time.Unix(0, since)
 			if c := gateway.Class(h.lastClass.Load()); c != gateway.ClassInternal || h.consecutive.Load() > 0 {
 				s.LastClass = c.String()
 			}

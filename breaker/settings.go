@@ -333,11 +333,11 @@ type Status struct {
 	HostState pool.State `json:"host_state,omitempty"`
 	// Share is the host's share of new requests, 0–1 (warming ramps it).
 	Share float64 `json:"share,omitempty"`
-	// Since is when the host left service (resting or out); zero while
-	// it serves.
+	// Since is when the host left service (resting or out), until it is
+	// back (a success, or its breaker closing); zero while it serves.
 	Since time.Time `json:"since,omitzero"`
-	// LastClass is the class of the host's last failure, while resting
-	// or not closed.
+	// LastClass is the class of the host's last failure, while Since is
+	// set.
 	LastClass string `json:"last_class,omitempty"`
 	// NextProbe is when the next probe is due; zero if none is waiting
 	// (one may be in flight).

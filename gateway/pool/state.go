@@ -12,8 +12,8 @@ type State string
 const (
 	// StateServing: the host takes its full share of new requests.
 	StateServing State = "serving"
-	// StateWarming: the host is back in service, with a share of new
-	// requests that ramps up (slow start).
+	// StateWarming: the host is back, with a share of new requests that
+	// ramps up (slow start); after a rest, until a request to it succeeds.
 	StateWarming State = "warming"
 	// StateResting: the host failed lately (evidence about the host:
 	// connection failures, resets, timeouts); it is sent new requests only
