@@ -21,6 +21,7 @@ import (
 	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/pool"
 	"github.com/proxykit/proxykit/retry"
 )
 
@@ -85,7 +86,8 @@ func TestModifyResponseRejection(t *testing.T) {
 	}
 	for _, s := range st.Pool.Status() {
 		assert.Zero(t, s.Failures, s.Upstream)
-		assert.True(t, s.Healthy, s.Upstream)
+		assert.True(t, s.Allowed, s.Upstream)
+		assert.Equal(t, pool.StateServing, s.State, s.Upstream)
 	}
 	out := logs.String()
 	assert.Equal(t, n, strings.Count(out, "level=INFO msg=\"proxy: upstream failure\" class=response_rejected"),

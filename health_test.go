@@ -28,6 +28,7 @@ import (
 	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // sample is one client request of a load run.
@@ -398,5 +399,5 @@ func TestOneFailingRoute(t *testing.T) {
 	}
 	t.Logf("%d requests; other routes served %d of %d; host %s", len(samples), ok, others, r.st.Hosts.HostState(r.ups[0].Addr))
 	assert.Equal(t, others, ok)
-	assert.Equal(t, "serving", r.st.Hosts.HostState(r.ups[0].Addr))
+	assert.Equal(t, pool.StateServing, r.st.Hosts.HostState(r.ups[0].Addr))
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/pool"
 	"github.com/proxykit/proxykit/retry"
 	"github.com/proxykit/proxykit/status"
 )
@@ -171,12 +172,13 @@ func TestStackHedging(t *testing.T) {
 	}
 	for _, hs := range st.Pool.Status() {
 		assert.Zero(t, hs.Failures, "pool: %s", hs.Upstream)
-		assert.True(t, hs.Healthy, hs.Upstream)
+		assert.True(t, hs.Allowed, hs.Upstream)
+		assert.Equal(t, pool.StateServing, hs.State, hs.Upstream)
 	}
 	for _, bs := range st.Hosts.States() {
 		assert.Zero(t, bs.Counts.Failures, "breaker: %s", bs.Key)
 		if !bs.Overflow {
-			assert.Equal(t, "serving", bs.Health, bs.Key)
+			assert.Equal(t, pool.StateServing, bs.HostState, bs.Key)
 		}
 	}
 

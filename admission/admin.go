@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // maxDrainWait bounds the wait parameter of a drain.
@@ -157,9 +159,9 @@ func (a *admin) params(w http.ResponseWriter, r *http.Request, known ...string) 
 
 // upstreamAnswer is the answer of drain and resume.
 type upstreamAnswer struct {
-	Upstream string `json:"upstream"`
-	State    string `json:"state"`
-	Active   int64  `json:"active"`
+	Upstream string     `json:"upstream"`
+	State    pool.State `json:"state"`
+	Active   int64      `json:"active"`
 }
 
 func (a *admin) upstream(w http.ResponseWriter, r *http.Request, op string) {

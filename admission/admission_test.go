@@ -181,7 +181,8 @@ func TestConvergesAndRecovers(t *testing.T) {
 	assert.Zero(t, shed, "nothing shed once capacity returned")
 	assert.Zero(t, other)
 	assert.Positive(t, ok)
-	assert.Equal(t, "serving", st[0].State, "the limit lifted")
+	assert.Zero(t, st[0].Limit, "the limit lifted")
+	assert.Empty(t, st[0].State, "a limit is never a state")
 }
 
 // TestHealthyMixedRoutes: a healthy upstream with a fast route and a slow
@@ -291,7 +292,7 @@ func (r *drainRig) get(t *testing.T, path string) (int, string) {
 	return res.StatusCode, string(b)
 }
 
-func (r *drainRig) state(host string) string {
+func (r *drainRig) state(host string) pool.State {
 	for _, s := range r.lim.Status() {
 		if s.Upstream == host {
 			return s.State
@@ -301,8 +302,8 @@ func (r *drainRig) state(host string) string {
 }
 
 // TestDrain: a drained upstream gets no new request while its requests in
-// flight — response bodies included — finish; it is "draining", then
-// "out", for the Limiter and the pool; Resume sends it requests again.
+// flight — response bodies included — finish; it is draining, then
+// drained, for the Limiter and the pool; Resume sends it requests again.
 func TestDrain(t *testing.T) {
 	r := newDrainRig(t)
 	var streams sync.WaitGroup
@@ -319,10 +320,10 @@ func TestDrain(t *testing.T) {
 		"two streams in flight at a, two served by b")
 
 	require.NoError(t, r.lim.Drain(r.aName))
-	assert.Equal(t, "draining", r.state(r.aName))
+	assert.Equal(t, pool.StateDraining, r.state(r.aName))
 	hs := r.pool.Status()
-	assert.Equal(t, "draining", hs[0].State, "the pool shows the one state of the host")
-	assert.False(t, hs[0].Healthy)
+	assert.Equal(t, pool.StateDraining, hs[0].State, "the pool shows the one state of the host")
+	assert.False(t, hs[0].Allowed)
 
 	before := r.a.Requests()
 	for range 10 {
@@ -349,8 +350,8 @@ func TestDrain(t *testing.T) {
 	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	require.NoError(t, r.lim.Drained(ctx, r.aName))
-	assert.Equal(t, "out", r.state(r.aName))
-	assert.Equal(t, "out", r.pool.Status()[0].State)
+	assert.Equal(t, pool.StateDrained, r.state(r.aName))
+	assert.Equal(t, pool.StateDrained, r.pool.Status()[0].State)
 
 	require.NoError(t, r.lim.Resume(r.aName))
 	seen := map[string]bool{}
@@ -440,7 +441,7 @@ func ExampleLimiter_Drain() {
 		return
 	}
 	fmt.Println(lim.Status()[0].State)
-	// Output: out
+	// Output: drained
 }
 
 var _ = errors.Is

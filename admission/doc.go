@@ -114,7 +114,7 @@
 // [Limiter.Drain] stops new requests to one host: a pool skips it, and a
 // request that reaches it anyway is refused (ClassOverloaded wrapping
 // [ErrDraining], retried elsewhere); requests in flight finish, response
-// bodies included; its state is "draining", then "out". [Maintenance]
+// bodies included; its state is draining, then drained. [Maintenance]
 // answers every request with a planned-maintenance 503 until stopped;
 // [NewAdmin] serves both to an operator, behind a token.
 package admission

@@ -22,8 +22,9 @@ import (
 //     (see [pool.RequestHealth] and [gateway.Trail]): a retry of a shed
 //     request goes to another host, never back into the same host's
 //     queue (with no other host, the pool answers no_upstream);
-//   - its state (see [pool.HostStater]) is "draining", "out" once
-//     drained, "at-limit", or else inner's.
+//   - its state (see [pool.HostStater]) is draining, then drained once
+//     nothing is left in flight, or else inner's (a host at its limit is
+//     still in service: its limit is a detail, see [Limiter.Status]).
 //
 // Everything else — OpenFor, and the optional [pool.Shares],
 // [pool.RequestHealth], [pool.Watcher] and [pool.HostStater] of inner —
@@ -96,10 +97,9 @@ func (h *health) Watch(target *url.URL) {
 }
 
 // HostState implements pool.HostStater.
-func (h *health) HostState(host string) string {
+func (h *health) HostState(host string) pool.State {
 	if e := h.l.lookup(host); e != nil {
-		switch st := e.state(); st {
-		case "draining", "out", "at-limit":
+		if st := e.state(); st != pool.StateServing {
 			return st
 		}
 	}
@@ -107,7 +107,7 @@ func (h *health) HostState(host string) string {
 		return s.HostState(host)
 	}
 	if h.Allows(host) {
-		return "serving"
+		return pool.StateServing
 	}
-	return "out"
+	return pool.StateOut
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // Errors a shed or refused request's [gateway.Failure] wraps; test with
@@ -676,8 +677,8 @@ func (c *trackedConn) CloseRead() error {
 // or an http(s) URL): a pool that asks [Limiter.Health] passes it over at
 // once, and a request that reaches it anyway is refused with
 // [gateway.ClassOverloaded] wrapping [ErrDraining]. Requests in flight,
-// response bodies included, finish. Its state is "draining", then "out"
-// once nothing is left in flight; [Limiter.Drained] waits for that. Drain
+// response bodies included, finish. Its state ([pool.State]) is draining,
+// then drained once nothing is left in flight; [Limiter.Drained] waits for that. Drain
 // returns [ErrUnknownHost] for a host the Limiter does not know (see
 // [Limiter.Watch]) and an error for a malformed name.
 func (l *Limiter) Drain(host string) error {
@@ -795,12 +796,14 @@ func (l *Limiter) Draining(host string) bool {
 type HostStatus struct {
 	// Upstream is the host's canonical name (host:port).
 	Upstream string `json:"upstream"`
-	// State is "serving" (no queueing: no limit enforced), "congested"
-	// (latency rose above the baseline: the limit is enforced),
-	// "at-limit" (congested, with every slot taken), "draining" or "out"
-	// (drained: nothing left in flight).
-	State string `json:"state"`
-	// Limit is the enforced concurrency limit; 0 while none is.
+	// State is the host's state as far as the Limiter decides it: draining
+	// or drained (see [Limiter.Drain]); empty otherwise, the host's state
+	// being its health's. A limit is a detail, never a state.
+	State pool.State `json:"state,omitempty"`
+	// Limit is the enforced concurrency limit, while the host shows
+	// queueing (its latency rose above its baseline); 0 while none is.
+	// The host is at its limit when InFlight reaches Limit or Queued is
+	// above 0.
 	Limit int64 `json:"limit"`
 	// InFlight counts requests waiting for their response header; Active
 	// those whose response has not ended (what a drain waits for);
@@ -823,7 +826,10 @@ func (l *Limiter) Status() []HostStatus {
 	now := l.now()
 	for _, h := range m {
 		s := HostStatus{Upstream: h.name, InFlight: h.inflight.Load(), Active: h.active.Load(),
-			Queued: h.queued.Load(), Shed: h.shed.Load(), State: h.state()}
+			Queued: h.queued.Load(), Shed: h.shed.Load()}
+		if st := h.state(); st != pool.StateServing {
+			s.State = st
+		}
 		if lim := h.limit.Load(); lim < unlimited {
 			s.Limit = lim
 		}
@@ -836,19 +842,16 @@ func (l *Limiter) Status() []HostStatus {
 	return out
 }
 
-// state is the host's one word (see HostStatus.State).
-func (h *host) state() string {
-	switch lim := h.limit.Load(); {
+// state is the host's state as far as the Limiter decides it: draining,
+// drained, or else serving.
+func (h *host) state() pool.State {
+	switch {
 	case h.draining.Load() && h.active.Load() > 0:
-		return "draining"
+		return pool.StateDraining
 	case h.draining.Load():
-		return "out"
-	case lim >= unlimited:
-		return "serving"
-	case h.inflight.Load() >= lim || h.queued.Load() > 0:
-		return "at-limit"
+		return pool.StateDrained
 	}
-	return "congested"
+	return pool.StateServing
 }
 
 // atLimit reports whether a congested host has no slot free.

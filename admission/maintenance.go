@@ -124,10 +124,7 @@ func (m *Maintenance) Wrap(next http.Handler) http.Handler {
 			return
 		}
 		f := m.failure(st)
-		if !gateway.RecordFailure(w, f) {
-			gateway.LogFailure(m.Logger, r, f, 0)
-		}
-		gateway.WriteFailure(w, r, f)
+		gateway.HandOff(w, r, f, false, nil, func() { gateway.LogFailure(m.Logger, r, f, 0) })
 	})
 }
 

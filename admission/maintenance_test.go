@@ -17,6 +17,7 @@ import (
 	"github.com/proxykit/proxykit/admission"
 	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // maintRig is errorpage around a Maintenance around a counting handler.
@@ -153,7 +154,7 @@ func (r *adminRig) do(t *testing.T, method, path, auth string) (int, string) {
 
 func (r *adminRig) draining() bool {
 	for _, s := range r.lim.Status() {
-		if s.State == "draining" || s.State == "out" {
+		if s.State == pool.StateDraining || s.State == pool.StateDrained {
 			return true
 		}
 	}
@@ -202,7 +203,7 @@ func TestAdminOperations(t *testing.T) {
 
 	status, body := r.do(t, "POST", "/admin/drain?upstream=http://10.0.0.5:8080&wait=1s", auth)
 	assert.Equal(t, 200, status, body)
-	assert.Contains(t, body, `"state": "out"`)
+	assert.Contains(t, body, `"state": "drained"`)
 	status, body = r.do(t, "GET", "/admin/upstreams", auth)
 	assert.Equal(t, 200, status)
 	assert.Contains(t, body, `"upstream": "10.0.0.5:8080"`)

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // held is a RoundTripper whose requests to /hold wait until released (or
@@ -267,7 +268,7 @@ func TestUnlimitedWhileHealthy(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { h := l.lookup(testHost); return h != nil && h.inflight.Load() == 200 }, 5*time.Second, time.Millisecond)
 	h := l.lookup(testHost)
-	assert.Equal(t, "serving", h.state())
+	assert.False(t, h.limit.Load() < unlimited, "no limit enforced")
 	close(up.release)
 	for _, ch := range hold {
 		assert.Equal(t, "ok", (<-ch).class())
@@ -405,7 +406,7 @@ func TestHealthAtLimit(t *testing.T) {
 	trail.Add(testHost)
 	assert.False(t, rh.AllowsRequest(testHost, fresh), "a retry is not queued on the same host")
 	assert.True(t, hl.Allows(testHost))
-	assert.Equal(t, "at-limit", hl.(interface{ HostState(string) string }).HostState(testHost))
+	assert.Equal(t, pool.StateServing, hl.(pool.HostStater).HostState(testHost), "at its limit, still in service")
 
 	close(up.release)
 	<-holder

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // answer is a fake upstream's answer to one request: a status, or a
@@ -209,7 +211,7 @@ func TestHalfOpenAnswerIsEnough(t *testing.T) {
 					res.Body.Close()
 				}
 			}
-			assert.Equal(t, tc.closes, h.HostState("svc:80") != "out" && h.Allows("svc:80"), h.HostState("svc:80"))
+			assert.Equal(t, tc.closes, h.HostState("svc:80") != pool.StateOut && h.Allows("svc:80"), h.HostState("svc:80"))
 		})
 	}
 }
@@ -245,7 +247,8 @@ func TestNeverDialsAHostKnownOut(t *testing.T) {
 			for range defaultConsecutiveFailures {
 				do(t, rt, "GET", "svc:80", &up)
 			}
-			require.Equal(t, "probing", h.HostState("svc:80"))
+			require.Equal(t, pool.StateOut, h.HostState("svc:80"))
+			require.True(t, h.set.lookup("svc:80").host.probing.Load(), "out, and probed")
 			// Many open periods and probes later, no request went through.
 			deadline := time.Now().Add(200 * time.Millisecond)
 			for time.Now().Before(deadline) {
@@ -257,7 +260,7 @@ func TestNeverDialsAHostKnownOut(t *testing.T) {
 			assert.Positive(t, h.OpenFor("svc:80"), "Retry-After: until the next probe at least")
 			probeOK.Store(true)
 			require.Eventually(t, func() bool { return h.Allows("svc:80") }, time.Second, time.Millisecond)
-			assert.Equal(t, "half-open", h.HostState("svc:80"))
+			assert.Equal(t, pool.StateTrial, h.HostState("svc:80"))
 			assert.True(t, do(t, rt, "GET", "svc:80", &up), "a probe passed: trial requests go")
 		})
 	}
@@ -309,7 +312,7 @@ func TestHalfOpenIdempotentFirst(t *testing.T) {
 		req.Header.Set("Fail", "1")
 		_, err = rt.RoundTrip(req)
 		require.Error(t, err)
-		require.Equal(t, "out", h.HostState("b:80"))
+		require.Equal(t, pool.StateOut, h.HostState("b:80"))
 		now.Add(int64(time.Minute)) // the open period is over
 		return h, rt, &now, &up
 	}
@@ -321,7 +324,7 @@ func TestHalfOpenIdempotentFirst(t *testing.T) {
 		h, rt, _, up := setup(t)
 		assert.False(t, h.AllowsRequest("b:80", postTo("b:80")), "a pool sends the POST elsewhere")
 		assert.True(t, h.AllowsRequest("b:80", httptest.NewRequest("GET", "http://b:80/", nil)))
-		assert.Equal(t, "half-open", h.HostState("b:80"))
+		assert.Equal(t, pool.StateTrial, h.HostState("b:80"))
 		before := up.Load()
 		_, err := rt.RoundTrip(postTo("b:80"))
 		var f *gateway.Failure
@@ -394,7 +397,8 @@ func TestHealthCheckProbe(t *testing.T) {
 	for range defaultConsecutiveFailures {
 		require.Error(t, get())
 	}
-	require.Equal(t, "probing", h.HostState(up.Addr))
+	require.Equal(t, pool.StateOut, h.HostState(up.Addr))
+	require.True(t, h.set.lookup(up.Addr).host.probing.Load(), "out, and probed")
 	require.NoError(t, up.SetFault(gatewaytest.Healthy)) // serves again, but its check fails
 	seen := others.Load()
 	time.Sleep(300 * time.Millisecond) // fifteen open periods
@@ -437,7 +441,7 @@ func TestHealthCheckAlways(t *testing.T) {
 	u := mustURL(up.URL)
 	h.Watch(u)
 	require.Eventually(t, func() bool { return checks.Load() >= 3 }, time.Second, time.Millisecond, "checked before any request")
-	assert.Equal(t, "serving", h.HostState(up.Addr))
+	assert.Equal(t, pool.StateServing, h.HostState(up.Addr))
 	healthy.Store(false)
 	require.Eventually(t, func() bool { return !h.Allows(up.Addr) }, time.Second, time.Millisecond, "out after Fall failed checks")
 	assert.Equal(t, "upstream_status", h.States()[0].LastClass)
@@ -503,13 +507,99 @@ func TestRestThenWarm(t *testing.T) {
 	do(t, rt, "GET", "svc:80", &up)
 	assert.Equal(t, 1.0, h.Share("svc:80"))
 	do(t, rt, "POST", "svc:80", &up)
-	assert.Equal(t, "resting", h.HostState("svc:80"))
+	assert.Equal(t, pool.StateResting, h.HostState("svc:80"))
 	assert.Zero(t, h.Share("svc:80"))
+	st := h.States()[0]
+	assert.Equal(t, time.Unix(0, now.Load()), st.Since, "resting since the failure")
+	assert.Equal(t, "reset", st.LastClass)
+	assert.True(t, st.RestUntil.After(time.Unix(0, now.Load())), "its rest ends ahead")
 	now.Add(int64(defaultRest))
-	assert.Equal(t, "warming", h.HostState("svc:80"))
+	assert.Equal(t, pool.StateWarming, h.HostState("svc:80"))
 	assert.InDelta(t, 0.1, h.Share("svc:80"), 0.01)
 	now.Add(int64(defaultSlowStart / 2))
 	assert.InDelta(t, 0.55, h.Share("svc:80"), 0.01)
 	now.Add(int64(defaultSlowStart / 2))
 	assert.Equal(t, 1.0, h.Share("svc:80"))
+}
+
+// TestStatusTimesAhead: a host out until a probe passes, its open period
+// long over, reports when a request may pass again as a moment ahead of
+// now (its next probe at the earliest), never the end of an open period
+// already past, and no next probe in the past; it is out, one word.
+func TestStatusTimesAhead(t *testing.T) {
+	h, err := PerHost(Settings{Logger: quietLog, Timeout: time.Second})
+	require.NoError(t, err)
+	defer h.Close()
+	h.set.prober.dial = func(context.Context, string, string) (net.Conn, error) { return nil, errors.New("still down") }
+	var now atomic.Int64
+	now.Store(time.Now().UnixNano())
+	h.set.clock = now.Load
+	var up atomic.Int64
+	rt := h.Transport(fakeRT(func(r *http.Request) (*http.Response, error) {
+		up.Add(1)
+		return answer{class: gateway.ClassRefused}.roundTrip(r)
+	}))
+	for range defaultConsecutiveFailures {
+		do(t, rt, "GET", "svc:80", &up)
+	}
+	require.False(t, h.Allows("svc:80"))
+	now.Add(int64(30 * time.Second)) // the open period (1 s) is long over; no probe passed
+	st := h.States()
+	require.Len(t, st, 1)
+	at := time.Unix(0, now.Load())
+	assert.Equal(t, pool.StateOut, st[0].HostState)
+	assert.Equal(t, StateOpen, st[0].State)
+	assert.False(t, st[0].OpenUntil.Before(at), "open until %v, reported at %v", st[0].OpenUntil, at)
+	assert.True(t, st[0].NextProbe.IsZero() || !st[0].NextProbe.Before(at), "next probe %v, reported at %v", st[0].NextProbe, at)
+	assert.Equal(t, "refused", st[0].LastClass)
+}
+
+// TestSpellLinesRationed: a host that leaves and rejoins service again and
+// again is logged at warn and info level once a minute; the spells between
+// are debug lines, and the next warn line counts them.
+func TestSpellLinesRationed(t *testing.T) {
+	var logs gatewaytest.SafeBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h, err := PerHost(Settings{Logger: logger, Health: HostHealth{NoProbes: true, SlowStart: -1}})
+	require.NoError(t, err)
+	defer h.Close()
+	var now atomic.Int64
+	now.Store(time.Now().UnixNano())
+	h.set.clock = now.Load
+	var up atomic.Int64
+	rt := h.Transport(fakeRT(func(r *http.Request) (*http.Response, error) {
+		up.Add(1)
+		if r.Method == "POST" {
+			return answer{class: gateway.ClassReset}.roundTrip(r)
+		}
+		return answer{status: 200}.roundTrip(r)
+	}))
+	spell := func() {
+		do(t, rt, "POST", "svc:80", &up) // a reset: it rests
+		require.Equal(t, pool.StateResting, h.HostState("svc:80"))
+		do(t, rt, "GET", "svc:80", &up) // a success while resting: still out
+		now.Add(int64(defaultMaxRest))
+		require.Equal(t, pool.StateWarming, h.HostState("svc:80"), "rest over, not yet proven")
+		do(t, rt, "GET", "svc:80", &up) // rest over, a success: back
+		require.Equal(t, pool.StateServing, h.HostState("svc:80"))
+	}
+	count := func(level, msg string) int {
+		return strings.Count(logs.String(), "level="+level+" msg=\""+msg+"\"")
+	}
+	spell()
+	assert.Equal(t, 1, count("WARN", "upstream out of service"), logs.String())
+	assert.Contains(t, logs.String(), "upstream=svc:80 state=resting class=reset since=")
+	assert.Equal(t, 1, count("INFO", "upstream back in service"))
+	for range 3 {
+		spell()
+	}
+	assert.Equal(t, 1, count("WARN", "upstream out of service"), "rationed")
+	assert.Equal(t, 1, count("INFO", "upstream back in service"))
+	assert.Equal(t, 3, count("DEBUG", "upstream out of service"))
+	assert.Equal(t, 3, count("DEBUG", "upstream back in service"))
+	now.Add(int64(time.Minute))
+	spell()
+	assert.Equal(t, 2, count("WARN", "upstream out of service"))
+	assert.Contains(t, logs.String(), "spells_since_last_line=3")
+	assert.Equal(t, 2, count("INFO", "upstream back in service"))
 }

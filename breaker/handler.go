@@ -47,12 +47,12 @@ func New(s Settings) (*Breaker, error) {
 //
 // A Failure recorded below travels on outward. When no enclosing layer
 // takes it, b is the outermost layer to see it and does what that layer
-// must: it logs the Failure once ([gateway.LogFailure], to
-// Settings.Logger), and when nothing was written — the client went away,
-// and the ErrorHandler writes nothing then — it aborts the response
-// ([gateway.AbortIfCanceled]) instead of letting net/http finish it with an
-// empty 200. A handler that recorded any other Failure without writing gets
-// it written ([gateway.WriteFailure]).
+// must ([gateway.HandOff]): it logs the Failure once ([gateway.LogFailure],
+// to Settings.Logger), and when nothing was written — the client went
+// away, and the ErrorHandler writes nothing then — it aborts the response
+// instead of letting net/http finish it with an empty 200. A handler that
+// recorded any other Failure without writing gets it written
+// ([gateway.WriteFailure]).
 func (b *Breaker) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := ""
@@ -96,26 +96,13 @@ func (b *Breaker) Wrap(next http.Handler) http.Handler {
 }
 
 // handOut is the outermost layer's duty for f, a Failure recorded below
-// that was not forwarded when its response passed: hand it outward if
-// nothing was written yet, and if no enclosing layer takes it, log it and
-// abort the response of a client that went away.
+// that was not forwarded when its response passed (see gateway.HandOff).
 func (b *Breaker) handOut(w http.ResponseWriter, r *http.Request, f *gateway.Failure, committed bool) {
-	outer := false
-	if !committed {
-		outer = gateway.RecordFailure(w, f)
-		if f.Class != gateway.ClassCanceled {
-			gateway.WriteFailure(w, r, f)
-		}
-	}
-	if outer {
-		return
-	}
-	// No duration, as from gateway.NewErrorHandler's: a clock read on every
-	// request would cost more than the rest of this duty.
-	gateway.LogFailure(b.set.c.Logger, r, f, 0)
-	if !committed {
-		gateway.AbortIfCanceled(f)
-	}
+	gateway.HandOff(w, r, f, committed, nil, func() {
+		// No duration, as from gateway.NewErrorHandler's: a clock read on
+		// every request would cost more than the rest of this duty.
+		gateway.LogFailure(b.set.c.Logger, r, f, 0)
+	})
 }
 
 // observer is the per-request state of Wrap: the Interceptor, and the
@@ -189,5 +176,6 @@ func statusOutcome(status int, serverErrors bool) error {
 }
 
 // States returns the state of every breaker, sorted by key; with a Key
-// function the overflow entry comes last.
+// function the overflow entry comes last while requests with keys beyond
+// Settings.MaxKeys pass unguarded (within the last Settings.Interval).
 func (b *Breaker) States() []Status { return b.set.states() }

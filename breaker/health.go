@@ -17,6 +17,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // Defaults of [HostHealth].
@@ -39,18 +40,28 @@ const (
 )
 
 // HostHealth configures the host-health model of [Hosts]: one state per
-// host, decided in one place. A host is
+// host ([pool.State]), decided in one place. A host is
 //
 //   - serving: its breaker is closed;
-//   - resting: serving, but it failed lately (see RestAfter): a pool sends
-//     it requests only when no other host is left;
-//   - warming: serving again after being out, with a share of traffic that
-//     ramps up over SlowStart;
+//   - resting: its breaker is closed, but it failed lately (see
+//     RestAfter): a pool sends it requests only when no other host is
+//     left;
+//   - warming: back after being out or resting, with a share of traffic
+//     that ramps up over SlowStart; after a rest, until a request to it
+//     succeeds;
 //   - out: its breaker is open (tripped by evidence about the host, see
-//     [Hosts]); no request reaches it;
-//   - probing: out, and a probe is due or in flight;
-//   - half-open: a probe passed, or its open period is over; a few real
-//     requests decide, idempotent ones first (see SafeFirst).
+//     [Hosts]); no request reaches it, and probes (see below) watch for
+//     its return;
+//   - trial: its breaker is half-open: a probe passed, or its open period
+//     is over; a few real requests decide, idempotent ones first (see
+//     SafeFirst).
+//
+// A host leaving service (resting or out, from serving or warming) is
+// logged once at warn level, with the class of the failure and since
+// when; its return (its first success afterwards, or its breaker closing)
+// at info level, with how long it was out. Within a minute of a logged
+// spell, further spells of the same host are logged at debug level, and
+// the next warn line counts them.
 //
 // # Evidence
 //
@@ -301,6 +312,8 @@ type hostState struct {
 	lastTrail atomic.Pointer[gateway.Trail]
 	lastLen   atomic.Int64
 
+	spell spell // its time out of service, for the log
+
 	restUntil atomic.Int64 // ns; resting while now < restUntil
 	strikes   atomic.Int32 // rests since the host last passed probation
 	successes atomic.Int32 // successes in a row since a strike
@@ -479,6 +492,7 @@ func (e *entry) hostFailure(req *http.Request, c gateway.Class) bool {
 	}
 	h.restMu.Lock()
 	h.successes.Store(0)
+	rested := false
 	if h.restRun++; h.restRun >= hh.RestAfter && now >= h.restUntil.Load() {
 		strikes := h.strikes.Add(1)
 		rest := hh.Rest
@@ -487,8 +501,12 @@ func (e *entry) hostFailure(req *http.Request, c gateway.Class) bool {
 		}
 		h.restUntil.Store(now + int64(min(rest, hh.MaxRest)))
 		h.restRun = 0
+		rested = true
 	}
 	h.restMu.Unlock()
+	if rested && State(e.state.Load()) == StateClosed {
+		e.leave(now, pool.StateResting, c)
+	}
 	return true
 }
 
@@ -499,11 +517,18 @@ func (e *entry) hostStatusFailure(req *http.Request) bool {
 	return e.hostFailure(req, gateway.ClassUpstreamStatus)
 }
 
-// hostSuccess records a success, writing only what changes.
+// hostSuccess records a success, writing only what changes. A success of
+// a host out of service whose breaker is closed and whose rest is over
+// brings it back.
 func (e *entry) hostSuccess() {
 	h := e.host
 	if h.consecutive.Load() != 0 {
 		h.consecutive.Store(0)
+	}
+	if h.spell.since.Load() != 0 && State(e.state.Load()) == StateClosed {
+		if now := e.set.now(); now >= h.restUntil.Load() {
+			e.rejoin(now)
+		}
 	}
 	if h.strikes.Load() > 0 {
 		h.restMu.Lock()
@@ -788,27 +813,29 @@ func (e *entry) admitsUnsafe(now int64) bool {
 	return !e.set.othersServing(e)
 }
 
-// hostHealth returns the one-word state of a host and its share.
-func (e *entry) hostHealth(now int64) (string, float64) {
+// hostHealth returns the state of a host and its share.
+func (e *entry) hostHealth(now int64) (pool.State, float64) {
 	switch State(e.state.Load()) {
 	case StateOpen:
 		if now >= e.openUntil.Load() && !e.awaiting() {
-			return "half-open", 1
+			return pool.StateTrial, 1 // due: the next request is a trial
 		}
-		if e.host.probing.Load() {
-			return "probing", 0
-		}
-		return "out", 0
+		return pool.StateOut, 0
 	case StateHalfOpen:
-		return "half-open", 1
+		return pool.StateTrial, 1
 	}
 	if share := e.share(now); share < 1 {
 		if share == 0 {
-			return "resting", 0
+			return pool.StateResting, 0
 		}
-		return "warming", share
+		return pool.StateWarming, share
 	}
-	return "serving", 1
+	if e.host.spell.since.Load() != 0 {
+		// Its rest is over, but no request has succeeded since it left
+		// service: back, not yet proven.
+		return pool.StateWarming, 1
+	}
+	return pool.StateServing, 1
 }
 
 // share is a serving host's share of new requests: 0 while resting, a

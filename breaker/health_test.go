@@ -17,6 +17,7 @@ import (
 
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 var quietLog = slog.New(slog.DiscardHandler)
@@ -160,7 +161,8 @@ func TestProbeRecovery(t *testing.T) {
 			require.Error(t, err)
 		}
 		require.False(t, h.Allows(down.Addr))
-		assert.Equal(t, "probing", h.HostState(down.Addr))
+		assert.Equal(t, pool.StateOut, h.HostState(down.Addr))
+		assert.True(t, h.set.lookup(down.Addr).host.probing.Load(), "out, and probed")
 
 		if !alone {
 			// Down for 1.6 s: probes back off (100, 200, 400, 800 ms ±25%).
@@ -248,17 +250,17 @@ func TestSlowStartShare(t *testing.T) {
 		}
 	}
 	do()
-	assert.Equal(t, "out", h.HostState("svc:80"))
+	assert.Equal(t, pool.StateOut, h.HostState("svc:80"))
 	now.Add(int64(defaultTimeout))
 	fail = false
 	for range defaultMaxRequests {
 		do()
 	}
-	require.Equal(t, "warming", h.HostState("svc:80"))
+	require.Equal(t, pool.StateWarming, h.HostState("svc:80"))
 	assert.InDelta(t, 0.1, h.Share("svc:80"), 0.01)
 	now.Add(int64(defaultSlowStart / 2))
 	assert.InDelta(t, 0.55, h.Share("svc:80"), 0.01)
 	now.Add(int64(defaultSlowStart / 2))
 	assert.Equal(t, 1.0, h.Share("svc:80"))
-	assert.Equal(t, "serving", h.HostState("svc:80"))
+	assert.Equal(t, pool.StateServing, h.HostState("svc:80"))
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // Outcomes are reported to gobreaker as these errors: nil is a success.
@@ -88,7 +89,7 @@ type transition struct {
 	from, to State
 	period   time.Duration // the open period, for a transition to open
 	spell    bool          // open→half-open→open within one out spell
-	cause    string        // for a host going out: the class of the evidence
+	cause    gateway.Class // for a host going out: the class of the evidence
 }
 
 // Kinds of entry.
@@ -210,7 +211,7 @@ func (e *entry) onStateChange(b *gbox, from, to gobreaker.State) {
 				cause = gateway.ClassUpstreamStatus
 			}
 			h.cause.Store(int32(cause))
-			t.cause = cause.String()
+			t.cause = cause
 			if !s.othersServing(e) {
 				// A whole pool out: try it again soon.
 				period = min(period, 3*s.c.Health.PanicInterval)
@@ -400,20 +401,26 @@ func (e *entry) status() Status {
 	}
 	s := Status{Name: e.set.c.Name, Key: e.key, Overflow: e.overflow, State: st, Counts: n}
 	if st == StateOpen {
-		s.OpenUntil = time.Unix(0, e.openUntil.Load())
+		// When a request may pass again: for a host out until a probe
+		// passes, its next probe at the earliest, never a moment past.
+		s.OpenUntil = time.Unix(0, now+int64(e.openFor(now)))
 	}
 	if h := e.host; h != nil {
-		s.Health, s.Share = e.hostHealth(now)
-		if st != StateClosed {
-			s.Since = time.Unix(0, h.outSince.Load())
+		s.HostState, s.Share = e.hostHealth(now)
+		since := h.spell.since.Load() // it may have rested before it went out
+		if since == 0 && st != StateClosed {
+			since = h.outSince.Load()
+		}
+		if since != 0 {
+			s.Since = time.Unix(0, since)
 			if c := gateway.Class(h.lastClass.Load()); c != gateway.ClassInternal || h.consecutive.Load() > 0 {
 				s.LastClass = c.String()
 			}
 		}
-		if n := h.nextProbe.Load(); n > 0 {
-			s.NextProbe = time.Unix(0, n)
+		if n := h.nextProbe.Load(); n > now {
+			s.NextProbe = time.Unix(0, n) // none while one is in flight
 		}
-		if s.Health == "resting" {
+		if s.HostState == pool.StateResting {
 			s.RestUntil = time.Unix(0, h.restUntil.Load())
 		}
 	}
@@ -638,20 +645,29 @@ func (s *set) states() []Status {
 		es = append(es, e)
 	}
 	sort.Slice(es, func(i, j int) bool { return es[i].key < es[j].key })
-	es = append(es, s.overflow)
-	out := make([]Status, len(es))
+	out := make([]Status, len(es), len(es)+1)
 	for i, e := range es {
 		out[i] = e.status()
+	}
+	if ov := s.overflow.status(); ov.Counts.Requests > 0 {
+		out = append(out, ov) // only while keys pass unguarded
 	}
 	return out
 }
 
-// report logs a transition and calls the user's hook.
+// report logs a transition and calls the user's hook. A host's
+// transitions are debug lines: its leaving and rejoining service are the
+// lines operators read (see spell).
 func (s *set) report(e *entry, t transition) {
-	logger := s.c.Logger
-	if logger == nil {
-		logger = slog.Default()
+	if e.host != nil {
+		switch {
+		case t.to == StateOpen && t.from == StateClosed:
+			e.leave(s.now(), pool.StateOut, t.cause)
+		case t.to == StateClosed && t.from != StateClosed:
+			e.rejoin(s.now())
+		}
 	}
+	logger := s.logger()
 	ctx := context.Background()
 	if logger.Enabled(ctx, slog.LevelDebug) || logger.Enabled(ctx, slog.LevelWarn) {
 		attrs := []slog.Attr{
@@ -665,12 +681,12 @@ func (s *set) report(e *entry, t transition) {
 		}
 		if t.to == StateOpen {
 			attrs = append(attrs, slog.Duration("open_for", t.period))
-			if t.cause != "" {
-				attrs = append(attrs, slog.String("cause", t.cause))
+			if e.host != nil {
+				attrs = append(attrs, slog.String("cause", t.cause.String()))
 			}
 		}
 		level := slog.LevelWarn
-		if t.spell || (t.from == StateOpen && t.to == StateHalfOpen) {
+		if e.host != nil || t.spell || (t.from == StateOpen && t.to == StateHalfOpen) {
 			// Within one out spell (half-open tries that fail) the
 			// transitions are debug: the spell's start and end are warn.
 			level = slog.LevelDebug
@@ -680,6 +696,14 @@ func (s *set) report(e *entry, t transition) {
 	if s.c.OnStateChange != nil {
 		s.c.OnStateChange(s.c.Name, e.key, t.from, t.to)
 	}
+}
+
+// logger is Settings.Logger, or slog.Default().
+func (s *set) logger() *slog.Logger {
+	if s.c.Logger != nil {
+		return s.c.Logger
+	}
+	return slog.Default()
 }
 
 // now is the set's clock, in Unix ns.

@@ -36,6 +36,8 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // Defaults of [Settings]. 5 consecutive failures is Envoy's outlier
@@ -144,7 +146,8 @@ type Settings struct {
 	// A request whose key gets no breaker (the ration is spent, nothing
 	// can be evicted, or the key is longer than 256 bytes) fails open: it
 	// passes unguarded, is never fast-failed, and is counted in the
-	// overflow entry of States, which never trips. Overflow therefore
+	// overflow entry of States (reported while there are such requests),
+	// which never trips. Overflow therefore
 	// cannot become a shared outage; it is logged at warn level at most
 	// once per Interval.
 	MaxKeys int
@@ -314,26 +317,30 @@ type Status struct {
 	// entry too.
 	Key string `json:"key"`
 	// Overflow marks the entry that counts the requests that had no
-	// breaker of their own and passed unguarded (see Settings.MaxKeys).
-	// It never trips.
+	// breaker of their own and passed unguarded (see Settings.MaxKeys):
+	// reported only while there are such requests. It never trips.
 	Overflow bool   `json:"overflow,omitempty"`
 	State    State  `json:"state"`
 	Counts   Counts `json:"counts"`
-	// OpenUntil is when an open breaker lets probes through; zero unless
-	// open.
+	// OpenUntil is when an open breaker may let a request through again,
+	// as of the report (for a host out until a probe passes, its next
+	// probe at the earliest); zero unless open.
 	OpenUntil time.Time `json:"open_until,omitzero"`
 
 	// The host-health model's view, for [Hosts] only (see [HostHealth]).
-	// Health is the host's one state: "serving", "resting", "warming",
-	// "out", "probing" or "half-open".
-	Health string `json:"health,omitempty"`
+	// HostState is the host's one state (serving, resting, warming, out or
+	// trial); the fields above and below are its details.
+	HostState pool.State `json:"host_state,omitempty"`
 	// Share is the host's share of new requests, 0–1 (warming ramps it).
 	Share float64 `json:"share,omitempty"`
-	// Since is when the host last went out; zero while closed.
+	// Since is when the host left service (resting or out), until it is
+	// back (a success, or its breaker closing); zero while it serves.
 	Since time.Time `json:"since,omitzero"`
-	// LastClass is the class of the host's last failure, while not closed.
+	// LastClass is the class of the host's last failure, while Since is
+	// set.
 	LastClass string `json:"last_class,omitempty"`
-	// NextProbe is when the next probe is due; zero if none.
+	// NextProbe is when the next probe is due; zero if none is waiting
+	// (one may be in flight).
 	NextProbe time.Time `json:"next_probe,omitzero"`
 	// RestUntil is when a resting host's rest ends; zero unless resting.
 	RestUntil time.Time `json:"rest_until,omitzero"`

@@ -12,6 +12,7 @@ import (
 	"github.com/sony/gobreaker/v2"
 
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // Hosts is the transport seat: one circuit breaker per upstream host, so
@@ -88,13 +89,13 @@ func (h *Hosts) Share(host string) float64 {
 	return e.share(h.set.now())
 }
 
-// HostState returns host's one-word state (see [HostHealth]): "serving",
-// "resting", "warming", "out", "probing" or "half-open"; "serving" for a
-// host Hosts does not know.
-func (h *Hosts) HostState(host string) string {
+// HostState returns host's state (see [HostHealth]): serving, resting,
+// warming, out or trial; serving for a host Hosts does not know. It
+// implements [pool.HostStater].
+func (h *Hosts) HostState(host string) pool.State {
 	e := h.set.lookup(host)
 	if e == nil || e.host == nil {
-		return "serving"
+		return pool.StateServing
 	}
 	st, _ := e.hostHealth(h.set.now())
 	return st
@@ -284,5 +285,6 @@ func (h *Hosts) OpenFor(host string) time.Duration {
 }
 
 // States returns the state of every host's breaker, sorted by host; the
-// overflow entry comes last.
+// overflow entry comes last while requests to hosts beyond
+// Settings.MaxKeys pass unguarded (within the last Settings.Interval).
 func (h *Hosts) States() []Status { return h.set.states() }

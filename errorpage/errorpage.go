@@ -312,7 +312,8 @@ func (h *Handler) replacesUpstream(hdr http.Header) bool {
 // errorpage consumes the failures it replaces, so it hands each one on with
 // [gateway.RecordFailure] to any enclosing layer that wants it, and logs it
 // with [gateway.LogFailure] (warn; debug for a canceled client) only when
-// there is none. The same holds for a failure it passes through.
+// there is none ([gateway.HandOff]). The same holds for a failure it passes
+// through.
 func (h *Handler) Wrap(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := h.now()
@@ -330,7 +331,7 @@ func (h *Handler) Wrap(next http.Handler) http.Handler {
 			h.replace(w, r, st.replacing, !st.unlogged, start)
 		case st.Committed():
 			if f := st.Failure(); f != nil && !st.Forwarded() {
-				h.log(r, f, "", start)
+				gateway.HandOff(w, r, f, true, nil, func() { h.log(r, f, "", start) })
 			}
 		case st.Failure() != nil:
 			// A failure was recorded but nothing written: the client left
@@ -365,22 +366,16 @@ func (h *Handler) replace(w http.ResponseWriter, r *http.Request, f *gateway.Fai
 	if f == nil { // cannot happen: Decide sets it with every Discard
 		f = gateway.NewFailure(gateway.ClassInternal, "", nil)
 	}
-	recorded := gateway.RecordFailure(w, f)
-	outer := recorded || !log
-	if f.Class == gateway.ClassCanceled {
-		if !outer {
-			h.log(r, f, "", start)
-		}
-		if !recorded {
-			gateway.AbortIfCanceled(f)
-		}
-		return
+	var id string // the request ID the page shows, for the log line too
+	write := func() {
+		id = requestID(r)
+		h.write(w, r, f, id)
 	}
-	id := requestID(r)
-	if !outer {
-		h.log(r, f, id, start)
-	}
-	h.write(w, r, f, id)
+	gateway.HandOff(w, r, f, false, write, func() {
+		if log {
+			h.log(r, f, id, start)
+		}
+	})
 }
 
 // log writes the failure's line. id is the request ID the client gets, when

@@ -18,17 +18,16 @@ import (
 //   - for a client that went away, writes nothing and logs at debug level
 //     with status 499, instead of the stock ReverseProxy's 502 and "proxy
 //     error: context canceled" line; when no enclosing layer takes the
-//     Failure, it then aborts the connection (panic(http.ErrAbortHandler),
-//     which net/http recovers silently), so that net/http does not finish
-//     the response with an implicit 200;
+//     Failure, it then aborts the connection (see [HandOff]), so that
+//     net/http does not finish the response with an implicit 200;
 //   - otherwise writes the class's status (Retry-After when known) with a
 //     short plain-text body built from the class's explanation: never the
 //     error text or the upstream address;
 //   - logs one line (see [LogFailure] for its level) when no enclosing layer
 //     took the Failure (that layer logs the final outcome instead, so a
-//     retried request does not produce a line per attempt), and at debug
-//     level otherwise, with the attempt that failed: the length of the
-//     request's [Trail] when the Failure does not say.
+//     retried request does not produce a line per attempt), and otherwise
+//     a debug line "proxy: attempt failed" with the attempt that failed:
+//     the length of the request's [Trail] when the Failure does not say.
 //
 // When no enclosing layer takes a Failure although the request carries a
 // [Trail] (so a retry layer is above, whose Interceptor would have taken
@@ -82,37 +81,21 @@ func handleError(logger *slog.Logger, w http.ResponseWriter, r *http.Request, er
 		c.Class, c.Status = ClassCanceled, ClassCanceled.Status()
 		f = &c
 	}
-	outer := RecordFailure(w, f)
-	if f.Class != ClassCanceled {
-		WriteFailure(w, r, f)
-	}
 	// r is the outbound request of this attempt: its Trail, when a retry
 	// layer put one in the context, counts the attempts so far.
 	attempts := f.Attempts
 	if attempts == 0 {
 		attempts = TrailFrom(r.Context()).Len()
 	}
+	outer := HandOff(w, r, f, false, nil, func() {
+		logFailure(logger, failureLevel(f), failureMessage, r, f, attempts, 0)
+	})
 	if outer {
-		logFailure(logger, slog.LevelDebug, r, f, attempts, 0)
-		return true
+		// An enclosing layer logs the request's final outcome; this
+		// attempt's line is for debugging, and says it is an attempt.
+		logFailure(logger, slog.LevelDebug, attemptMessage, r, f, attempts, 0)
 	}
-	logFailure(logger, failureLevel(f), r, f, attempts, 0)
-	AbortIfCanceled(f)
-	return false
-}
-
-// AbortIfCanceled ends the response of a client that went away, f being of
-// class canceled, by aborting the connection: panic(http.ErrAbortHandler),
-// which net/http recovers without logging. Writing nothing is not enough:
-// net/http would finish the response with an implicit, empty 200, which an
-// HTTP/1 client that only half-closed its connection (net/http cancels the
-// context on that too) would read as success. The outermost layer to see
-// such a Failure (the one that logs it) calls this after logging; it does
-// nothing for any other class.
-func AbortIfCanceled(f *Failure) {
-	if f.Class == ClassCanceled {
-		panic(http.ErrAbortHandler)
-	}
+	return outer
 }
 
 // WriteFailure writes a minimal response for f: its status, Retry-After

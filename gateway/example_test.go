@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
 
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
@@ -99,4 +100,54 @@ func ExampleWrapModifyResponse() {
 	res.Body.Close()
 	fmt.Print(res.StatusCode, " ", string(body))
 	// Output: 502 502 Bad Gateway: The gateway declined to pass on the service's answer.
+}
+
+// apology is the Decider of a layer that answers failures itself.
+type apology struct{}
+
+func (apology) Decide(_ int, _ http.Header, f *gateway.Failure) gateway.Decision {
+	if f != nil {
+		return gateway.Discard
+	}
+	return gateway.Pass
+}
+
+// A layer of your own that answers failures — here with a one-line
+// apology — ends with the outermost layer's duty: HandOff gives the
+// Failure to any layer outside, and when there is none, logs it once (and
+// aborts for a client that went away).
+func ExampleHandOff() {
+	proxy := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// What gateway.NewErrorHandler does for a refused connection.
+		f := gateway.NewFailure(gateway.ClassRefused, "10.0.0.5:80", nil)
+		gateway.RecordFailure(w, f)
+		gateway.WriteFailure(w, r, f)
+	})
+	logger := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
+	layer := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var i gateway.Interceptor
+		i.Reset(w, apology{})
+		proxy.ServeHTTP(&i, r)
+		if f := i.Failure(); f != nil && i.Discarded() {
+			i.Rollback() // the discarded answer's headers go
+			gateway.HandOff(w, r, f, false, func() {
+				w.WriteHeader(f.StatusCode())
+				_, _ = io.WriteString(w, "Sorry, try again in a moment.\n")
+			}, func() { gateway.LogFailure(logger, r, f, 0) })
+		}
+	})
+
+	rec := httptest.NewRecorder()
+	layer.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil))
+	fmt.Print(rec.Code, " ", rec.Body.String())
+	// Output:
+	// level=WARN msg="proxy: upstream failure" class=refused status=502 upstream=10.0.0.5:80 sent=false attempts=1 method=GET path=/
+	// 502 Sorry, try again in a moment.
 }

@@ -17,7 +17,7 @@ import (
 // (when elapsed > 0) and error. The error text is for operators and never
 // reaches a client. A nil logger means slog.Default().
 func LogFailure(logger *slog.Logger, r *http.Request, f *Failure, elapsed time.Duration) {
-	logFailure(logger, failureLevel(f), r, f, f.Attempts, elapsed)
+	logFailure(logger, failureLevel(f), failureMessage, r, f, f.Attempts, elapsed)
 }
 
 func failureLevel(f *Failure) slog.Level {
@@ -51,8 +51,15 @@ func RequestAttrs(attrs []slog.Attr, r *http.Request) []slog.Attr {
 	return attrs
 }
 
-// logFailure writes f's line; attempts 0 means 1.
-func logFailure(logger *slog.Logger, level slog.Level, r *http.Request, f *Failure, attempts int, elapsed time.Duration) {
+// The messages of a request's one failure line and of an attempt's line
+// (debug level, when an enclosing layer logs the request's outcome).
+const (
+	failureMessage = "proxy: upstream failure"
+	attemptMessage = "proxy: attempt failed"
+)
+
+// logFailure writes f's line with msg; attempts 0 means 1.
+func logFailure(logger *slog.Logger, level slog.Level, msg string, r *http.Request, f *Failure, attempts int, elapsed time.Duration) {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -81,5 +88,5 @@ func logFailure(logger *slog.Logger, level slog.Level, r *http.Request, f *Failu
 	if f.Err != nil {
 		attrs = append(attrs, slog.String("error", f.Err.Error()))
 	}
-	logger.LogAttrs(ctx, level, "proxy: upstream failure", attrs...)
+	logger.LogAttrs(ctx, level, msg, attrs...)
 }

@@ -356,8 +356,8 @@ func (st *state) retry(l *lane, f *gateway.Failure, status int) bool {
 func (st *state) finish(w http.ResponseWriter) {
 	ic := st.result()
 	if ic.Committed() {
-		if st.final != nil && !ic.Forwarded() {
-			gateway.LogFailure(st.rt.cfg.logger, st.in, st.final, st.rt.since()-st.start)
+		if f := st.final; f != nil && !ic.Forwarded() {
+			gateway.HandOff(w, st.in, f, true, nil, func() { st.log(f) })
 		}
 		return
 	}
@@ -400,16 +400,14 @@ func (st *state) abandon(w http.ResponseWriter, f *gateway.Failure) {
 }
 
 // report hands f to the enclosing layer, writes it unless the client went
-// away, and logs it unless an enclosing layer took it.
+// away, and logs it unless an enclosing layer took it (gateway.HandOff).
 func (st *state) report(w http.ResponseWriter, f *gateway.Failure) {
-	outer := gateway.RecordFailure(w, f)
-	if f.Class != gateway.ClassCanceled {
-		gateway.WriteFailure(w, st.in, f)
-	}
-	if !outer {
-		gateway.LogFailure(st.rt.cfg.logger, st.in, f, st.rt.since()-st.start)
-		gateway.AbortIfCanceled(f)
-	}
+	gateway.HandOff(w, st.in, f, false, nil, func() { st.log(f) })
+}
+
+// log writes the request's one failure line.
+func (st *state) log(f *gateway.Failure) {
+	gateway.LogFailure(st.rt.cfg.logger, st.in, f, st.rt.since()-st.start)
 }
 
 // cleanup runs after every request, panicking or not: hedges are ended and

@@ -99,7 +99,7 @@ func (m *Monitor) Wrap(next http.Handler) http.Handler {
 				m.aborted(r, &st.i, start)
 				panic(v)
 			}
-			m.finish(r, &st.i, start)
+			m.finish(w, r, &st.i, start)
 			st.i = gateway.Interceptor{} // drop references to the request's writer
 			m.states.Put(st)
 		}()
@@ -107,7 +107,7 @@ func (m *Monitor) Wrap(next http.Handler) http.Handler {
 	})
 }
 
-func (m *Monitor) finish(r *http.Request, i *gateway.Interceptor, start time.Time) {
+func (m *Monitor) finish(w http.ResponseWriter, r *http.Request, i *gateway.Interceptor, start time.Time) {
 	status := i.Status()
 	f := i.Failure()
 	if f == nil && status != 0 {
@@ -127,17 +127,28 @@ func (m *Monitor) finish(r *http.Request, i *gateway.Interceptor, start time.Tim
 	} else {
 		m.byStatus[0].Add(1)
 	}
-	if f != nil {
-		m.report(r, f, start, i.Forwarded())
-	}
-	if m.OnRequest != nil {
-		if status == 0 && f != nil && f.Class == gateway.ClassCanceled {
-			status = gateway.ClassCanceled.Status()
+	if f == nil {
+		if m.OnRequest != nil {
+			m.OnRequest(r, status, nil, m.now().Sub(start))
 		}
-		m.OnRequest(r, status, f, m.now().Sub(start))
+		return
 	}
-	if f != nil && !i.Committed() {
-		gateway.AbortIfCanceled(f)
+	if status == 0 && f.Class == gateway.ClassCanceled {
+		status = f.Class.Status()
+	}
+	// The outermost layer's duty. The Monitor answers nothing itself; its
+	// hooks run before a canceled client's connection is aborted.
+	reported := false
+	report := func(outside bool) {
+		reported = true
+		m.report(r, f, start, outside)
+		if m.OnRequest != nil {
+			m.OnRequest(r, status, f, m.now().Sub(start))
+		}
+	}
+	gateway.HandOff(w, r, f, i.Committed(), func() {}, func() { report(i.Forwarded()) })
+	if !reported {
+		report(true) // a layer outside took f: it logs
 	}
 }
 

@@ -108,23 +108,31 @@ func TestStatusView(t *testing.T) {
 	until := time.Date(2026, 11, 22, 12, 0, 10, 0, time.UTC)
 	v := &status.View{
 		Monitor: m,
+		Now:     func() time.Time { return until.Add(-5 * time.Second) },
 		Admission: func() []admission.HostStatus {
-			return []admission.HostStatus{{Upstream: "10.0.0.5:8080", State: "at-limit", Limit: 12, InFlight: 12, Queued: 3, Shed: 40, Baseline: 2 * time.Millisecond}}
+			return []admission.HostStatus{
+				{Upstream: "10.0.0.5:8080", Limit: 12, InFlight: 12, Queued: 3, Shed: 40, Baseline: 2 * time.Millisecond},
+				{Upstream: "10.0.0.8:8080"},
+			}
 		},
 		Maintenance: func() admission.MaintenanceState {
 			return admission.MaintenanceState{On: true, Since: until.Add(-time.Hour), Until: until}
 		},
 		Upstreams: func() []pool.HostStatus {
 			return []pool.HostStatus{
-				{Upstream: "10.0.0.5:8080", State: "ok", Healthy: true, Latency: 3 * time.Millisecond, Requests: 10},
-				{Upstream: "10.0.0.6:8080", State: "resting", Until: until, Failures: 4},
+				{Upstream: "10.0.0.5:8080", State: pool.StateServing, Allowed: true, Latency: 3 * time.Millisecond, Requests: 10},
+				{Upstream: "10.0.0.6:8080", State: pool.StateResting, Allowed: true, Failures: 4},
+				{Upstream: "10.0.0.8:8080", State: pool.StateOut, Until: until},
 			}
 		},
 		Breakers: func() []breaker.Status {
 			return []breaker.Status{
 				{Name: "routes", Key: "/api", State: breaker.StateOpen, Counts: breaker.Counts{ConsecutiveFailures: 5}, OpenUntil: until},
-				{Name: "hosts", Key: "10.0.0.7:8080", State: breaker.StateClosed, Health: "warming", Share: 0.4},
-				{Name: "hosts", Key: "10.0.0.8:8080", State: breaker.StateOpen, Health: "probing", LastClass: "refused", Since: until.Add(-time.Minute), NextProbe: until},
+				{Name: "hosts", Key: "10.0.0.6:8080", State: breaker.StateClosed, HostState: pool.StateResting, RestUntil: until.Add(time.Second)},
+				{Name: "hosts", Key: "10.0.0.7:8080", State: breaker.StateClosed, HostState: pool.StateWarming, Share: 0.4},
+				{Name: "hosts", Key: "10.0.0.8:8080", State: breaker.StateOpen, HostState: pool.StateOut, LastClass: "refused",
+					Since: until.Add(-time.Minute), NextProbe: until, OpenUntil: until},
+				{Name: "hosts", Overflow: true, Counts: breaker.Counts{Requests: 3}},
 			}
 		},
 	}
@@ -136,9 +144,9 @@ func TestStatusView(t *testing.T) {
 	require.NoError(t, json.Unmarshal(rec.Body.Bytes(), &rep))
 	require.NotNil(t, rep.Traffic)
 	assert.EqualValues(t, 1, rep.Traffic.Requests)
-	assert.Len(t, rep.Upstreams, 2)
+	assert.Len(t, rep.Upstreams, 3)
 	assert.Equal(t, breaker.StateOpen, rep.Breakers[0].State)
-	require.Len(t, rep.Admission, 1)
+	require.Len(t, rep.Admission, 2)
 	assert.EqualValues(t, 12, rep.Admission[0].Limit)
 	require.NotNil(t, rep.Maintenance)
 	assert.True(t, rep.Maintenance.On)
@@ -151,8 +159,22 @@ func TestStatusView(t *testing.T) {
 	body := rec.Body.String()
 	assert.Equal(t, "text/html; charset=utf-8", rec.Header().Get("Content-Type"))
 	assert.Contains(t, rec.Header().Get("Content-Security-Policy"), "default-src 'none'")
-	for _, s := range []string{"10.0.0.5:8080", "resting", "3.0 ms", "connect_timeout", "12:00:10Z", "routes: /api", "Planned maintenance", "at-limit", "<td>40</td>", "warming (40%)", "probing", "<code>refused</code>", "11:59:10Z", `lang="en"`} {
+	for _, s := range []string{"10.0.0.5:8080", "resting", "3.0 ms", "connect_timeout", "12:00:10Z", "routes: /api", "Planned maintenance",
+		"12 (at its limit)", "<td>40</td>", "share 40%", "since 11:59:10Z · last failure: refused · next probe 12:00:10Z · until 12:00:10Z",
+		"until 12:00:11Z", "unguarded", `lang="en"`} {
 		assert.Contains(t, body, s)
+	}
+	// One host, one word: 10.0.0.8 is out in every table, whatever its
+	// breaker's own state; its limit table shows the same word.
+	for _, row := range strings.Split(body, "<tr>") {
+		if strings.Contains(row, "10.0.0.8:8080") {
+			assert.Contains(t, row, `class="bad">out<`, row)
+			assert.NotContains(t, row, "probing")
+			assert.NotContains(t, row, ">serving<")
+		}
+	}
+	for _, word := range []string{"probing", "half-open", "at-limit", "healthy", "(overflow)"} {
+		assert.NotContains(t, body, word)
 	}
 	assert.NotContains(t, body, "<script")
 

@@ -21,6 +21,12 @@ import (
 // page (no scripts, no external resources, refreshing every 5 s) for
 // clients that accept text/html. Every source is optional.
 //
+// Each host has one state ([pool.State]), the same word wherever the host
+// appears: the pool's (Upstreams), else the Limiter's drain (Admission),
+// else the host-health model's (Breakers). A breaker's state, its counts
+// and times, and a concurrency limit are details beside it. Times are
+// when something happens next, never a moment already past.
+//
 // It reveals upstream addresses and breaker states: serve it on an admin
 // listener or behind authentication, never on the public one.
 type View struct {
@@ -99,7 +105,107 @@ var statusTemplate = template.Must(template.New("status").Funcs(template.FuncMap
 	},
 	"classes": gateway.Classes,
 	"pct":     func(f float64) string { return strconv.Itoa(int(f*100+0.5)) + "%" },
+	"tone":    tone,
 }).Parse(statusHTML))
+
+// tone is a state's colour on the page: ok in service, warn on its way in
+// or out, bad out of service.
+func tone(s pool.State) string {
+	switch s {
+	case pool.StateServing:
+		return "ok"
+	case pool.StateOut, pool.StateDrained:
+		return "bad"
+	}
+	return "warn"
+}
+
+// page is what the HTML template renders: the report, with each host's
+// one state and the details of it joined across the sources.
+type page struct {
+	Title string
+	Report
+	states   map[string]pool.State
+	breakers map[string]*breaker.Status
+	limits   map[string]*admission.HostStatus
+}
+
+func newPage(title string, rep Report) *page {
+	p := &page{Title: title, Report: rep, states: map[string]pool.State{},
+		breakers: map[string]*breaker.Status{}, limits: map[string]*admission.HostStatus{}}
+	for _, u := range rep.Upstreams {
+		p.states[u.Upstream] = u.State
+	}
+	for i := range rep.Admission {
+		a := &rep.Admission[i]
+		p.limits[a.Upstream] = a
+		if _, ok := p.states[a.Upstream]; !ok && a.State != "" {
+			p.states[a.Upstream] = a.State
+		}
+	}
+	for i := range rep.Breakers {
+		b := &rep.Breakers[i]
+		if b.HostState == "" || b.Overflow {
+			continue
+		}
+		p.breakers[b.Key] = b
+		if _, ok := p.states[b.Key]; !ok {
+			p.states[b.Key] = b.HostState
+		}
+	}
+	return p
+}
+
+// State returns host's one state: serving when no source says otherwise.
+func (p *page) State(host string) pool.State {
+	if s, ok := p.states[host]; ok {
+		return s
+	}
+	return pool.StateServing
+}
+
+// Detail describes host's state in a few words: since when, why, until
+// when, its share or its limit.
+func (p *page) Detail(host string, until time.Time) string {
+	var parts []string
+	clock := func(t time.Time) string { return t.UTC().Format("15:04:05Z") }
+	if b := p.breakers[host]; b != nil {
+		if !b.Since.IsZero() {
+			parts = append(parts, "since "+clock(b.Since))
+		}
+		if b.LastClass != "" {
+			parts = append(parts, "last failure: "+b.LastClass)
+		}
+		switch {
+		case !b.OpenUntil.IsZero():
+			until = b.OpenUntil
+		case !b.RestUntil.IsZero():
+			until = b.RestUntil
+		}
+		if b.HostState == pool.StateWarming && b.Share > 0 {
+			parts = append(parts, "share "+strconv.Itoa(int(b.Share*100+0.5))+"%")
+		}
+		if !b.NextProbe.IsZero() {
+			parts = append(parts, "next probe "+clock(b.NextProbe))
+		}
+	}
+	if until.After(p.Time) {
+		parts = append(parts, "until "+clock(until))
+	}
+	if a := p.limits[host]; a != nil {
+		if a.State == pool.StateDraining {
+			parts = append(parts, strconv.FormatInt(a.Active, 10)+" in flight to finish")
+		}
+		if a.Limit > 0 {
+			s := "limited to " + strconv.FormatInt(a.Limit, 10)
+			if a.InFlight >= a.Limit || a.Queued > 0 {
+				s += ", at its limit"
+			}
+			parts = append(parts, s)
+		}
+	}
+	return strings.Join(parts, " · ")
+}
 
 // ServeHTTP serves the report.
 func (v *View) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -114,10 +220,7 @@ func (v *View) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if title == "" {
 			title = "proxykit status"
 		}
-		if err := statusTemplate.Execute(&buf, struct {
-			Title string
-			Report
-		}{title, rep}); err != nil {
+		if err := statusTemplate.Execute(&buf, newPage(title, rep)); err != nil {
 			http.Error(w, "status page failed to render", http.StatusInternalServerError)
 			return
 		}

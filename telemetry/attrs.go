@@ -21,7 +21,8 @@ const (
 	// or "hedge".
 	AttemptRoleKey = attribute.Key("proxykit.attempt.role")
 	// UpstreamStateKey is a host's state on the proxykit.upstream.state
-	// gauge: "serving", "warming", "resting", "half_open" or "out".
+	// gauge: a [pool.State] (serving, warming, resting, trial, out,
+	// draining, drained), the word the status view and the logs use.
 	UpstreamStateKey = attribute.Key("proxykit.upstream.state")
 	// BreakerStateKey and BreakerPreviousStateKey are a breaker
 	// transition's new and old states: "closed", "half_open" or "open".
@@ -51,17 +52,6 @@ const (
 )
 
 var roleNames = [...]string{roleFirst: RoleFirst, roleRetry: RoleRetry, roleHedge: RoleHedge}
-
-// The values of UpstreamStateKey, in gauge order.
-const (
-	StateServing  = "serving"
-	StateWarming  = "warming"
-	StateResting  = "resting"
-	StateHalfOpen = "half_open"
-	StateOut      = "out"
-)
-
-var upstreamStates = [...]string{StateServing, StateWarming, StateResting, StateHalfOpen, StateOut}
 
 // other is the value of http.request.method for methods outside the
 // semantic conventions' list, and of server.address for upstreams beyond

@@ -8,7 +8,6 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/proxykit/proxykit"
-	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway/pool"
 )
 
@@ -53,14 +52,14 @@ func (t *Telemetry) observe(st *proxykit.Stack, o metric.Observer) {
 		o.ObserveInt64(t.denials, st.Retry.Stats().BudgetExhausted)
 	}
 	seen := map[*upstream]bool{}
-	report := func(name, state string, inFlight int64, hasInFlight bool) {
+	report := func(name string, state pool.State, inFlight int64, hasInFlight bool) {
 		up := t.ups.named(name)
 		if up == nil || up == t.ups.other || seen[up] {
 			return // one observation per attribute set
 		}
 		seen[up] = true
 		for _, s := range upstreamStates {
-			kvs := append(append(make([]attribute.KeyValue, 0, len(up.kvs)+1), up.kvs...), UpstreamStateKey.String(s))
+			kvs := append(append(make([]attribute.KeyValue, 0, len(up.kvs)+1), up.kvs...), UpstreamStateKey.String(string(s)))
 			v := int64(0)
 			if s == state {
 				v = 1
@@ -73,7 +72,7 @@ func (t *Telemetry) observe(st *proxykit.Stack, o metric.Observer) {
 	}
 	if st.Pool != nil {
 		for _, h := range st.Pool.Status() {
-			report(h.Upstream, hostState(h), h.InFlight, true)
+			report(h.Upstream, h.State, h.InFlight, true)
 		}
 		return
 	}
@@ -84,34 +83,10 @@ func (t *Telemetry) observe(st *proxykit.Stack, o metric.Observer) {
 		if s.Overflow || !isHostPort(s.Key) {
 			continue
 		}
-		state := StateServing
-		switch s.State {
-		case breaker.StateOpen:
-			state = StateOut
-		case breaker.StateHalfOpen:
-			state = StateHalfOpen
-		}
-		report(s.Key, state, 0, false)
+		report(s.Key, s.HostState, 0, false)
 	}
 }
 
-// hostState is one host's state for proxykit.upstream.state, from the
-// pool's view, which is the breakers' host-health model when the pool's
-// Health (a *breaker.Hosts) tells it: "serving", "resting", "warming",
-// "out", "probing" or "half-open"; else "ok" or "unhealthy".
-func hostState(h pool.HostStatus) string {
-	switch h.State {
-	case "resting":
-		return StateResting
-	case "warming":
-		return StateWarming
-	case "half-open", "half_open":
-		return StateHalfOpen
-	case "out", "probing", "unhealthy":
-		return StateOut
-	}
-	if !h.Healthy {
-		return StateOut
-	}
-	return StateServing
-}
+// upstreamStates are the values of UpstreamStateKey, in gauge order.
+var upstreamStates = [...]pool.State{pool.StateServing, pool.StateWarming, pool.StateResting,
+	pool.StateTrial, pool.StateOut, pool.StateDraining, pool.StateDrained}

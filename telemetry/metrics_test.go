@@ -108,7 +108,7 @@ func TestSuccess(t *testing.T) {
 	assert.Equal(t, map[string]int64{enc(upAttrs...): 0}, points(t, rm, "http.client.active_requests"))
 	assert.Equal(t, map[string]int64{enc(): 0}, points(t, rm, "proxykit.retry.budget.denials"))
 	states := map[string]int64{}
-	for _, s := range []string{"serving", "warming", "resting", "half_open", "out"} {
+	for _, s := range []string{"serving", "warming", "resting", "trial", "out", "draining", "drained"} {
 		v := int64(0)
 		if s == "serving" {
 			v = 1

@@ -153,7 +153,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	assert.NotEmpty(t, find(samples, "http_client_request_duration_seconds_bucket", map[string]string{
 		"server_address": okHost, "le": "0.005"}), "the semantic conventions' buckets")
 	_, deadPort, _ := strings.Cut(dead.Addr, ":")
-	assert.Len(t, find(samples, "proxykit_upstream_state", map[string]string{"server_port": deadPort}), 5,
+	assert.Len(t, find(samples, "proxykit_upstream_state", map[string]string{"server_port": deadPort}), 7,
 		"one series per state")
 	assert.Len(t, find(samples, "proxykit_upstream_state", map[string]string{"server_port": okPort, "proxykit_upstream_state": "serving"}), 1)
 	assert.Len(t, find(samples, "http_client_active_requests", map[string]string{"server_port": okPort}), 1)

@@ -132,22 +132,23 @@ type Watcher interface {
 	Watch(target *url.URL)
 }
 
-// HostStater is an optional interface of a [Health]: a host's one-word
-// state for [Pool.Status] ("serving", "resting", "warming", "out",
-// "probing", "half-open" for *breaker.Hosts).
+// HostStater is an optional interface of a [Health]: a host's one
+// [State], for [Pool.Status].
 type HostStater interface {
-	HostState(host string) string
+	HostState(host string) State
 }
 
 // HostStatus is one host's state, as a Pool reports it.
 type HostStatus struct {
 	// Upstream is the host's [gateway.UpstreamName].
 	Upstream string `json:"upstream"`
-	// State is Health's one word for the host (see [HostStater]), or
-	// without one "ok" or "unhealthy".
-	State string `json:"state"`
-	// Healthy reports whether new requests may be sent to it now.
-	Healthy bool `json:"healthy"`
+	// State is the host's one state: Health's (see [HostStater]), or
+	// without one serving or out, as Health allows it.
+	State State `json:"state"`
+	// Allowed reports whether Health allows new requests to the host now
+	// ([Health.Allows]): true for a resting host too, which a pick passes
+	// over while another host can take the request.
+	Allowed bool `json:"allowed"`
 	// InFlight is the number of requests now in flight to it.
 	InFlight int64 `json:"in_flight"`
 	// Latency is the balancer's latency estimate (peak EWMA of successful
@@ -157,7 +158,8 @@ type HostStatus struct {
 	Requests int64 `json:"requests"`
 	Failures int64 `json:"failures"`
 	// Until is when a host that is not allowed may be again, as far as
-	// Health knows (OpenFor); zero if unknown.
+	// Health knows (OpenFor): always ahead of the report's time; zero if
+	// unknown.
 	Until time.Time `json:"until,omitzero"`
 }
 
@@ -390,9 +392,9 @@ func (p *Pool) noUpstreamRetryAfter() time.Duration {
 	return best
 }
 
-// Status returns the state of every host, in target order, for a
-// [status.View] (View.Upstreams = pool.Status). State is Health's (see
-// [HostStater]), or "ok" or "unhealthy" (Health does not allow it).
+// Status returns the state of every host, in target order, for a status
+// view (status.View.Upstreams = pool.Status). State is Health's (see
+// [HostStater]), or serving or out, as Health allows the host.
 func (p *Pool) Status() []HostStatus {
 	now := p.now()
 	tau := p.decay()
@@ -401,15 +403,15 @@ func (p *Pool) Status() []HostStatus {
 	for i, u := range p.ups {
 		s := HostStatus{
 			Upstream: u.host,
-			State:    "ok",
-			Healthy:  p.allows(u.host),
+			State:    StateServing,
+			Allowed:  p.allows(u.host),
 			InFlight: u.inFlight.Load(),
 			Latency:  time.Duration(u.latency.value(now, tau)),
 			Requests: u.requests.Load(),
 			Failures: u.failures.Load(),
 		}
-		if !s.Healthy {
-			s.State = "unhealthy"
+		if !s.Allowed {
+			s.State = StateOut
 			if d := p.Health.OpenFor(u.host); d > 0 {
 				s.Until = time.Now().Add(d)
 			}

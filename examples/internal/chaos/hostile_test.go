@@ -70,7 +70,7 @@ func hostileUpstream(addr string) http.Handler {
 type hostView struct {
 	Upstream string `json:"upstream"`
 	State    string `json:"state"`
-	Healthy  *bool  `json:"healthy"`
+	Allowed  *bool  `json:"allowed"`
 	Failures int64  `json:"failures"`
 	InFlight int64  `json:"in_flight"`
 }
@@ -111,8 +111,8 @@ func readStatus(t *testing.T, st *proxykit.Stack) statusReport {
 func hostTrouble(rep statusReport) []string {
 	var out []string
 	for _, h := range rep.Upstreams {
-		if (h.State != "ok" && h.State != "serving") || (h.Healthy != nil && !*h.Healthy) || h.Failures != 0 {
-			out = append(out, fmt.Sprintf("upstream %s: state %q, healthy %v, %d failures", h.Upstream, h.State, h.Healthy == nil || *h.Healthy, h.Failures))
+		if h.State != "serving" || h.Allowed == nil || !*h.Allowed || h.Failures != 0 {
+			out = append(out, fmt.Sprintf("upstream %s: state %q, allowed %v, %d failures", h.Upstream, h.State, h.Allowed != nil && *h.Allowed, h.Failures))
 		}
 	}
 	for _, b := range rep.Breakers {
