@@ -116,6 +116,9 @@ func (s *set) newEntry(key string, kind int) *entry {
 // gbox is one gobreaker of an entry.
 type gbox struct {
 	cb *gobreaker.TwoStepCircuitBreaker[struct{}]
+	// retired is set when the gobreaker trips, before the entry's state
+	// reads open: it lets no request through again.
+	retired atomic.Bool
 	// force makes the next failure trip: toHalfOpen drives a fresh
 	// gobreaker to half-open with it. Under cb's lock, before the box is
 	// live.
@@ -161,13 +164,17 @@ func (e *entry) toHalfOpen() {
 	b.force = false
 	for b.cb.State() != gobreaker.StateHalfOpen { // its open period is 1 ns
 	}
-	e.cb.Store(b)
-	now := e.set.now()
+	// Record the transition and set the state before b is live: from the
+	// moment it is, a trial may move it on (half-open→open or →closed),
+	// and that transition must follow this one, in the hooks and in
+	// e.state. Until then, a request that read the state before it
+	// changed and loads the retired gobreaker is refused (allow).
 	if h := e.host; h != nil {
-		h.halfSince.Store(now)
+		h.halfSince.Store(e.set.now())
 	}
 	e.state.Store(uint32(StateHalfOpen))
 	e.record(transition{from: StateOpen, to: StateHalfOpen})
+	e.cb.Store(b)
 }
 
 // record queues t for the hooks.
@@ -191,6 +198,7 @@ func (e *entry) onStateChange(b *gbox, from, to gobreaker.State) {
 	now := s.now()
 	switch t.to {
 	case StateOpen:
+		b.retired.Store(true)
 		if e.closedAt != 0 && now-e.closedAt >= int64(s.c.Interval) {
 			e.trips = 0 // a healthy spell since the last trip
 		}
@@ -231,10 +239,6 @@ func (e *entry) onStateChange(b *gbox, from, to gobreaker.State) {
 		e.statusTrip = false
 		e.period, t.period = period, period
 		e.openUntil.Store(now + int64(period))
-		e.state.Store(uint32(t.to))
-		if e.host != nil {
-			s.startProbe(e)
-		}
 	case StateClosed:
 		e.closedAt = now
 		if h := e.host; h != nil && t.from != StateClosed {
@@ -243,8 +247,14 @@ func (e *entry) onStateChange(b *gbox, from, to gobreaker.State) {
 			h.fails.reset() // gobreaker's counts start again too
 		}
 	}
-	e.state.Store(uint32(t.to))
+	// Recorded before the state is set: once it reads open, toHalfOpen
+	// may end the open period and record its own transition, which must
+	// come after this one.
 	e.record(t)
+	e.state.Store(uint32(t.to))
+	if t.to == StateOpen && e.host != nil {
+		s.startProbe(e)
+	}
 }
 
 // notify runs the hooks for transitions recorded by the last call into cb.
@@ -319,7 +329,7 @@ func (e *entry) allow(upstream string) (func(error), *gateway.Failure) {
 	if err != nil {
 		return nil, e.refuse(upstream, err, e.set.now())
 	}
-	if State(e.state.Load()) == StateOpen || e.cb.Load() != b {
+	if b.retired.Load() || State(e.state.Load()) == StateOpen || e.cb.Load() != b {
 		// It tripped between the look and the ask: the gobreaker that
 		// let the request through is retired.
 		done(errExcluded)
