@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
 
 	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway"
@@ -99,7 +100,10 @@ func ExampleBreaker_Wrap() {
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, httptest.NewRequest("GET", "/", nil))
 		if ra := w.Header().Get("Retry-After"); ra != "" {
-			fmt.Println(w.Code, "Retry-After:", ra)
+			// Drawn per answer from [1, 3] s, so that the clients
+			// turned away together come back spread out.
+			n, _ := strconv.Atoi(ra)
+			fmt.Println(w.Code, "Retry-After 1-3 s:", n >= 1 && n <= 3)
 		} else {
 			fmt.Println(w.Code)
 		}
@@ -111,7 +115,7 @@ func ExampleBreaker_Wrap() {
 	// 502
 	// 502
 	// 502
-	// 503 Retry-After: 1
-	// 503 Retry-After: 1
+	// 503 Retry-After 1-3 s: true
+	// 503 Retry-After 1-3 s: true
 	// handler calls: 5 state: open
 }

@@ -103,7 +103,14 @@ func TestEveryClassEveryFormat(t *testing.T) {
 				w := serve(h.Wrap(fail(f)), "GET", "/orders/42", accept, "X-Request-ID", "req-"+c.String())
 				body := w.Body.String()
 				assert.Equal(t, status, w.Code)
-				assert.Equal(t, "2", w.Header().Get("Retry-After"), "rounded up")
+				ra := 2 // rounded up
+				if spreads(c) {
+					var err error
+					ra, err = strconv.Atoi(w.Header().Get("Retry-After"))
+					require.NoError(t, err)
+					assert.True(t, ra >= 2 && ra <= 4, "Retry-After %d spread over [2, 4]", ra)
+				}
+				assert.Equal(t, strconv.Itoa(ra), w.Header().Get("Retry-After"))
 				assert.Equal(t, "req-"+c.String(), w.Header().Get("X-Request-Id"))
 				assertNoLeak(t, body, f)
 				switch {
@@ -112,7 +119,7 @@ func TestEveryClassEveryFormat(t *testing.T) {
 					assert.Contains(t, body, html.EscapeString(c.Explanation()))
 					assert.Contains(t, body, "req-"+c.String())
 					assert.Contains(t, body, "2025-03-14 15:09:26 UTC")
-					assert.Contains(t, body, `<meta http-equiv="refresh" content="2">`)
+					assert.Contains(t, body, `<meta http-equiv="refresh" content="`+strconv.Itoa(ra)+`">`)
 					assert.Contains(t, body, `aria-current="step"`)
 					assert.Equal(t, 1, strings.Count(body, `aria-current="step"`), "one failing hop")
 				case accept == "text/plain":
@@ -124,7 +131,7 @@ func TestEveryClassEveryFormat(t *testing.T) {
 					assert.Equal(t, problemDoc{
 						Type: "about:blank", Title: http.StatusText(status), Status: status,
 						Detail: c.Explanation(), Instance: "/orders/42", RequestID: "req-" + c.String(),
-						Class: c.String(), RetryAfter: 2, Time: "2025-03-14T15:09:26Z",
+						Class: c.String(), RetryAfter: ra, Time: "2025-03-14T15:09:26Z",
 					}, p)
 				}
 			})
@@ -492,10 +499,17 @@ func TestReload(t *testing.T) {
 	f := failure(gateway.ClassOpen)
 	f.RetryAfter = 90 * time.Second
 	f.Sent = true
-	get := serve(h.Wrap(fail(f)), "GET", "/", acceptChrome).Body.String()
-	assert.Contains(t, get, `<meta http-equiv="refresh" content="90">`)
-	assert.Contains(t, get, "reload by itself in <strong>90 seconds</strong>")
+	// open draws its wait per response from [90, 180] s (TestComebacksSpread).
+	w := serve(h.Wrap(fail(f)), "GET", "/", acceptChrome)
+	ra := w.Header().Get("Retry-After")
+	n, err := strconv.Atoi(ra)
+	require.NoError(t, err)
+	assert.True(t, n >= 90 && n <= 180, "Retry-After %d", n)
+	get := w.Body.String()
+	assert.Contains(t, get, `<meta http-equiv="refresh" content="`+ra+`">`)
+	assert.Contains(t, get, "reload by itself in <strong>")
 
+	f.Class = gateway.ClassRefused // a fixed wait: the text is exact
 	post := serve(h.Wrap(fail(f)), "POST", "/", acceptChrome)
 	assert.Equal(t, "90", post.Header().Get("Retry-After"))
 	body := post.Body.String()

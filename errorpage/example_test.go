@@ -9,6 +9,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing/fstest"
 	"time"
@@ -86,17 +87,23 @@ func ExampleBrand() {
 	pages.Wrap(open).ServeHTTP(w, req)
 
 	page := w.Body.String()
-	fmt.Println(w.Code, w.Header().Get("Content-Type"), "Retry-After:", w.Header().Get("Retry-After"))
-	for _, re := range []string{`<title>.*</title>`, `<h1>.*</h1>`, `<meta http-equiv="refresh"[^>]*>`, `<a href="https://status[^>]*>`} {
+	// The wait is drawn per answer from [20, 40] s, so that visitors
+	// turned away together come back spread out; the page reloads after
+	// the same wait.
+	ra := w.Header().Get("Retry-After")
+	n, _ := strconv.Atoi(ra)
+	fmt.Println(w.Code, w.Header().Get("Content-Type"), "Retry-After 20-40 s:", n >= 20 && n <= 40)
+	for _, re := range []string{`<title>.*</title>`, `<h1>.*</h1>`, `<a href="https://status[^>]*>`} {
 		fmt.Println(regexp.MustCompile(re).FindString(page))
 	}
+	fmt.Println("reloads after it:", strings.Contains(page, `<meta http-equiv="refresh" content="`+ra+`">`))
 	fmt.Println(strings.Contains(page, "10.0.0.5"))
 	// Output:
-	// 503 text/html; charset=utf-8 Retry-After: 20
+	// 503 text/html; charset=utf-8 Retry-After 20-40 s: true
 	// <title>503 Service Unavailable · Acme</title>
 	// <h1>The service is recovering</h1>
-	// <meta http-equiv="refresh" content="20">
 	// <a href="https://status.acme.example">
+	// reloads after it: true
 	// false
 }
 

@@ -57,7 +57,10 @@ type Page struct {
 	Until time.Time
 
 	// RetryAfter is the number of seconds after which trying again makes
-	// sense; 0 when unknown.
+	// sense; 0 when unknown. For overloaded, open and no_upstream it is
+	// drawn per response from a window above the advised wait
+	// (gateway.SpreadRetryAfter), so that visitors turned away together
+	// do not come back together.
 	RetryAfter int
 	// Reload reports that the page reloads itself after RetryAfter seconds:
 	// the delay is known and the method is GET or HEAD, so reloading
@@ -388,9 +391,9 @@ func (h *Handler) buildPage(p *Page, r *http.Request, f *gateway.Failure, status
 		p.Title = "The service is struggling right now"
 		p.Detail += " The gateway stopped retrying to give it room to recover."
 	}
-	if f.RetryAfter > 0 {
-		p.RetryAfter, _ = strconv.Atoi(gateway.RetryAfterSeconds(min(f.RetryAfter, maxRetryAfter)))
-	}
+	// One draw per response: the header, the reload and the problem
+	// document all send this value.
+	p.RetryAfter = gateway.SpreadRetryAfter(f.Class, min(f.RetryAfter, maxRetryAfter))
 	if f.Class == gateway.ClassMaintenance {
 		p.Planned = true
 		var pu interface{ PlannedUntil() time.Time }

@@ -99,7 +99,7 @@ func handleError(logger *slog.Logger, w http.ResponseWriter, r *http.Request, er
 }
 
 // WriteFailure writes a minimal response for f: its status, Retry-After
-// when known, and a one-line plain-text body with the class's explanation.
+// when known (spread, see SpreadRetryAfter), and a one-line plain-text body with the class's explanation.
 // It reveals no address and no error text. errorpage writes richer pages;
 // this is the floor when it is not in use. HEAD requests get no body.
 func WriteFailure(w http.ResponseWriter, r *http.Request, f *Failure) {
@@ -108,8 +108,8 @@ func WriteFailure(w http.ResponseWriter, r *http.Request, f *Failure) {
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Cache-Control", "no-store")
-	if f.RetryAfter > 0 {
-		h.Set("Retry-After", RetryAfterSeconds(f.RetryAfter))
+	if ra := SpreadRetryAfter(f.Class, f.RetryAfter); ra > 0 {
+		h.Set("Retry-After", strconv.Itoa(ra))
 	}
 	body := strconv.Itoa(status) + " " + http.StatusText(status) + ": " + f.Class.Explanation() + "\n"
 	h.Set("Content-Length", strconv.Itoa(len(body)))

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"time"
@@ -53,4 +54,26 @@ func RetryAfterSeconds(d time.Duration) string {
 		s = 1
 	}
 	return strconv.FormatInt(int64(s), 10)
+}
+
+// SpreadRetryAfter returns the Retry-After, in whole seconds, to send with
+// a failure of class c that advises waiting d; 0 when d ≤ 0. Overloaded,
+// open and no_upstream answers turn many clients away within the same
+// second: each such answer draws its own wait from [n, 2n] seconds, and at
+// least [n, n+2] (n is d rounded up, at least 1), so that they come back
+// spread over a window instead of together. Every other class gets n.
+// Call it once per response and send the one value everywhere (header,
+// page reload, problem document).
+func SpreadRetryAfter(c Class, d time.Duration) int {
+	if d <= 0 {
+		return 0
+	}
+	n := int((min(d, maxRetryAfter) + time.Second - 1) / time.Second)
+	n = max(n, 1)
+	switch c {
+	case ClassOverloaded, ClassOpen, ClassNoUpstream:
+		hi := max(2*n, n+2)
+		return n + rand.IntN(hi-n+1)
+	}
+	return n
 }

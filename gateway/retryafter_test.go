@@ -2,10 +2,12 @@ package gateway_test
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/proxykit/proxykit/gateway"
 )
@@ -60,4 +62,38 @@ func FuzzParseRetryAfter(f *testing.F) {
 			t.Fatalf("%q gave %v, outside [0, 24h]", s, d)
 		}
 	})
+}
+
+// TestSpreadRetryAfter: overloaded, open and no_upstream answers draw their
+// wait from [n, max(2n, n+2)] seconds, covering the window; other classes
+// get n; no wait advised, none sent. WriteFailure sends the drawn value.
+func TestSpreadRetryAfter(t *testing.T) {
+	for _, c := range []gateway.Class{gateway.ClassOverloaded, gateway.ClassOpen, gateway.ClassNoUpstream} {
+		for _, tc := range []struct {
+			d      time.Duration
+			lo, hi int
+		}{{time.Millisecond, 1, 3}, {time.Second, 1, 3}, {4 * time.Second, 4, 8}, {30 * time.Second, 30, 60}} {
+			seen := map[int]bool{}
+			for range 2000 {
+				n := gateway.SpreadRetryAfter(c, tc.d)
+				require.True(t, n >= tc.lo && n <= tc.hi, "%v %v: %d outside [%d, %d]", c, tc.d, n, tc.lo, tc.hi)
+				seen[n] = true
+			}
+			assert.Len(t, seen, tc.hi-tc.lo+1, "%v %v: every second of the window drawn", c, tc.d)
+		}
+		assert.Zero(t, gateway.SpreadRetryAfter(c, 0))
+	}
+	for range 100 {
+		assert.Equal(t, 2, gateway.SpreadRetryAfter(gateway.ClassUpstreamStatus, 1500*time.Millisecond))
+	}
+
+	f := gateway.NewFailure(gateway.ClassOverloaded, "h:1", nil)
+	f.RetryAfter = time.Second
+	seen := map[string]bool{}
+	for range 300 {
+		w := httptest.NewRecorder()
+		gateway.WriteFailure(w, httptest.NewRequest(http.MethodGet, "/", nil), f)
+		seen[w.Header().Get("Retry-After")] = true
+	}
+	assert.Equal(t, map[string]bool{"1": true, "2": true, "3": true}, seen)
 }
