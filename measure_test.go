@@ -22,15 +22,19 @@ import (
 	"github.com/proxykit/proxykit/retry"
 )
 
-// TestMeasureStall measures issue 14's scenario: three healthy upstreams,
-// each of which stalls 2% of its responses by 300 ms, and 8 clients sending
-// GETs; for a bare ReverseProxy (round robin), the stack without hedging and
-// the stack with it (its default), then the same without stalls (the happy
-// path). It prints p50, p99, p99.9, upstream requests per client request
-// and throughput. Without hedging the 8 clients spend most of their time
-// waiting out stalls, so few requests are in flight at once: the p50 of the
-// fast ones is lower, and requests/s shows why. Not a check: it runs only
-// when asked, and takes about half a minute.
+// TestMeasureStall measures the stall shapes: three healthy upstreams, each
+// of which stalls a random share of its responses (2% by 300 ms; 5% by
+// 100 ms, where a delay learned from the stalls themselves would stop
+// hedging), and 8 clients sending GETs; for a bare ReverseProxy (round
+// robin), the stack without hedging and the stack with it (its default),
+// then the same without stalls (the happy path). Each shape gets fresh
+// upstreams and gateways, warmed up under that shape (connections, the
+// adaptive hedge delay), as a service whose hosts always stall would be.
+// It prints p50, p99, p99.9, upstream requests per client request and
+// throughput. Without hedging the 8 clients spend most of their time
+// waiting out stalls, so few requests are in flight at once: the p50 of
+// the fast ones is lower, and requests/s shows why. Not a check: it runs
+// only when asked, and takes about a minute.
 //
 //	PROXYKIT_MEASURE=1 go test -run TestMeasureStall -v -count=1 .
 //
@@ -43,6 +47,20 @@ func TestMeasureStall(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("PROXYKIT_MEASURE_N")); err == nil && v > 0 {
 		n = v
 	}
+	out := "\n| scenario | gateway | p50 | p99 | p99.9 | upstream requests per request | requests/s |\n|---|---|---|---|---|---|---|\n"
+	for _, sc := range []struct {
+		name  string
+		ratio float64
+		delay time.Duration
+	}{{"2% stalls of 300 ms", 0.02, 300 * time.Millisecond}, {"5% stalls of 100 ms", 0.05, 100 * time.Millisecond}, {"no stalls", 0, 0}} {
+		out += measureStallShape(t, sc.name, sc.ratio, sc.delay, n)
+	}
+	t.Log(out)
+}
+
+// measureStallShape measures one stall shape on fresh upstreams and
+// gateways, and returns its table rows.
+func measureStallShape(t *testing.T, name string, ratio float64, delay time.Duration, n int) string {
 	const clients = 8
 	var ups []*gatewaytest.Server
 	var targets []*url.URL
@@ -50,15 +68,11 @@ func TestMeasureStall(t *testing.T) {
 		s := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			_, _ = io.WriteString(w, "ok\n")
 		}))
-		s.Delay = 300 * time.Millisecond
+		s.Delay = delay
 		defer s.Close()
+		require.NoError(t, s.SetFlaky(gatewaytest.SlowHeaders, ratio))
 		ups = append(ups, s)
 		targets = append(targets, mustParse(s.URL))
-	}
-	stalls := func(ratio float64) {
-		for _, s := range ups {
-			require.NoError(t, s.SetFlaky(gatewaytest.SlowHeaders, ratio))
-		}
 	}
 	upstreamRequests := func() (n int64) {
 		for _, s := range ups {
@@ -126,37 +140,31 @@ func TestMeasureStall(t *testing.T) {
 		return fmt.Sprintf("%.2f ms", float64(lat[min(len(lat)-1, int(p*float64(len(lat))))])/1e6)
 	}
 
-	// Warm up every gateway: connections, and the adaptive hedge delay,
-	// which needs 100 samples (one successful attempt in four) and is
-	// recomputed every 200 ms, by a request.
-	stalls(0)
+	// Warm up every gateway under the shape: connections, and the
+	// adaptive hedge delay, which needs 100 samples (one successful
+	// attempt in four) and is recomputed every 200 ms, by a request.
 	for _, h := range []http.Handler{bare, off, on} {
 		run(h, 1000)
 	}
-	time.Sleep(300 * time.Millisecond)
-	run(on, 100)
+	for i := 0; i < 20 && on.Retry.Stats().HedgeDelay == 0; i++ {
+		time.Sleep(100 * time.Millisecond)
+		run(on, 200)
+	}
 	require.NotZero(t, on.Retry.Stats().HedgeDelay, "warmed up")
 
-	rows := []struct {
+	var out string
+	for _, r := range []struct {
 		name string
 		h    http.Handler
-	}{{"bare httputil.ReverseProxy", bare}, {"proxykit, hedging off", off}, {"proxykit, hedging on", on}}
-	out := "\n| scenario | gateway | p50 | p99 | p99.9 | upstream requests per request | requests/s |\n|---|---|---|---|---|---|---|\n"
-	for _, sc := range []struct {
-		name  string
-		ratio float64
-	}{{"2% stalls of 300 ms", 0.02}, {"no stalls", 0}} {
-		stalls(sc.ratio)
-		for _, r := range rows {
-			before := on.Retry.Stats()
-			lat, per, rps := run(r.h, n)
-			out += fmt.Sprintf("| %s | %s | %s | %s | %s | %.3f | %.0f |\n", sc.name, r.name, q(lat, 0.5), q(lat, 0.99), q(lat, 0.999), per, rps)
-			if r.h == http.Handler(on) {
-				after := on.Retry.Stats()
-				out += fmt.Sprintf("|  | (hedges sent %d, won %d, denied %d; delay %v) | | | | | |\n",
-					after.Hedges-before.Hedges, after.HedgesWon-before.HedgesWon, after.HedgesDenied-before.HedgesDenied, after.HedgeDelay)
-			}
+	}{{"bare httputil.ReverseProxy", bare}, {"proxykit, hedging off", off}, {"proxykit, hedging on", on}} {
+		before := on.Retry.Stats()
+		lat, per, rps := run(r.h, n)
+		out += fmt.Sprintf("| %s | %s | %s | %s | %s | %.3f | %.0f |\n", name, r.name, q(lat, 0.5), q(lat, 0.99), q(lat, 0.999), per, rps)
+		if r.h == http.Handler(on) {
+			after := on.Retry.Stats()
+			out += fmt.Sprintf("|  | (hedges sent %d, won %d, denied %d; delay %v) | | | | | |\n",
+				after.Hedges-before.Hedges, after.HedgesWon-before.HedgesWon, after.HedgesDenied-before.HedgesDenied, after.HedgeDelay)
 		}
 	}
-	t.Log(out)
+	return out
 }

@@ -23,9 +23,10 @@ import (
 // response that is not a failure wins. The package documentation states
 // the properties; this file holds the mechanics:
 //
-//   - The delay (latencies): twice the p95 of recent successful attempts,
-//     with a floor, from a two-window histogram refreshed every 200 ms;
-//     kept through quiet spells.
+//   - The delay (latencies): twice the p90 of recent successful attempts,
+//     with a floor, from a two-window histogram refreshed every 200 ms
+//     (every 10 ms, and every attempt a sample, while warming up); kept
+//     through quiet spells. See latencies.compute for why p90.
 //   - The attempt on the request's goroutine runs as always. A timer per
 //     request state (reused, so the happy path only resets and stops it)
 //     fires at the delay; only then does a goroutine start: the hedge runs
@@ -117,6 +118,7 @@ func (e hedgeCanceled) Is(target error) bool { return target == context.Canceled
 type hedging struct {
 	on     bool          // this request may be hedged (constant during the request)
 	sample bool          // its successful attempts' latencies feed the adaptive delay
+	warm   bool          // the adaptive delay is warming up: every attempt is a sample
 	delay  time.Duration // its hedge delay
 	forked atomic.Bool   // a hedge was forked from the current round's attempt
 	// settled: the round's timer is stopped and its hedges returned; read
@@ -164,7 +166,7 @@ func (h *hedging) reusable() bool { return !h.fired.Load() && !h.spent }
 func (h *hedging) alone() bool { return !h.fired.Load() && !h.spent && !h.ticks }
 
 func (h *hedging) clear() {
-	h.on, h.sample, h.delay, h.settled = false, false, 0, false
+	h.on, h.sample, h.warm, h.delay, h.settled = false, false, false, 0, false
 	h.forked.Store(false)
 	h.armed, h.used, h.flying, h.winner, h.mainWon, h.panicV = false, 0, 0, nil, false, nil
 	h.out, h.outFail, h.outStatus = nil, nil, 0
@@ -243,6 +245,7 @@ func (st *state) hedgeOn() {
 	now := st.start
 	st.h.sample = rt.cfg.hedgeDelay == 0
 	d := rt.hedgeDelay(now)
+	st.h.warm = d <= 0
 	if d <= 0 || r.ContentLength > int64(rt.cfg.maxReplay) || now < time.Duration(rt.hedgePausedUntil.Load()) {
 		st.out = *r.WithContext(st.tc)
 		return
@@ -637,8 +640,9 @@ func (st *state) stopRunning() {
 // observe records the latency of a successful attempt for the adaptive
 // hedge delay.
 func (st *state) observe(l *lane) {
-	// One in latSampling: the clock read is most of the cost.
-	if st.h.sample && rand.Uint32()%latSampling == 0 {
+	// One in latSampling: the clock read is most of the cost. While the
+	// delay warms up, every one: nothing is hedged until it is known.
+	if h := &st.h; h.sample && (h.warm || rand.Uint32()%latSampling == 0) {
 		now := st.rt.since()
 		st.rt.lat.observe(now, now-l.start)
 	}
@@ -674,9 +678,10 @@ const (
 	latBuckets    = 128                    // quarter-octave buckets from 1 µs
 	latWindow     = 5 * time.Second        // each of the two windows
 	latRefresh    = 200 * time.Millisecond // how often the delay is recomputed
+	latWarmup     = 10 * time.Millisecond  // how often while warming up
 	latSampling   = 4                      // one successful attempt in latSampling is a sample
-	hedgeWarmup   = 100                    // samples before the first delay
-	hedgeQuantile = 0.95
+	hedgeWarmup   = 50                     // samples before the first delay
+	hedgeQuantile = 0.90
 	hedgeFactor   = 2
 )
 
@@ -737,18 +742,38 @@ func (l *latencies) observe(now, d time.Duration) {
 
 // delay returns the hedge delay at now, recomputing it when due. With too
 // few recent samples (after a quiet spell) the last delay stays: only the
-// first one waits for a warm-up.
+// first one waits for a warm-up, recomputed often so that it is short.
 func (l *latencies) delay(now time.Duration) time.Duration {
-	if next := l.next.Load(); int64(now) >= next && l.next.CompareAndSwap(next, int64(now+latRefresh)) {
-		if d := l.compute(now); d > 0 {
-			l.d.Store(int64(d))
+	d := l.d.Load()
+	if next := l.next.Load(); int64(now) >= next {
+		every := latRefresh
+		if d == 0 {
+			every = latWarmup
+		}
+		if l.next.CompareAndSwap(next, int64(now+every)) {
+			if c := l.compute(now); c > 0 {
+				d = int64(c)
+				l.d.Store(d)
+			}
 		}
 	}
-	return time.Duration(l.d.Load())
+	return time.Duration(d)
 }
 
-// compute returns max(floor, hedgeFactor × p95) over the current and the
+// compute returns max(floor, hedgeFactor × p90) over the current and the
 // previous window, or 0 with fewer than hedgeWarmup samples.
+//
+// Why p90. The samples include every stall that no hedge cut: all of them
+// while warming up, and all of them if the delay ever rose above the stall,
+// since then no hedge is sent. A delay from a quantile q learns a stall
+// that hits more than 1−q of the samples, and then keeps itself there (the
+// stall it no longer cuts keeps it up): with p95, 5% of responses stalled
+// by 100 ms locked hedging out. p90 stays below any stall of up to 10% of
+// responses whether or not hedges cut it, so the delay cannot lock itself
+// out below that share; and twice p90 hedges at most 10% of attempts (about
+// 1-2.5% for the latency spread of most services), which is the ratio the
+// account of upstream requests allows hedging. A stall hitting more than
+// 10% of responses is the normal latency of that service, not a tail.
 func (l *latencies) compute(now time.Duration) time.Duration {
 	w := int64(now / latWindow)
 	var sum [latBuckets]uint64

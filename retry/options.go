@@ -159,15 +159,18 @@ type Options struct {
 	Hedges int
 
 	// HedgeDelay, when positive, is a fixed delay after which an attempt
-	// is hedged. 0 means adaptive: twice the 95th percentile of the
+	// is hedged. 0 means adaptive: twice the 90th percentile of the
 	// latencies (to the response header) of recent successful attempts of
 	// hedgeable requests through this Retry, over the last 5 to 10 s, and
-	// never less than HedgeMinDelay; no hedge is sent until 100 such
-	// attempts were seen. Twice p95 hedges about 1% of requests whose
-	// latency is spread like most services' (≤ 1.25% for a Pareto tail of
-	// index 2), and it stays below a stall that hits fewer than 5% of
-	// requests, which p99 would not; attempts that lose to a hedge are not
-	// counted, so stalls cut by hedging do not raise the delay.
+	// never less than HedgeMinDelay; no hedge is sent until 50 such
+	// attempts were seen. Twice p90 hedges at most 10% of attempts, and
+	// about 1-2.5% of those of a service whose latency is spread like most
+	// (lognormal, or a Pareto tail of index 3). It stays below a stall that
+	// hits up to 10% of responses even when no hedge cuts it (while
+	// warming up, or after any spell in which hedging stopped), so it never
+	// learns the stall it exists to cut; p95 would, from 5% on, and would
+	// then keep itself there. Attempts that lose to a hedge are not
+	// counted.
 	HedgeDelay time.Duration
 
 	// HedgeMinDelay is the floor of the adaptive hedge delay. 0 means

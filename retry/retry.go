@@ -86,9 +86,9 @@
 //     rule); a body only once read whole and kept within MaxReplayBytes;
 //     never an upgrade. PUT and DELETE are idempotent but not safe to
 //     have in flight twice at once (see Options.Hedges).
-//   - When: after twice the p95 of recent successful attempts' latencies
+//   - When: after twice the p90 of recent successful attempts' latencies
 //     (to the response header), per Retry, with a floor
-//     (Options.HedgeMinDelay, 5 ms), after a warm-up of 100 samples; or
+//     (Options.HedgeMinDelay, 5 ms), after a warm-up of 50 samples; or
 //     Options.HedgeDelay. Per Retry rather than per host: the hedge is
 //     decided before the balancer has chosen the host, and a slow host is
 //     the balancer's business (peak EWMA); the tail hedging cuts is the
