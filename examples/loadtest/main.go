@@ -7,7 +7,7 @@
 //	go run ./examples/loadtest -scenario restart    # issue 13's restart scenarios only
 //	go run ./examples/loadtest -scenario restart1,badroute -rate 400
 //	go run ./examples/loadtest -scenario overload   # issue 16's overload scenario
-//	go run ./examples/loadtest -scenario hedging    # issue 14's stall and nostall
+//	go run ./examples/loadtest -scenario hedging    # issue 14's stall, stall5 and nostall
 //	go run ./examples/loadtest -markdown            # the table for BENCHMARKS.md
 //
 // Fault scenarios (3 upstreams each, fresh for every run; closed-loop load
@@ -51,7 +51,7 @@
 // 250 ms, per second), the p99 of the 200s, the p99 of the rest, and how
 // many of the rest were 503 with Retry-After.
 //
-// Stall scenarios (issue 14; -scenario hedging runs both): 3 healthy
+// Stall scenarios (issue 14; -scenario hedging runs all three): 3 healthy
 // upstreams, GET traffic from -stall-clients (8) clients, closed-loop,
 // -stall-requests (10,000) measured requests per run after a warm-up of
 // 1,000 (connections; the adaptive hedge delay):
@@ -60,6 +60,9 @@
 //	           through the bare proxy, proxykit with hedging off
 //	           (kit-nohedge: retry.Options{Hedges: -1}) and proxykit with
 //	           its defaults (hedging on)
+//	stall5     each upstream stalls a random 5% of its responses by
+//	           100 ms (a delay learned from the stalls would not hedge);
+//	           the same stacks
 //	nostall    no stalls (the happy path): kit-nohedge and proxykit, for
 //	           what hedging costs when nothing is late
 //
@@ -268,7 +271,7 @@ func choose(list string, all []job) ([]job, error) {
 	for _, sc := range restartScenarios {
 		restart[sc.name] = true
 	}
-	hedging := map[string]bool{"stall": true, "nostall": true}
+	hedging := map[string]bool{"stall": true, "stall5": true, "nostall": true}
 	want := map[string]bool{}
 	for _, name := range strings.Split(list, ",") {
 		name = strings.TrimSpace(name)

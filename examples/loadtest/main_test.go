@@ -92,9 +92,9 @@ func TestChoose(t *testing.T) {
 	}
 	assert.Equal(t, []string{"restart1", "restart3", "dead1", "badroute"}, names("restart"))
 	assert.Equal(t, []string{"happy", "refuse1", "reset20", "slow1", "outage", "outage503"}, names("faults"))
-	assert.Len(t, names("all"), len(scenarios)+len(restartScenarios)+3)
+	assert.Len(t, names("all"), len(scenarios)+len(restartScenarios)+4)
 	assert.Equal(t, []string{"overload"}, names("overload"))
-	assert.Equal(t, []string{"stall", "nostall"}, names("hedging"))
+	assert.Equal(t, []string{"stall", "stall5", "nostall"}, names("hedging"))
 	assert.Equal(t, []string{"refuse1", "badroute"}, names("badroute, refuse1"), "in table order")
 	_, err := choose("restart1,nope", all)
 	assert.ErrorContains(t, err, `"nope"`)
@@ -144,8 +144,9 @@ func TestOverloadScenario(t *testing.T) {
 }
 
 // TestStallScenario runs issue 14's stall scenarios on a short timeline (4
-// clients, 600 measured requests, 3% of responses stalled by 100 ms: few
-// enough that the p95 the hedge delay derives from stays fast). The
+// clients, 600 measured requests, 3% of responses stalled by 100 ms; and
+// stall5, 5% by 100 ms, which a delay learned from the stalls would stop
+// hedging). The
 // bare proxy is the control: its p99 is a stall. proxykit with hedging off
 // waits them out too; with its defaults it hedges them (hedges sent and
 // won, a hedge delay learned in the warm-up) and its p99 is below a
@@ -178,6 +179,11 @@ func TestStallScenario(t *testing.T) {
 	assert.Greater(t, on.Amplification(), 1.0, "a hedge is an upstream request")
 	assert.InDelta(t, 1.0, bare.Amplification(), 0.001)
 	assert.LessOrEqual(t, rows["nostall/proxykit"].Amplification(), 1.10, "without stalls, few hedges")
+	on5 := rows["stall5/proxykit"]
+	assert.GreaterOrEqual(t, rows["stall5/bare"].Percentile(99), stall5.delay, "5%: the stalls show at the bare proxy's p99")
+	assert.Positive(t, on5.Tail.HedgesWon, "5%: stalled requests were hedged, and the hedges answered first")
+	assert.Less(t, on5.Tail.HedgeDelay, stall5.delay, "5%: the hedge delay stays below the stall")
+	assert.Less(t, on5.Percentile(99), stall5.delay, "5%: hedging cuts the stalls from the p99")
 
 	var out, errs strings.Builder
 	require.NoError(t, runJobs(context.Background(), []job{{name: "stall", stacks: []string{"bare", "proxykit"},

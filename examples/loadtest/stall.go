@@ -43,17 +43,28 @@ var (
 	nostallStacks = []string{"kit-nohedge", "proxykit"}
 )
 
-// stallJobs returns the two jobs: stall (ratio of the responses stalled)
-// and nostall (none).
+// stall5 is the shape a delay learned from the stalls themselves would
+// stop hedging: 5% of responses stalled by 100 ms.
+var stall5 = struct {
+	ratio float64
+	delay time.Duration
+}{0.05, 100 * time.Millisecond}
+
+// stallJobs returns the three jobs: stall (ratio of the responses stalled
+// by delay), stall5 (5% by 100 ms) and nostall (none).
 func stallJobs(sp stallSpec) []job {
 	return []job{
 		{name: "stall", stacks: stallStacks, count: sp.warmup + sp.requests,
 			one: func(ctx context.Context, stack string) (loadgen.Row, error) {
-				return runStall(ctx, "stall", stack, sp, sp.ratio)
+				return runStall(ctx, "stall", stack, sp, sp.ratio, sp.delay)
 			}, check: func(k, _ loadgen.Row) string { return checkStall(k) }},
+		{name: "stall5", stacks: stallStacks, count: sp.warmup + sp.requests,
+			one: func(ctx context.Context, stack string) (loadgen.Row, error) {
+				return runStall(ctx, "stall5", stack, sp, stall5.ratio, stall5.delay)
+			}, check: func(k, _ loadgen.Row) string { return checkStall5(k) }},
 		{name: "nostall", stacks: nostallStacks, count: sp.warmup + sp.requests,
 			one: func(ctx context.Context, stack string) (loadgen.Row, error) {
-				return runStall(ctx, "nostall", stack, sp, 0)
+				return runStall(ctx, "nostall", stack, sp, 0, sp.delay)
 			}, check: func(k, _ loadgen.Row) string { return checkNoStall(k) }},
 	}
 }
@@ -69,6 +80,16 @@ func checkStall(k loadgen.Row) string {
 		want(k.SuccessRate() == 100, "100% success"))
 }
 
+// checkStall5 holds the target for 5% of responses stalled by 100 ms.
+func checkStall5(k loadgen.Row) string {
+	if k.Tail == nil {
+		return ""
+	}
+	return join(want(k.Percentile(99) <= 20*time.Millisecond, "p99 ≤ 20 ms"),
+		want(k.Amplification() <= 1.10, "≤ 1.10 upstream requests per request"),
+		want(k.SuccessRate() == 100, "100% success"))
+}
+
 // checkNoStall holds issue 14's happy-path target.
 func checkNoStall(k loadgen.Row) string {
 	if k.Tail == nil {
@@ -78,16 +99,16 @@ func checkNoStall(k loadgen.Row) string {
 }
 
 // runStall runs one stall scenario through one stack on three fresh
-// upstreams, each stalling ratio of its responses by sp.delay: a warm-up
+// upstreams, each stalling ratio of its responses by delay: a warm-up
 // (connections, the adaptive hedge delay), then sp.requests GETs from
 // sp.clients clients, one after another; the row counts only those.
-func runStall(ctx context.Context, name, stack string, sp stallSpec, ratio float64) (loadgen.Row, error) {
+func runStall(ctx context.Context, name, stack string, sp stallSpec, ratio float64, delay time.Duration) (loadgen.Row, error) {
 	var ledger loadgen.Ledger
 	targets := make([]*url.URL, 3)
 	for i := range targets {
 		s := gatewaytest.NewHealthy(nil)
 		s.OnRequest = ledger.Observe
-		s.Delay = sp.delay
+		s.Delay = delay
 		defer s.Close()
 		if err := s.SetFlaky(gatewaytest.SlowHeaders, ratio); err != nil {
 			return loadgen.Row{}, err
@@ -112,9 +133,9 @@ func runStall(ctx context.Context, name, stack string, sp stallSpec, ratio float
 			Duration: 10 * time.Minute, Timeout: 10 * time.Second})
 	}
 
-	// Warm up. The adaptive hedge delay needs 100 samples (one successful
-	// attempt in four) and is recomputed at most every 200 ms, by a
-	// request: with hedging on, go on until it is there.
+	// Warm up. The adaptive hedge delay needs 50 samples (every
+	// successful attempt while warming up) and is recomputed every 10 ms
+	// until known, by a request: with hedging on, go on until it is there.
 	load(sp.warmup)
 	hedging := stack == "proxykit"
 	for i := 0; hedging && i < 20 && kit.Retry.Stats().HedgeDelay == 0 && ctx.Err() == nil; i++ {
