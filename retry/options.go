@@ -159,12 +159,12 @@ type Options struct {
 	Hedges int
 
 	// HedgeDelay, when positive, is a fixed delay after which an attempt
-	// is hedged. 0 means adaptive: twice the 90th percentile of the
+	// is hedged. 0 means adaptive: three times the 90th percentile of the
 	// latencies (to the response header) of recent successful attempts of
 	// hedgeable requests through this Retry, over the last 5 to 10 s, and
 	// never less than HedgeMinDelay; no hedge is sent until 50 such
-	// attempts were seen. Twice p90 hedges at most 10% of attempts, and
-	// about 1-2.5% of those of a service whose latency is spread like most
+	// attempts were seen. Three times p90 hedges at most 10% of attempts,
+	// and under 1% of those of a service whose latency is spread like most
 	// (lognormal, or a Pareto tail of index 3). It stays below a stall that
 	// hits up to 10% of responses even when no hedge cuts it (while
 	// warming up, or after any spell in which hedging stopped), so it never

@@ -86,7 +86,7 @@
 //     rule); a body only once read whole and kept within MaxReplayBytes;
 //     never an upgrade. PUT and DELETE are idempotent but not safe to
 //     have in flight twice at once (see Options.Hedges).
-//   - When: after twice the p90 of recent successful attempts' latencies
+//   - When: after three times the p90 of recent successful attempts' latencies
 //     (to the response header), per Retry, with a floor
 //     (Options.HedgeMinDelay, 5 ms), after a warm-up of 50 samples; or
 //     Options.HedgeDelay. Per Retry rather than per host: the hedge is
