@@ -147,8 +147,9 @@ func measureStallShape(t *testing.T, name string, ratio float64, delay time.Dura
 	}
 
 	// Warm up every gateway under the shape: connections, and the
-	// adaptive hedge delay, which needs 100 samples (one successful
-	// attempt in four) and is recomputed every 200 ms, by a request.
+	// adaptive hedge delay, which needs 50 samples (every successful
+	// attempt while warming up) and is recomputed every 10 ms until
+	// known, by a request.
 	for _, h := range []http.Handler{bare, off, on} {
 		run(h, 1000)
 	}

@@ -513,9 +513,10 @@ func stallSamples(n int, share float64, stall time.Duration) []time.Duration {
 // exists to cut. The samples are what a Retry records while no hedge cuts
 // the stalls (warming up, or after any spell in which the delay rose above
 // them): every stalled response is one. For a stall of up to 10% of
-// responses the delay stays at three times the healthy p90, below the stall, so
-// hedging starts (or resumes) and cuts it; twice p95 landed on a 5% stall
-// and stayed there, since a stall that is not hedged keeps the delay up.
+// responses the delay stays at three times the healthy p90, below the
+// stall, so hedging starts (or resumes) and cuts it; twice p95 would land on
+// a 5% stall and stay there, since a stall that is not hedged keeps the
+// delay up.
 func TestHedgeDelayIgnoresStalls(t *testing.T) {
 	for _, c := range []struct {
 		share float64
@@ -646,7 +647,7 @@ func TestHedgeAdaptiveWarmsUp(t *testing.T) {
 	res, took := get(t, front, http.MethodGet, "")
 	assert.Equal(t, "b", res.body)
 	assert.Less(t, took, time.Second)
-	assert.Equal(t, 20*time.Millisecond, rt.Stats().HedgeDelay, "the floor, over 2 × p95 of fast answers")
+	assert.Equal(t, 20*time.Millisecond, rt.Stats().HedgeDelay, "the floor, over 3 × p90 of fast answers")
 	assert.EqualValues(t, 1, rt.Stats().HedgesWon)
 }
 
