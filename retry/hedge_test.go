@@ -638,17 +638,22 @@ func TestHedgeAdaptiveWarmsUp(t *testing.T) {
 	b := newStaller(t, "b", 0)
 	rt, h := hedged(t, Options{HedgeMinDelay: 20 * time.Millisecond}, a, b)
 	front := serve(t, h)
-	for range 2 * latSampling * hedgeWarmup { // one in latSampling is a sample
+	for range hedgeWarmup { // each starts with fewer samples than the warm-up needs
 		res, _ := get(t, front, http.MethodGet, "")
 		require.Equal(t, "a", res.body)
 	}
-	time.Sleep(latRefresh) // the delay is recomputed every latRefresh
+	assert.Zero(t, rt.Stats().Hedges, "no hedge while warming up")
+	require.Eventually(t, func() bool {
+		_, _ = get(t, front, http.MethodGet, "")
+		return rt.Stats().HedgeDelay > 0
+	}, 5*time.Second, latWarmup, "the delay is recomputed every latWarmup until known")
+	assert.GreaterOrEqual(t, rt.Stats().HedgeDelay, 20*time.Millisecond, "the floor, or 3 × p90 of fast answers on a busy machine")
+	won := rt.Stats().HedgesWon
 	stall.Store(true)
 	res, took := get(t, front, http.MethodGet, "")
 	assert.Equal(t, "b", res.body)
 	assert.Less(t, took, time.Second)
-	assert.Equal(t, 20*time.Millisecond, rt.Stats().HedgeDelay, "the floor, over 3 × p90 of fast answers")
-	assert.EqualValues(t, 1, rt.Stats().HedgesWon)
+	assert.Eventually(t, func() bool { return rt.Stats().HedgesWon == won+1 }, 5*time.Second, time.Millisecond, "the stalled attempt's hedge won")
 }
 
 // TestHedgeWarmupShort: a fresh Retry hedges after its first 50 successful
