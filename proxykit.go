@@ -269,7 +269,11 @@ func New(cfg Config) (*Stack, error) {
 	var p *pool.Pool
 	if len(cfg.Upstreams) > 0 {
 		if p, err = pool.New(cfg.Upstreams...); err != nil {
-			return nil, err
+			var te interface{ Target() int } // which of the pool's targets: name the user's field
+			if errors.As(err, &te) {
+				return nil, fmt.Errorf("proxykit: Config.Upstreams[%d]: %w", te.Target(), errors.Unwrap(err))
+			}
+			return nil, fmt.Errorf("proxykit: Config.Upstreams: %w", err)
 		}
 		p.Policy, p.Health, p.Logger = cfg.Policy, hosts, logger
 		if lim != nil {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,6 +28,25 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestNewRequiresUpstreams(t *testing.T) {
 	_, err := New(Config{})
 	assert.Error(t, err)
+}
+
+// TestNewNamesTheUpstream: a bad upstream is named by the user's field,
+// Config.Upstreams[i], not by the pool's own numbering.
+func TestNewNamesTheUpstream(t *testing.T) {
+	ok, _ := url.Parse("http://127.0.0.1:1")
+	for want, ups := range map[string][]*url.URL{
+		"proxykit: Config.Upstreams[0]: nil URL":                          {nil},
+		"proxykit: Config.Upstreams[1]: nil URL":                          {ok, nil},
+		`proxykit: Config.Upstreams[1]: "ftp://127.0.0.1:2": scheme must`: {ok, {Scheme: "ftp", Host: "127.0.0.1:2"}},
+		`proxykit: Config.Upstreams[1]: "http://LOCALHOST:1" is the same host localhost:1 as the target at index 0 ("http://localhost:1")`: {
+			{Scheme: "http", Host: "localhost:1"}, {Scheme: "http", Host: "LOCALHOST:1"}},
+	} {
+		_, err := New(Config{Upstreams: ups})
+		if assert.Error(t, err, want) {
+			assert.True(t, strings.HasPrefix(err.Error(), want), err.Error())
+			assert.NotContains(t, err.Error(), "target 0")
+		}
+	}
 }
 
 // TestStack: with one of two upstreams down, every request succeeds; with

@@ -172,6 +172,10 @@ func (a *admin) upstream(w http.ResponseWriter, r *http.Request, op string) {
 	if !a.params(w, r, known...) {
 		return
 	}
+	if r.Form.Get("upstream") == "" {
+		writeJSON(w, http.StatusBadRequest, apiError{"missing parameter upstream: give the host to " + op + " as host:port or an http(s) URL, e.g. upstream=10.0.0.5:8080"})
+		return
+	}
 	name, err := canonicalHost(r.Form.Get("upstream"))
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, apiError{err.Error()})

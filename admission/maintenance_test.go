@@ -233,3 +233,34 @@ func TestAdminOperations(t *testing.T) {
 	status, _ = r.do(t, "GET", "/admin/nothing", auth)
 	assert.Equal(t, 404, status)
 }
+
+// TestAdminSaysWhatIsMissing: a drain or resume without its upstream is
+// told the parameter is missing, not that an empty name is malformed.
+func TestAdminSaysWhatIsMissing(t *testing.T) {
+	r := newAdminRig(t)
+	for _, path := range []string{"/admin/drain", "/admin/drain?upstream=", "/admin/resume", "/admin/drain?wait=1s"} {
+		status, body := r.do(t, "POST", path, "Bearer "+token)
+		assert.Equal(t, 400, status, path)
+		assert.Contains(t, body, "missing parameter upstream", path)
+		assert.NotContains(t, body, `upstream \"\"`, path)
+	}
+	assert.False(t, r.draining())
+}
+
+// TestAdminAnySpelling: drain and resume find the upstream under any
+// spelling of its host and port.
+func TestAdminAnySpelling(t *testing.T) {
+	r := newAdminRig(t)
+	u, _ := url.Parse("http://localhost:19001")
+	r.lim.Watch(u)
+	for _, spelling := range []string{"LOCALHOST:19001", "localhost.:019001", "http://LocalHost:19001/"} {
+		status, body := r.do(t, "POST", "/admin/drain?upstream="+url.QueryEscape(spelling), "Bearer "+token)
+		assert.Equal(t, 200, status, "%s: %s", spelling, body)
+		assert.Contains(t, body, `"upstream": "localhost:19001"`, spelling)
+		status, body = r.do(t, "POST", "/admin/resume?upstream="+url.QueryEscape(spelling), "Bearer "+token)
+		assert.Equal(t, 200, status, "%s: %s", spelling, body)
+	}
+	status, body := r.do(t, "POST", "/admin/drain?upstream="+url.QueryEscape("[::ffff:10.0.0.5]:8080"), "Bearer "+token)
+	assert.Equal(t, 200, status, body)
+	assert.Contains(t, body, `"upstream": "10.0.0.5:8080"`)
+}
