@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -217,4 +219,55 @@ func TestStackHedging(t *testing.T) {
 	defer off.Close()
 	_, err = New(Config{Upstreams: ups, Logger: quiet, Retry: retry.Options{Attempts: 1}})
 	require.NoError(t, err, "one attempt: no room for a hedge, and no error for it")
+}
+
+// TestClientForwardingHeadersStripped: an X-Real-IP the client sends does
+// not reach the upstream, as X-Forwarded-For and Forwarded do not, unless
+// the user's Rewrite sets it; with a Director all three pass, as
+// ReverseProxy passes them.
+func TestClientForwardingHeadersStripped(t *testing.T) {
+	var got atomic.Pointer[http.Header]
+	up := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header.Clone()
+		got.Store(&h)
+	}))
+	defer up.Close()
+	target, _ := url.Parse(up.URL)
+	send := func(t *testing.T, cfg Config) http.Header {
+		t.Helper()
+		cfg.Logger = quiet
+		st, err := New(cfg)
+		require.NoError(t, err)
+		defer st.Close()
+		front := httptest.NewServer(st)
+		defer front.Close()
+		req, _ := http.NewRequest(http.MethodGet, front.URL+"/", nil)
+		req.Header.Set("X-Real-IP", "6.6.6.6")
+		req.Header.Set("X-Forwarded-For", "6.6.6.6")
+		req.Header.Set("Forwarded", "for=6.6.6.6")
+		res, err := front.Client().Do(req)
+		require.NoError(t, err)
+		res.Body.Close()
+		require.Equal(t, http.StatusOK, res.StatusCode)
+		return *got.Load()
+	}
+
+	h := send(t, Config{Upstreams: []*url.URL{target}})
+	assert.Empty(t, h.Values("X-Real-Ip"), "the client's X-Real-IP is stripped")
+	assert.Empty(t, h.Values("X-Forwarded-For"))
+	assert.Empty(t, h.Values("Forwarded"))
+
+	h = send(t, Config{Upstreams: []*url.URL{target}, Proxy: &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
+		ip, _, _ := net.SplitHostPort(pr.In.RemoteAddr)
+		pr.Out.Header.Set("X-Real-IP", ip)
+		pr.SetXForwarded()
+	}}})
+	assert.Equal(t, []string{"127.0.0.1"}, h.Values("X-Real-Ip"), "the Rewrite's own")
+	assert.Equal(t, []string{"127.0.0.1"}, h.Values("X-Forwarded-For"))
+
+	h = send(t, Config{Proxy: &httputil.ReverseProxy{Director: func(r *http.Request) {
+		r.URL.Scheme, r.URL.Host = target.Scheme, target.Host
+	}}})
+	assert.Equal(t, []string{"6.6.6.6"}, h.Values("X-Real-Ip"), "a Director's convention: passed")
+	assert.Equal(t, []string{"6.6.6.6, 127.0.0.1"}, h.Values("X-Forwarded-For"))
 }
