@@ -155,7 +155,9 @@ func TestStackHedging(t *testing.T) {
 		ups = append(ups, mustParse(s.URL))
 	}
 	var sent, won atomic.Int64
-	st, err := New(Config{Upstreams: ups, Logger: quiet, Retry: retry.Options{HedgeDelay: 20 * time.Millisecond,
+	// The hedge delay gives the first attempt time to reach its host (and
+	// take the stall) before the hedge leaves, also on a busy machine.
+	st, err := New(Config{Upstreams: ups, Logger: quiet, Retry: retry.Options{HedgeDelay: 200 * time.Millisecond,
 		OnHedge: func(e retry.HedgeEvent, _ int, _ time.Duration) {
 			switch e {
 			case retry.HedgeSent:
