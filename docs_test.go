@@ -358,7 +358,7 @@ func TestReadmeByHandIsExample(t *testing.T) {
 
 	readme, err := os.ReadFile("README.md")
 	require.NoError(t, err)
-	_, after, ok := strings.Cut(string(readme), "**Or wire the layers by hand**")
+	_, after, ok := strings.Cut(string(readme), "Or wire the layers by hand")
 	require.True(t, ok, "the README's by-hand section")
 	_, after, ok = strings.Cut(after, "```go\n")
 	require.True(t, ok)

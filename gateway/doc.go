@@ -1,10 +1,11 @@
 // Package gateway is proxykit's shared vocabulary and the glue to
 // net/http/httputil.ReverseProxy.
 //
-// Every upstream failure is classified into one of 17 [Class] values
+// Every upstream failure is classified into one of 18 [Class] values
 // (dns, refused, unreachable, connect_timeout, tls, reset, malformed,
 // timeout, upstream_status, open, no_upstream, canceled, client_body,
-// stale_connection, overloaded, maintenance, internal; see [Classes]) and
+// stale_connection, overloaded, maintenance, response_rejected, internal;
+// see [Classes]) and
 // carried as a [*Failure], which wraps the original error, knows the client
 // status, the upstream, whether the request was sent, and explains itself
 // in plain words for visitors ([Class.Explanation]) and with a hint for
