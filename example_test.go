@@ -107,26 +107,31 @@ func ExampleNew_existingProxy() {
 // or another order. Each Wrap method is a func(http.Handler) http.Handler,
 // so it also fits a router's middleware chain (chi's r.Use(rt.Wrap)).
 func Example_byHand() {
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "ok\n")
 	}))
-	defer up.Close()
-	logger := slog.New(slog.DiscardHandler)
+	defer upstream.Close()
+	target, err := url.Parse(upstream.URL)
+	if err != nil {
+		panic(err)
+	}
+	logger := slog.Default()
 
-	hosts, err := breaker.PerHost(breaker.Settings{Logger: logger}) // one breaker per upstream host
+	hosts, err := breaker.PerHost(breaker.Settings{Logger: logger}) // one health model per upstream host
 	if err != nil {
 		panic(err)
 	}
-	p, err := pool.New(mustParse(up.URL))
+	defer hosts.Close()        // stops its health checks
+	p, err := pool.New(target) // the balancer, over one or more targets
 	if err != nil {
 		panic(err)
 	}
-	p.Health = hosts // the pool skips hosts whose breaker is open
+	p.Health = hosts // skip hosts that are out
 	proxy := &httputil.ReverseProxy{
-		Transport:    hosts.Transport(&gateway.Transport{}),
-		ErrorHandler: gateway.NewErrorHandler(logger),
+		Transport:    hosts.Transport(&gateway.Transport{}), // classified errors, measured "sent"
+		ErrorHandler: gateway.NewErrorHandler(logger),       // honest status, no error text
 	}
-	if err := p.Attach(proxy); err != nil { // sets Rewrite and wraps Transport
+	if err := p.Attach(proxy); err != nil { // sets Rewrite and wraps Transport together
 		panic(err)
 	}
 	monitor := &status.Monitor{Logger: logger}
@@ -143,6 +148,7 @@ func Example_byHand() {
 	h = pages.Wrap(h)
 	h = monitor.Wrap(h) // outermost but for the request ID: it logs the one line per failure
 	h = gateway.RequestID(h)
+	h = gateway.ClientBodyTimeout(h, 0) // a stalled upload is the client's 408
 
 	front := httptest.NewServer(h)
 	defer front.Close()

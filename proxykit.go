@@ -78,7 +78,11 @@ type Config struct {
 	// above. New rejects a Proxy that ReverseProxy would refuse at every
 	// request (both Rewrite and Director set), and one with an
 	// ErrorHandler of its own, which would cut the failure hand-off
-	// between the layers (see [gateway.NewErrorHandler]).
+	// between the layers (see [gateway.NewErrorHandler]). An X-Real-IP
+	// header from the client is removed before a Rewrite runs, as
+	// ReverseProxy removes X-Forwarded-For and Forwarded (the Rewrite may
+	// set it again, e.g. from pr.In.RemoteAddr); with a Director, all
+	// three pass as ReverseProxy passes them.
 	Proxy *httputil.ReverseProxy
 
 	// Transport is the base transport that reaches the network. Nil means
@@ -266,10 +270,26 @@ func New(cfg Config) (*Stack, error) {
 	if proxy.ErrorLog == nil {
 		proxy.ErrorLog = slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	}
+	if proxy.Director == nil {
+		// ReverseProxy removes the client's X-Forwarded-For and Forwarded
+		// before a Rewrite; X-Real-IP makes the same claim under another
+		// name, so it goes with them (the Rewrite may set it).
+		rewrite := proxy.Rewrite
+		proxy.Rewrite = func(pr *httputil.ProxyRequest) {
+			delete(pr.Out.Header, "X-Real-Ip")
+			if rewrite != nil {
+				rewrite(pr)
+			}
+		}
+	}
 	var p *pool.Pool
 	if len(cfg.Upstreams) > 0 {
 		if p, err = pool.New(cfg.Upstreams...); err != nil {
-			return nil, err
+			var te interface{ Target() int } // which of the pool's targets: name the user's field
+			if errors.As(err, &te) {
+				return nil, fmt.Errorf("proxykit: Config.Upstreams[%d]: %w", te.Target(), errors.Unwrap(err))
+			}
+			return nil, fmt.Errorf("proxykit: Config.Upstreams: %w", err)
 		}
 		p.Policy, p.Health, p.Logger = cfg.Policy, hosts, logger
 		if lim != nil {

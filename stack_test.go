@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,6 +30,25 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func TestNewRequiresUpstreams(t *testing.T) {
 	_, err := New(Config{})
 	assert.Error(t, err)
+}
+
+// TestNewNamesTheUpstream: a bad upstream is named by the user's field,
+// Config.Upstreams[i], not by the pool's own numbering.
+func TestNewNamesTheUpstream(t *testing.T) {
+	ok, _ := url.Parse("http://127.0.0.1:1")
+	for want, ups := range map[string][]*url.URL{
+		"proxykit: Config.Upstreams[0]: nil URL":                          {nil},
+		"proxykit: Config.Upstreams[1]: nil URL":                          {ok, nil},
+		`proxykit: Config.Upstreams[1]: "ftp://127.0.0.1:2": scheme must`: {ok, {Scheme: "ftp", Host: "127.0.0.1:2"}},
+		`proxykit: Config.Upstreams[1]: "http://LOCALHOST:1" is the same host localhost:1 as the target at index 0 ("http://localhost:1")`: {
+			{Scheme: "http", Host: "localhost:1"}, {Scheme: "http", Host: "LOCALHOST:1"}},
+	} {
+		_, err := New(Config{Upstreams: ups})
+		if assert.Error(t, err, want) {
+			assert.True(t, strings.HasPrefix(err.Error(), want), err.Error())
+			assert.NotContains(t, err.Error(), "target 0")
+		}
+	}
 }
 
 // TestStack: with one of two upstreams down, every request succeeds; with
@@ -133,7 +155,9 @@ func TestStackHedging(t *testing.T) {
 		ups = append(ups, mustParse(s.URL))
 	}
 	var sent, won atomic.Int64
-	st, err := New(Config{Upstreams: ups, Logger: quiet, Retry: retry.Options{HedgeDelay: 20 * time.Millisecond,
+	// The hedge delay gives the first attempt time to reach its host (and
+	// take the stall) before the hedge leaves, also on a busy machine.
+	st, err := New(Config{Upstreams: ups, Logger: quiet, Retry: retry.Options{HedgeDelay: 200 * time.Millisecond,
 		OnHedge: func(e retry.HedgeEvent, _ int, _ time.Duration) {
 			switch e {
 			case retry.HedgeSent:
@@ -197,4 +221,55 @@ func TestStackHedging(t *testing.T) {
 	defer off.Close()
 	_, err = New(Config{Upstreams: ups, Logger: quiet, Retry: retry.Options{Attempts: 1}})
 	require.NoError(t, err, "one attempt: no room for a hedge, and no error for it")
+}
+
+// TestClientForwardingHeadersStripped: an X-Real-IP the client sends does
+// not reach the upstream, as X-Forwarded-For and Forwarded do not, unless
+// the user's Rewrite sets it; with a Director all three pass, as
+// ReverseProxy passes them.
+func TestClientForwardingHeadersStripped(t *testing.T) {
+	var got atomic.Pointer[http.Header]
+	up := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header.Clone()
+		got.Store(&h)
+	}))
+	defer up.Close()
+	target, _ := url.Parse(up.URL)
+	send := func(t *testing.T, cfg Config) http.Header {
+		t.Helper()
+		cfg.Logger = quiet
+		st, err := New(cfg)
+		require.NoError(t, err)
+		defer st.Close()
+		front := httptest.NewServer(st)
+		defer front.Close()
+		req, _ := http.NewRequest(http.MethodGet, front.URL+"/", nil)
+		req.Header.Set("X-Real-IP", "6.6.6.6")
+		req.Header.Set("X-Forwarded-For", "6.6.6.6")
+		req.Header.Set("Forwarded", "for=6.6.6.6")
+		res, err := front.Client().Do(req)
+		require.NoError(t, err)
+		res.Body.Close()
+		require.Equal(t, http.StatusOK, res.StatusCode)
+		return *got.Load()
+	}
+
+	h := send(t, Config{Upstreams: []*url.URL{target}})
+	assert.Empty(t, h.Values("X-Real-Ip"), "the client's X-Real-IP is stripped")
+	assert.Empty(t, h.Values("X-Forwarded-For"))
+	assert.Empty(t, h.Values("Forwarded"))
+
+	h = send(t, Config{Upstreams: []*url.URL{target}, Proxy: &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
+		ip, _, _ := net.SplitHostPort(pr.In.RemoteAddr)
+		pr.Out.Header.Set("X-Real-IP", ip)
+		pr.SetXForwarded()
+	}}})
+	assert.Equal(t, []string{"127.0.0.1"}, h.Values("X-Real-Ip"), "the Rewrite's own")
+	assert.Equal(t, []string{"127.0.0.1"}, h.Values("X-Forwarded-For"))
+
+	h = send(t, Config{Proxy: &httputil.ReverseProxy{Director: func(r *http.Request) {
+		r.URL.Scheme, r.URL.Host = target.Scheme, target.Host
+	}}})
+	assert.Equal(t, []string{"6.6.6.6"}, h.Values("X-Real-Ip"), "a Director's convention: passed")
+	assert.Equal(t, []string{"6.6.6.6, 127.0.0.1"}, h.Values("X-Forwarded-For"))
 }

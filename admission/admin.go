@@ -18,6 +18,9 @@ import (
 // maxDrainWait bounds the wait parameter of a drain.
 const maxDrainWait = 10 * time.Minute
 
+// answerTime is how long a drain's answer may take to write after its wait.
+const answerTime = 10 * time.Second
+
 // AdminOptions configure the admin handler of [NewAdmin].
 type AdminOptions struct {
 	// Token is the secret every admin request must carry, as
@@ -41,8 +44,9 @@ type AdminOptions struct {
 //
 //	GET    …/upstreams                      the Limiter's Status, as JSON
 //	POST   …/drain?upstream=H[&wait=30s]    drain H (host:port or URL); with
-//	                                        wait, answer once drained (200)
-//	                                        or when wait ends (202)
+//	                                        wait (at most 10m), answer once
+//	                                        drained (200) or when wait ends
+//	                                        (202)
 //	POST   …/resume?upstream=H              send H requests again
 //	GET    …/maintenance                    the maintenance state
 //	POST   …/maintenance[?until=T|for=D]    maintenance on, planned until
@@ -53,7 +57,12 @@ type AdminOptions struct {
 // without the token, or with a wrong one, gets 401 and changes nothing; a
 // malformed one (an unknown or repeated parameter, a bad name, time or
 // duration) 400, and changes nothing; an unknown upstream 404; a wrong
-// method 405. NewAdmin fails without a token, or with one that cannot be
+// method 405. A drain that waits extends its connection's write deadline
+// (http.ResponseController) past the wait, so a server's WriteTimeout
+// shorter than the wait does not cut its answer; a ResponseWriter wrapper
+// between the server and the handler must then have an Unwrap method.
+// Upstreams are found under any spelling of their name (see
+// [gateway.UpstreamName]). NewAdmin fails without a token, or with one that cannot be
 // sent in a header.
 func NewAdmin(o AdminOptions) (http.Handler, error) {
 	if o.Token == "" {
@@ -172,6 +181,10 @@ func (a *admin) upstream(w http.ResponseWriter, r *http.Request, op string) {
 	if !a.params(w, r, known...) {
 		return
 	}
+	if r.Form.Get("upstream") == "" {
+		writeJSON(w, http.StatusBadRequest, apiError{"missing parameter upstream: give the host to " + op + " as host:port or an http(s) URL, e.g. upstream=10.0.0.5:8080"})
+		return
+	}
 	name, err := canonicalHost(r.Form.Get("upstream"))
 	if err != nil {
 		writeJSON(w, http.StatusBadRequest, apiError{err.Error()})
@@ -199,6 +212,12 @@ func (a *admin) upstream(w http.ResponseWriter, r *http.Request, op string) {
 		slog.String("upstream", name), slog.String("remote", r.RemoteAddr))
 	status := http.StatusOK
 	if op == "drain" {
+		if wait > 0 {
+			// The answer comes after the wait: extend the server's
+			// WriteTimeout for it, so that a wait longer than the
+			// timeout does not lose its answer.
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + answerTime))
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), wait)
 		err := l.Drained(ctx, name)
 		cancel()

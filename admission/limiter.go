@@ -68,14 +68,15 @@ type bareKey struct{ scheme, host string }
 
 // hostOf returns the host of u, admitting it if there is room.
 func (l *Limiter) hostOf(u *url.URL) *host {
-	if hasPort(u.Host) {
-		return l.admit(u.Host) // already its canonical name
-	}
 	k := bareKey{u.Scheme, u.Host}
 	if h := (*l.bare.Load())[k]; h != nil {
 		return h
 	}
-	h := l.admit(gateway.UpstreamName(u))
+	name := gateway.UpstreamName(u)
+	if name == u.Host {
+		return l.admit(name) // already its canonical name: built without allocating
+	}
+	h := l.admit(name)
 	if h != nil {
 		l.mu.Lock()
 		old := *l.bare.Load()
@@ -90,14 +91,6 @@ func (l *Limiter) hostOf(u *url.URL) *host {
 		l.mu.Unlock()
 	}
 	return h
-}
-
-// hasPort reports whether hostport ends in a non-empty :port (after any
-// IPv6 literal), as gateway.UpstreamName keeps it.
-func hasPort(hostport string) bool {
-	i := strings.LastIndexByte(hostport, ':')
-	return i >= 0 && i < len(hostport)-1 && strings.LastIndexByte(hostport, ']') < i &&
-		(hostport[0] == '[' || strings.IndexByte(hostport, ':') == i)
 }
 
 func (l *Limiter) now() int64 {
@@ -768,7 +761,8 @@ func canonicalHost(s string) (string, error) {
 	if err != nil || hp == "" || port == "" || strings.ContainsAny(s, "/?#@ \t") {
 		return "", fmt.Errorf("admission: upstream %q: want host:port or an http(s) URL", s)
 	}
-	return net.JoinHostPort(hp, port), nil
+	// Any spelling of the host: LOCALHOST:019001 is localhost:19001.
+	return gateway.UpstreamName(&url.URL{Scheme: "http", Host: net.JoinHostPort(hp, port)}), nil
 }
 
 // Congested reports whether host (its canonical name) shows queueing, so

@@ -75,16 +75,22 @@ func (m *Maintenance) logger() *slog.Logger {
 }
 
 // Start turns maintenance on, planned to last until until (zero: no
-// announced end). Calling it while on moves the end. It fails, changing
-// nothing, for an end that is not in the future.
+// announced end). The end is rounded up to the whole minute, the
+// precision at which pages tell it to visitors, so that State, the logs,
+// Retry-After and the pages all give one end time (never earlier than
+// asked). Calling it while on moves the end. It fails, changing nothing,
+// for an end that is not in the future.
 func (m *Maintenance) Start(until time.Time) error {
 	now := m.clock()
 	if !until.IsZero() && !until.After(now) {
 		return fmt.Errorf("admission: maintenance end %s is not in the future", until.UTC().Format(time.RFC3339))
 	}
-	st := &MaintenanceState{On: true, Since: now.UTC(), Until: until.UTC()}
-	if until.IsZero() {
-		st.Until = time.Time{}
+	st := &MaintenanceState{On: true, Since: now.UTC()}
+	if !until.IsZero() {
+		st.Until = until.UTC().Truncate(time.Minute)
+		if st.Until.Before(until) {
+			st.Until = st.Until.Add(time.Minute)
+		}
 	}
 	if old := m.state.Load(); old != nil {
 		st.Since = old.Since

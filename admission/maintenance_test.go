@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -61,13 +62,14 @@ func TestMaintenance(t *testing.T) {
 	require.NoError(t, r.m.Start(until))
 	st := r.m.State()
 	assert.True(t, st.On)
-	assert.Equal(t, until.UTC(), st.Until)
+	assert.Equal(t, until.UTC().Truncate(time.Minute).Add(time.Minute), st.Until, "the end, rounded up to the minute")
 
 	before := r.reached.Load()
 	w := r.get("/orders", "text/html")
 	assert.Equal(t, 503, w.Code)
-	ra := w.Header().Get("Retry-After")
-	assert.True(t, ra == "5400" || ra == "5399", ra)
+	ra, err := strconv.Atoi(w.Header().Get("Retry-After"))
+	require.NoError(t, err)
+	assert.InDelta(t, time.Until(st.Until).Seconds(), ra, 2, "Retry-After: until the announced end")
 	body := w.Body.String()
 	assert.Contains(t, body, "planned maintenance")
 	shown := until.UTC().Truncate(time.Minute).Add(time.Minute).Format("2006-01-02 15:04 UTC")
@@ -123,7 +125,7 @@ type adminRig struct {
 
 const token = "s3cret-token-for-tests"
 
-func newAdminRig(t *testing.T) *adminRig {
+func newAdminRig(t *testing.T, configure ...func(*http.Server)) *adminRig {
 	lim, err := admission.New(admission.Settings{Logger: discard})
 	require.NoError(t, err)
 	u, _ := url.Parse("http://10.0.0.5:8080")
@@ -133,7 +135,11 @@ func newAdminRig(t *testing.T) *adminRig {
 	require.NoError(t, err)
 	mux := http.NewServeMux()
 	mux.Handle("/admin/", h)
-	srv := httptest.NewServer(mux)
+	srv := httptest.NewUnstartedServer(mux)
+	for _, c := range configure {
+		c(srv.Config)
+	}
+	srv.Start()
 	t.Cleanup(srv.Close)
 	return &adminRig{srv: srv, lim: lim, m: m}
 }
@@ -233,3 +239,107 @@ func TestAdminOperations(t *testing.T) {
 	status, _ = r.do(t, "GET", "/admin/nothing", auth)
 	assert.Equal(t, 404, status)
 }
+
+// TestAdminSaysWhatIsMissing: a drain or resume without its upstream is
+// told the parameter is missing, not that an empty name is malformed.
+func TestAdminSaysWhatIsMissing(t *testing.T) {
+	r := newAdminRig(t)
+	for _, path := range []string{"/admin/drain", "/admin/drain?upstream=", "/admin/resume", "/admin/drain?wait=1s"} {
+		status, body := r.do(t, "POST", path, "Bearer "+token)
+		assert.Equal(t, 400, status, path)
+		assert.Contains(t, body, "missing parameter upstream", path)
+		assert.NotContains(t, body, `upstream \"\"`, path)
+	}
+	assert.False(t, r.draining())
+}
+
+// TestAdminAnySpelling: drain and resume find the upstream under any
+// spelling of its host and port.
+func TestAdminAnySpelling(t *testing.T) {
+	r := newAdminRig(t)
+	u, _ := url.Parse("http://localhost:19001")
+	r.lim.Watch(u)
+	for _, spelling := range []string{"LOCALHOST:19001", "localhost.:019001", "http://LocalHost:19001/"} {
+		status, body := r.do(t, "POST", "/admin/drain?upstream="+url.QueryEscape(spelling), "Bearer "+token)
+		assert.Equal(t, 200, status, "%s: %s", spelling, body)
+		assert.Contains(t, body, `"upstream": "localhost:19001"`, spelling)
+		status, body = r.do(t, "POST", "/admin/resume?upstream="+url.QueryEscape(spelling), "Bearer "+token)
+		assert.Equal(t, 200, status, "%s: %s", spelling, body)
+	}
+	status, body := r.do(t, "POST", "/admin/drain?upstream="+url.QueryEscape("[::ffff:10.0.0.5]:8080"), "Bearer "+token)
+	assert.Equal(t, 200, status, body)
+	assert.Contains(t, body, `"upstream": "10.0.0.5:8080"`)
+}
+
+// TestMaintenanceOneEndTime: a maintenance started for a duration has one
+// end time on the admin API, in the problem document and on the page
+// (whose precision is the minute), and Retry-After counts down to it.
+func TestMaintenanceOneEndTime(t *testing.T) {
+	r := newAdminRig(t)
+	pages, err := errorpage.New(errorpage.Options{Logger: discard})
+	require.NoError(t, err)
+	site := pages.Wrap(r.m.Wrap(http.NotFoundHandler()))
+
+	status, body := r.do(t, "POST", "/admin/maintenance?for=30m", "Bearer "+token)
+	require.Equal(t, 200, status, body)
+	var st struct{ Until time.Time }
+	require.NoError(t, json.Unmarshal([]byte(body), &st))
+	assert.Zero(t, st.Until.Second(), "a whole minute: what pages can show")
+	assert.WithinDuration(t, time.Now().Add(30*time.Minute), st.Until, time.Minute)
+	assert.False(t, st.Until.Before(time.Now().Add(30*time.Minute)), "never earlier than asked")
+
+	req := httptest.NewRequest(http.MethodGet, "/", nil)
+	req.Header.Set("Accept", "application/json")
+	w := httptest.NewRecorder()
+	site.ServeHTTP(w, req)
+	var doc struct{ Until string }
+	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &doc))
+	assert.Equal(t, st.Until.Format(time.RFC3339), doc.Until, "the problem document's end is the admin's")
+	ra, err := strconv.Atoi(w.Header().Get("Retry-After"))
+	require.NoError(t, err)
+	assert.InDelta(t, time.Until(st.Until).Seconds(), ra, 2)
+
+	req.Header.Set("Accept", "text/html")
+	w = httptest.NewRecorder()
+	site.ServeHTTP(w, req)
+	assert.Contains(t, w.Body.String(), st.Until.Format("2006-01-02 15:04 UTC"), "the page's end is the admin's")
+	assert.Contains(t, w.Body.String(), `datetime="`+st.Until.Format(time.RFC3339)+`"`)
+}
+
+// TestAdminDrainWaitOutlivesWriteTimeout: a drain that waits longer than
+// the admin server's WriteTimeout still gets its answer (202 when the
+// host did not drain in time).
+func TestAdminDrainWaitOutlivesWriteTimeout(t *testing.T) {
+	r := newAdminRig(t, func(s *http.Server) { s.WriteTimeout = 100 * time.Millisecond })
+	release := make(chan struct{})
+	held := roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		<-release
+		return &http.Response{StatusCode: 200, Body: http.NoBody, Request: req}, nil
+	})
+	rt := r.lim.Transport(held)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		req, _ := http.NewRequest(http.MethodGet, "http://10.0.0.5:8080/", nil)
+		if res, err := rt.RoundTrip(req); err == nil {
+			res.Body.Close()
+		}
+	}()
+	defer func() { close(release); <-done }()
+	require.Eventually(t, func() bool {
+		for _, s := range r.lim.Status() {
+			if s.Active == 1 {
+				return true
+			}
+		}
+		return false
+	}, 5*time.Second, time.Millisecond, "a request in flight to the host")
+
+	status, body := r.do(t, "POST", "/admin/drain?upstream=10.0.0.5:8080&wait=600ms", "Bearer "+token)
+	assert.Equal(t, http.StatusAccepted, status, body)
+	assert.Contains(t, body, `"active": 1`)
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

@@ -316,7 +316,10 @@ func TestCanonicalHost(t *testing.T) {
 		"https://svc/x":         "svc:443",
 		"[::1]:9000":            "[::1]:9000",
 		"http://[::1]:9000/":    "[::1]:9000",
-		"Upstream.test:80":      "Upstream.test:80",
+		"Upstream.test:80":      "upstream.test:80",
+		"LOCALHOST.:019001":     "localhost:19001",
+		"[::ffff:10.0.0.5]:80":  "10.0.0.5:80",
+		"HTTP://Svc.:0080/":     "svc:80",
 		"ftp://svc":             "",
 		"svc":                   "",
 		"svc:":                  "",
@@ -336,17 +339,19 @@ func TestCanonicalHost(t *testing.T) {
 	assert.False(t, errors.Is(nil, ErrUnknownHost))
 }
 
-func TestHasPort(t *testing.T) {
-	for in, want := range map[string]bool{
-		"svc:80": true, "svc": false, "svc:": false, "[::1]:80": true, "[::1]": false,
-		"::1": false, "10.0.0.1:8080": true, "[fe80::1%eth0]:80": true,
-	} {
-		assert.Equal(t, want, hasPort(in), in)
-		if want {
-			u := &url.URL{Scheme: "http", Host: in}
-			assert.Equal(t, in, gateway.UpstreamName(u), "a host with a port is its own canonical name")
-		}
+// TestHostOfAnySpelling: the limiter keys a host by its canonical name
+// whichever spelling the outbound URL carries, so one server has one limit.
+func TestHostOfAnySpelling(t *testing.T) {
+	l, err := New(quiet(Settings{}))
+	require.NoError(t, err)
+	h := l.hostOf(&url.URL{Scheme: "http", Host: "localhost:19001"})
+	require.NotNil(t, h)
+	for _, in := range []string{"LOCALHOST:19001", "localhost.:19001", "localhost:019001"} {
+		assert.Same(t, h, l.hostOf(&url.URL{Scheme: "http", Host: in}), in)
+		assert.Same(t, h, l.hostOf(&url.URL{Scheme: "http", Host: in}), "%s, cached", in)
 	}
+	assert.Same(t, l.hostOf(&url.URL{Scheme: "http", Host: "127.0.0.1:80"}), l.hostOf(&url.URL{Scheme: "http", Host: "[::ffff:127.0.0.1]"}))
+	assert.Len(t, l.Status(), 2)
 }
 
 // TestUploadHoldsNoSlot: a request whose client is still uploading its body

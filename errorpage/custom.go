@@ -60,6 +60,10 @@ func (h *Handler) parseCustom(fsys fs.FS) (customPages, error) {
 		files[name] = &customFile{text: string(b), refs: references(t)}
 	}
 
+	if !slices.ContainsFunc(names, isPageTemplate) {
+		return nil, noPageError(names)
+	}
+
 	base := template.New("")
 	for _, name := range names {
 		if !isPageTemplate(name) {
@@ -156,6 +160,26 @@ func pageDeps(page string, files map[string]*customFile) []string {
 	}
 	visit(page)
 	return deps
+}
+
+// noPageError is the constructor error for a template set in which no file
+// is named for a page, so that lookup would never find one and every
+// visitor would get the built-in page: the files would be silently unused.
+func noPageError(names []string) error {
+	classes := make([]string, 0, len(gateway.Classes()))
+	for _, c := range gateway.Classes() {
+		classes = append(classes, c.String())
+	}
+	var hint string
+	for _, name := range names {
+		if lower := strings.ToLower(name); isPageTemplate(lower) {
+			hint = fmt.Sprintf(" (names are case-sensitive: rename %s to %s)", name, lower)
+			break
+		}
+	}
+	return fmt.Errorf("errorpage: Options.Templates has no page, only partials (%s)%s: "+
+		"name a page \"default.html\", \"<status>.html\" (e.g. \"503.html\") or \"<class>.html\" "+
+		"with class one of %s", strings.Join(names, ", "), hint, strings.Join(classes, ", "))
 }
 
 // isPageTemplate reports whether name is one that lookup can return.

@@ -124,7 +124,9 @@ type Options struct {
 	//
 	// Templates are checked at construction: a parse or escaping error, or
 	// a page that fails on the data its requests get, is a constructor
-	// error naming the file. Each page is executed once with operator
+	// error naming the file; a set with no page at all (only partials,
+	// e.g. a misnamed "error.html" or "Default.html") is an error naming
+	// the page names lookup expects. Each page is executed once with operator
 	// details (every field set, so a misspelt field fails) and, unless
 	// Debug is on, once as an untrusted visitor sees it, with
 	// Page.Operator nil (so an unguarded {{.Operator.Hint}} fails). A page

@@ -90,6 +90,9 @@ func TestTemplateErrors(t *testing.T) {
 		{"page fails on full data", files("refused.html", `{{index .Hops 7}}`), "refused.html"},
 		{"partial misuse", files("504.html", `{{template "p.html" .}}`, "p.html", `{{.Nope}}`), "504.html"},
 		{"no html at the root", files("templates/default.html", "x"), "no *.html file"},
+		{"no page, only misnamed files", files("error.html", "x", "Default.html", "y"),
+			`no page, only partials (Default.html, error.html) (names are case-sensitive: rename Default.html to default.html): name a page "default.html", "<status>.html" (e.g. "503.html") or "<class>.html" with class one of internal, dns, refused`},
+		{"no page", files("error.html", "x"), `name a page "default.html"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -8,8 +8,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/textproto"
 	"net/url"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -184,11 +186,17 @@ func IsFailureStatus(status int) bool {
 }
 
 // UpstreamName returns the canonical name of the upstream that u addresses:
-// its host and port, the scheme's default port filled in when u has none
-// ("svc" with http is "svc:80", with https "svc:443"). Every layer names
-// an upstream this way, in failures, logs, breakers, pools and the status
-// view. It is an identity only: the outbound URL and Host header are left
-// as the target gives them. A nil u or an empty host gives "".
+// host:port, so that one server has one name however its URL spells it.
+// The host is lower-cased and loses a trailing dot ("LOCALHOST." is
+// "localhost"); an IP address is written as net/netip writes it, an
+// IPv4-mapped IPv6 address as IPv4 ("[::ffff:127.0.0.1]" is
+// "127.0.0.1"); the port is a decimal number ("019001" is "19001"), the
+// scheme's default when u has none ("svc" with http is "svc:80", with
+// https "svc:443"). Every layer names an upstream this way, in failures,
+// logs, breakers, limits, pools and the status view. It is an identity
+// only: the outbound URL and Host header are left as the target gives
+// them. A nil u or an empty host gives "". A name that is already
+// canonical is returned without allocating.
 func UpstreamName(u *url.URL) string {
 	if u == nil {
 		return ""
@@ -196,35 +204,90 @@ func UpstreamName(u *url.URL) string {
 	return hostPort(u.Scheme, u.Host)
 }
 
-// hasPort reports whether host (as in a URL) ends in ":port" with a
-// non-empty port: after the closing bracket of an IPv6 literal, or after
-// the only colon of a name or IPv4 address. Unlike net.SplitHostPort it
-// does not allocate an error for a host without one.
-func hasPort(host string) bool {
-	i := strings.LastIndexByte(host, ':')
-	if i < 0 || i == len(host)-1 {
-		return false
-	}
-	if host[0] == '[' {
-		return host[i-1] == ']'
-	}
-	return strings.IndexByte(host, ':') == i
-}
-
-// hostPort returns host with the scheme's default port added when it has none.
+// hostPort returns the canonical name of host (as in a URL) for scheme.
 func hostPort(scheme, host string) string {
-	if host == "" {
-		return ""
-	}
-	if hasPort(host) {
+	if host == "" || isCanonical(host) {
 		return host // the common case, without allocating
 	}
-	port := "80"
-	if scheme == "https" || scheme == "wss" {
-		port = "443"
+	name, port := splitHostPort(host)
+	switch n, ok := portNumber(port); {
+	case ok:
+		port = strconv.Itoa(n)
+	case port == "":
+		port = "80"
+		if scheme == "https" || scheme == "wss" {
+			port = "443"
+		}
+	} // else not a port number: kept as given, and the dial fails
+	literal := len(name) > 1 && name[0] == '[' && name[len(name)-1] == ']'
+	if literal {
+		name = name[1 : len(name)-1]
 	}
-	if len(host) > 1 && host[0] == '[' && host[len(host)-1] == ']' {
-		host = host[1 : len(host)-1]
+	if literal || strings.Trim(name, ".0123456789") == "" { // an IP address, if it parses
+		if a, err := netip.ParseAddr(name); err == nil {
+			return net.JoinHostPort(a.Unmap().String(), port)
+		}
 	}
-	return net.JoinHostPort(host, port)
+	if len(name) > 1 {
+		name = strings.TrimSuffix(name, ".")
+	}
+	return net.JoinHostPort(strings.ToLower(name), port)
+}
+
+// portNumber returns the value of port, a decimal number from 0 to 65535
+// (leading zeros allowed).
+func portNumber(port string) (int, bool) {
+	if port == "" {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(port); i++ {
+		if port[i] < '0' || port[i] > '9' {
+			return 0, false
+		}
+		if n = n*10 + int(port[i]-'0'); n > 65535 {
+			return 0, false
+		}
+	}
+	return n, true
+}
+
+// splitHostPort splits host (as in a URL) at the colon before its port,
+// if it has one: after the closing bracket of an IPv6 literal, or the
+// only colon of a name or IPv4 address. The port may be empty.
+func splitHostPort(host string) (name, port string) {
+	i := strings.LastIndexByte(host, ':')
+	if i < 0 || (host[0] == '[' && host[i-1] != ']') || (host[0] != '[' && strings.IndexByte(host, ':') != i) {
+		return host, ""
+	}
+	return host[:i], host[i+1:]
+}
+
+// isCanonical reports, without allocating, whether host is its own
+// canonical name (see [UpstreamName]): a port in decimal without leading
+// zeros, and a name in lower-case ASCII without a trailing dot, an IPv4
+// address or a bracketed IPv6 address as netip writes it.
+func isCanonical(host string) bool {
+	name, port := splitHostPort(host)
+	if _, ok := portNumber(port); !ok || name == "" || (port[0] == '0' && len(port) > 1) {
+		return false
+	}
+	if name[0] == '[' {
+		lit := name[1 : len(name)-1]
+		a, err := netip.ParseAddr(lit)
+		if err != nil || !a.Is6() || a.Is4In6() {
+			return false
+		}
+		var buf [64]byte
+		return string(a.AppendTo(buf[:0])) == lit
+	}
+	if name[len(name)-1] == '.' {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c >= 'A' && c <= 'Z' || c >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

@@ -1,14 +1,15 @@
 // Package gateway is proxykit's shared vocabulary and the glue to
 // net/http/httputil.ReverseProxy.
 //
-// Every upstream failure is classified into a [Class] (dns, refused,
-// unreachable, connect_timeout, tls, reset, malformed, timeout,
-// upstream_status, open, no_upstream, canceled, client_body,
-// stale_connection, internal) and carried as a
-// [*Failure], which wraps the original error, knows the client status, the
-// upstream, whether the request was sent, and explains itself in plain words
-// for visitors ([Failure.Explanation]) and with a hint for operators
-// ([Failure.Hint]).
+// Every upstream failure is classified into one of 18 [Class] values
+// (dns, refused, unreachable, connect_timeout, tls, reset, malformed,
+// timeout, upstream_status, open, no_upstream, canceled, client_body,
+// stale_connection, overloaded, maintenance, response_rejected, internal;
+// see [Classes]) and
+// carried as a [*Failure], which wraps the original error, knows the client
+// status, the upstream, whether the request was sent, and explains itself
+// in plain words for visitors ([Class.Explanation]) and with a hint for
+// operators ([Failure.Hint]).
 //
 // The pieces:
 //
@@ -18,7 +19,7 @@
 //     connections, and returns classified failures; [NewHTTPTransport] is
 //     an http.Transport tuned for proxies, with bounded waits and
 //     connections by default.
-//   - [ErrorHandler] is a ReverseProxy ErrorHandler: it hands the Failure to
+//   - [NewErrorHandler] returns a ReverseProxy ErrorHandler: it hands the Failure to
 //     the enclosing layer, writes an honest status without error text, and
 //     logs one line; a client that went away is logged as 499, not as a 502.
 //   - [Interceptor] holds a response's status back until a [Decider] has

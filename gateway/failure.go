@@ -17,7 +17,7 @@ import (
 //
 // Its Error text contains the upstream address and the cause. It is for
 // logs and operators; never show it to an untrusted client — use
-// [Failure.Explanation] instead.
+// the Explanation of its Class ([Class.Explanation]) instead.
 type Failure struct {
 	// Class is the failure's kind.
 	Class Class

@@ -43,7 +43,7 @@ type CommitObserver interface {
 }
 
 // A FailureRecorder is a ResponseWriter that wants to know why the response
-// it is about to receive is a failure. [ErrorHandler] and passing
+// it is about to receive is a failure. The [NewErrorHandler] and passing
 // Interceptors hand the Failure to the nearest one with [RecordFailure].
 type FailureRecorder interface {
 	RecordFailure(f *Failure)

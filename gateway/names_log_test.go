@@ -43,12 +43,54 @@ func TestUpstreamName(t *testing.T) {
 		"http://[::1]":           "[::1]:80",
 		"https://[::1]:8443":     "[::1]:8443",
 		"http://[fe80::1%25en0]": "[fe80::1%en0]:80",
+		// One server, one name, however the URL spells it.
+		"http://LOCALHOST:19001":              "localhost:19001",
+		"http://LocalHost.:19001":             "localhost:19001",
+		"http://localhost.":                   "localhost:80",
+		"http://localhost:019001":             "localhost:19001",
+		"https://Svc.Example.COM":             "svc.example.com:443",
+		"http://[::ffff:127.0.0.1]:19001":     "127.0.0.1:19001",
+		"http://[::FFFF:7f00:1]:19001":        "127.0.0.1:19001",
+		"http://[0:0:0:0:0:0:0:1]:8080":       "[::1]:8080",
+		"http://[2001:DB8::1]":                "[2001:db8::1]:80",
+		"http://127.0.0.1:00080":              "127.0.0.1:80",
+		"http://svc:0":                        "svc:0",
+		"http://[::ffff:127.0.0.1]":           "127.0.0.1:80",
+		"https://[::ffff:10.0.0.5]:0443/path": "10.0.0.5:443",
 	} {
 		u, err := url.Parse(in)
 		if assert.NoError(t, err, in) {
-			assert.Equal(t, want, gateway.UpstreamName(u), in)
+			got := gateway.UpstreamName(u)
+			assert.Equal(t, want, got, in)
+			again := gateway.UpstreamName(&url.URL{Scheme: u.Scheme, Host: got})
+			assert.Equal(t, got, again, "%s: a canonical name is its own name", in)
 		}
 	}
-	u, _ := url.Parse("http://svc:8080/x")
-	assert.Zero(t, testing.AllocsPerRun(100, func() { _ = gateway.UpstreamName(u) }))
+}
+
+// TestUpstreamNameAllocs: an already-canonical name costs no allocation,
+// so that naming the upstream of every request is free. Counted without
+// the race detector, whose instrumentation allocates on its own.
+func TestUpstreamNameAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are inflated by the race detector; BenchmarkUpstreamName reports them")
+	}
+	for _, in := range []string{"http://svc:8080/x", "http://10.0.0.5:80", "https://[::1]:8443", "http://[2001:db8::1]:80"} {
+		u, _ := url.Parse(in)
+		assert.Zero(t, testing.AllocsPerRun(100, func() { _ = gateway.UpstreamName(u) }), in)
+	}
+}
+
+// BenchmarkUpstreamName: the cost of naming an upstream, canonical (the
+// request path's case: 0 allocations) and not.
+func BenchmarkUpstreamName(b *testing.B) {
+	for _, in := range []string{"http://svc:8080", "https://[2001:db8::1]:8443", "http://svc", "http://LOCALHOST:019001"} {
+		u, _ := url.Parse(in)
+		b.Run(u.Host, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				_ = gateway.UpstreamName(u)
+			}
+		})
+	}
 }

@@ -23,7 +23,7 @@ import (
 // whether a connection was obtained, whether request headers were written
 // (Failure.Sent) and whether a response byte arrived. Responses pass through
 // unchanged, whatever their status; classifying an upstream's own 502/503/504
-// is left to the layers that see the response (see [ClassifyResponse]). The
+// is left to the layers that see the response (see [ClassifyStatus]). The
 // upstream each request goes out to is recorded in the request's [Trail],
 // when its context carries one, so those layers can name it.
 //

@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -269,28 +270,45 @@ func errorType(kind uint64, class gateway.Class, status int) (attribute.KeyValue
 }
 
 // sensitiveQuery are the query parameters whose values the semantic
-// conventions ask to redact in url.full (signed-URL credentials).
+// conventions ask to redact in url.full (signed-URL credentials): never
+// shown, even when Options.URLQueryValues lists them.
 var sensitiveQuery = [...]string{"AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"}
 
-// fullURL returns u for url.full: without user info, with the values of
-// credential-bearing query parameters replaced by REDACTED.
-func fullURL(u *url.URL) string {
+// fullURL returns u for url.full: without user info, and with the value of
+// every query parameter not in shown replaced by REDACTED. The query keeps
+// its order and its names as sent.
+func fullURL(u *url.URL, shown map[string]bool) string {
 	c := *u
 	c.User = nil
 	if c.RawQuery != "" {
-		q := c.Query()
-		changed := false
-		for _, k := range sensitiveQuery {
-			if vs, ok := q[k]; ok {
-				for i := range vs {
-					vs[i] = "REDACTED"
-				}
-				changed = true
-			}
-		}
-		if changed {
-			c.RawQuery = q.Encode()
-		}
+		c.RawQuery = redactQuery(c.RawQuery, shown)
 	}
 	return c.String()
+}
+
+// redactQuery returns the raw query q with the values of the parameters
+// not in shown replaced by REDACTED; a parameter without a value, or with
+// an empty one, is kept as it is.
+func redactQuery(q string, shown map[string]bool) string {
+	var b strings.Builder
+	b.Grow(len(q))
+	first := true
+	for part := range strings.SplitSeq(q, "&") {
+		if !first {
+			b.WriteByte('&')
+		}
+		first = false
+		key, value, ok := strings.Cut(part, "=")
+		if !ok || value == "" {
+			b.WriteString(part)
+			continue
+		}
+		if name, err := url.QueryUnescape(key); err == nil && shown[name] {
+			b.WriteString(part)
+			continue
+		}
+		b.WriteString(key)
+		b.WriteString("=REDACTED")
+	}
+	return b.String()
 }

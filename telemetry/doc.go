@@ -61,10 +61,13 @@
 //
 // Each upstream attempt gets a client span, a child of the span in the
 // request's context: the server span of otelhttp.NewHandler when the stack
-// runs behind it, or else the trace context the client sent. Its name is
+// runs behind it. Without one, the trace context the client sent is
+// linked from a new trace by default, so that a client cannot force its
+// requests to be sampled; for clients Options.PublicEndpointFn trusts, the
+// attempt continues their trace instead. Its name is
 // the method; its attributes are the semantic conventions'
-// (http.request.method, server.address, server.port, url.full with signed
-// query values redacted, http.response.status_code,
+// (http.request.method, server.address, server.port, url.full with query
+// values redacted unless Options.URLQueryValues lists them, http.response.status_code,
 // http.request.resend_count from the second attempt on, error.type) and
 // proxykit.attempt.role; a failed attempt has status Error. An attempt a
 // breaker refused carries a "breaker open" event; a request the pool had

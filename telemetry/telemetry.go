@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strconv"
 	"time"
 
@@ -48,6 +49,37 @@ type Options struct {
 	// W3C trace context (propagation.TraceContext), the fastest.
 	Propagator propagation.TextMapPropagator
 
+	// PublicEndpointFn reports whether a request comes from a client whose
+	// trace context is not to be trusted, as otelhttp's option of the same
+	// name does. For such a request, the trace context the client sent
+	// (when no server span is in the request's context) does not become
+	// the parent of the attempts' spans: they start a new trace, sampled
+	// by the TracerProvider's sampler as any root is, and carry a link to
+	// the client's span. So a client's sampled flag cannot force its
+	// requests to be traced and exported, and a made-up trace ID does not
+	// join the service's traces. For a request it returns false for, the
+	// attempts continue the client's trace, honouring its sampled flag
+	// (with a parent-based sampler). It is called with each attempt's
+	// outbound request, which carries the client's RemoteAddr and headers.
+	//
+	// Default nil: every request is public. This is stricter than
+	// otelhttp's default (trusted), because a proxy is usually the first
+	// hop from clients it does not control; return false for callers that
+	// are the service's own (by network, or by a header a trusted load
+	// balancer sets), or run otelhttp.NewHandler outside the stack, whose
+	// server span is then the parent and whose own option applies.
+	PublicEndpointFn func(*http.Request) bool
+
+	// URLQueryValues lists the query parameters whose values url.full
+	// shows. The values of every other parameter are replaced by
+	// "REDACTED" (their names are kept), since query strings carry
+	// tokens, keys and personal data more often than instrumentation can
+	// tell; the semantic conventions ask for the credentials of signed
+	// URLs (AWSAccessKeyId, Signature, sig, X-Goog-Signature) to be
+	// redacted at least, and those are redacted even when listed here.
+	// Default nil: every value is redacted.
+	URLQueryValues []string
+
 	// OmitServerDuration leaves http.server.request.duration out, for a
 	// stack behind otelhttp.NewHandler, which records it too (without
 	// error.type). Everything else is recorded as usual.
@@ -88,6 +120,8 @@ type Telemetry struct {
 	misc   optCache // the counters
 
 	clientStart []trace.SpanStartOption
+	public      func(*http.Request) bool // nil: every request is public
+	queryShown  map[string]bool          // url.full keeps these parameters' values
 
 	// hedged reports whether an attempt's context marks a hedge:
 	// retry.IsHedge (tests replace it).
@@ -122,6 +156,15 @@ func New(o Options) (*Telemetry, error) {
 		ups:         newUpstreams(limit),
 		clientStart: []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient)},
 		hedged:      retry.IsHedge,
+		public:      o.PublicEndpointFn,
+	}
+	for _, k := range o.URLQueryValues {
+		if !slices.Contains(sensitiveQuery[:], k) {
+			if t.queryShown == nil {
+				t.queryShown = make(map[string]bool, len(o.URLQueryValues))
+			}
+			t.queryShown[k] = true
+		}
 	}
 	_, t.w3c = prop.(propagation.TraceContext)
 	for _, f := range prop.Fields() {

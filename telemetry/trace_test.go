@@ -88,7 +88,7 @@ func TestSpansPerAttempt(t *testing.T) {
 		Policy:    1, // pool.RoundRobin: the dead upstream first
 	})
 	fr := front(t, serverSpan(r.tp, st))
-	require.Equal(t, 200, get(t, fr.Client(), fr.URL+"/orders?id=7&sig=secret").StatusCode)
+	require.Equal(t, 200, get(t, fr.Client(), fr.URL+"/orders?id=7&token=abc&flag&empty=&sig=secret").StatusCode)
 
 	spans := r.spans.Ended()
 	require.Len(t, spans, 3, "the server span and one client span per attempt")
@@ -107,7 +107,7 @@ func TestSpansPerAttempt(t *testing.T) {
 		"http.request.method":   "GET",
 		"server.address":        deadAddr[0].Value.AsString(),
 		"server.port":           deadAddr[1].Value.AsInt64(),
-		"url.full":              dead.URL + "/orders?id=7&sig=REDACTED",
+		"url.full":              dead.URL + "/orders?id=REDACTED&token=REDACTED&flag&empty=&sig=REDACTED",
 		"proxykit.attempt.role": "first",
 		"error.type":            "refused",
 	}, a1)
@@ -117,7 +117,7 @@ func TestSpansPerAttempt(t *testing.T) {
 		"http.request.method":       "GET",
 		"server.address":            okAddr[0].Value.AsString(),
 		"server.port":               okAddr[1].Value.AsInt64(),
-		"url.full":                  ok.URL + "/orders?id=7&sig=REDACTED",
+		"url.full":                  ok.URL + "/orders?id=REDACTED&token=REDACTED&flag&empty=&sig=REDACTED",
 		"proxykit.attempt.role":     "retry",
 		"http.request.resend_count": int64(1),
 		"http.response.status_code": int64(200),
@@ -133,7 +133,7 @@ func TestSpansPerAttempt(t *testing.T) {
 // attempt's span continues the trace the client sent (traceparent and
 // tracestate), and the upstream gets it with the attempt's span as parent.
 func TestContinuesClientTrace(t *testing.T) {
-	r := newRig(t, sampling(sdktrace.ParentBased(sdktrace.NeverSample())))
+	r := newRig(t, sampling(sdktrace.ParentBased(sdktrace.NeverSample())), trusting)
 	sink := &headerSink{}
 	up := gatewaytest.NewHealthy(sink)
 	defer up.Close()
@@ -159,11 +159,82 @@ func TestContinuesClientTrace(t *testing.T) {
 	assert.Equal(t, []string{"vendor=abc"}, states)
 }
 
+// trusting makes the rig trust every client's trace context.
+func trusting(o *Options, _ *rig) { o.PublicEndpointFn = func(*http.Request) bool { return false } }
+
+// TestClientCannotForceSampling: by default a client's trace context is
+// not trusted: under ParentBased(TraceIDRatioBased(0)) its sampled flag
+// exports nothing, and the upstream gets a new trace; with a sampler that
+// samples, the attempt's span is a new root linked to the client's span.
+// PublicEndpointFn decides per request.
+func TestClientCannotForceSampling(t *testing.T) {
+	const clientParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	send := func(t *testing.T, r *rig, remote string) []string {
+		sink := &headerSink{}
+		up := gatewaytest.NewHealthy(sink)
+		t.Cleanup(up.Close)
+		st := r.stack(t, proxykit.Config{Upstreams: []*url.URL{mustURL(t, up.URL)}})
+		fr := front(t, st)
+		req, _ := http.NewRequest("GET", fr.URL+"/", nil)
+		req.Header.Set("Traceparent", clientParent)
+		req.Header.Set("X-From", remote)
+		res, err := fr.Client().Do(req)
+		require.NoError(t, err)
+		res.Body.Close()
+		parents, _ := sink.got()
+		return parents
+	}
+
+	r := newRig(t, sampling(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0))))
+	parents := send(t, r, "internet")
+	assert.Empty(t, r.spans.Ended(), "the client's sampled flag forced no export")
+	require.Len(t, parents, 1)
+	assert.NotContains(t, parents[0], "4bf92f3577b34da6a3ce929d0e0e4736", "a trace of the proxy's own")
+	assert.True(t, strings.HasSuffix(parents[0], "-00"), "not sampled: %q", parents[0])
+
+	r = newRig(t, sampling(sdktrace.AlwaysSample()))
+	send(t, r, "internet")
+	spans := r.spans.Ended()
+	require.Len(t, spans, 1)
+	assert.False(t, spans[0].Parent().IsValid(), "a new root")
+	assert.NotEqual(t, "4bf92f3577b34da6a3ce929d0e0e4736", spans[0].SpanContext().TraceID().String())
+	require.Len(t, spans[0].Links(), 1)
+	assert.Equal(t, "4bf92f3577b34da6a3ce929d0e0e4736", spans[0].Links()[0].SpanContext.TraceID().String(), "linked to the client's span")
+	assert.Equal(t, "00f067aa0ba902b7", spans[0].Links()[0].SpanContext.SpanID().String())
+
+	r = newRig(t, sampling(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0))), func(o *Options, _ *rig) {
+		o.PublicEndpointFn = func(req *http.Request) bool { return req.Header.Get("X-From") != "office" }
+	})
+	send(t, r, "internet")
+	assert.Empty(t, r.spans.Ended())
+	parents = send(t, r, "office")
+	spans = r.spans.Ended()
+	require.Len(t, spans, 1, "a trusted client's sampled flag is honoured")
+	assert.Equal(t, "4bf92f3577b34da6a3ce929d0e0e4736", spans[0].SpanContext().TraceID().String())
+	assert.Equal(t, []string{traceparent(spans[0].SpanContext())}, parents)
+}
+
+// TestURLQueryValues: url.full shows the values of the parameters
+// Options.URLQueryValues lists, except signed-URL credentials.
+func TestURLQueryValues(t *testing.T) {
+	r := newRig(t, sampling(sdktrace.AlwaysSample()), func(o *Options, _ *rig) {
+		o.URLQueryValues = []string{"page", "sig", "a b"}
+	})
+	up := gatewaytest.NewHealthy(nil)
+	defer up.Close()
+	st := r.stack(t, proxykit.Config{Upstreams: []*url.URL{mustURL(t, up.URL)}})
+	fr := front(t, st)
+	get(t, fr.Client(), fr.URL+"/list?page=2&token=abc&sig=s3cret&a+b=c&page=3")
+	spans := r.spans.Ended()
+	require.Len(t, spans, 1)
+	assert.Equal(t, up.URL+"/list?page=2&token=REDACTED&sig=REDACTED&a+b=c&page=3", attrMap(spans[0].Attributes())["url.full"])
+}
+
 // TestUnsampledStillPropagates: a trace that is not sampled records no
 // span, yet the upstream gets a valid traceparent (sampled flag off), a
 // new trace when the client sent none, the client's trace otherwise.
 func TestUnsampledStillPropagates(t *testing.T) {
-	r := newRig(t, sampling(sdktrace.ParentBased(sdktrace.NeverSample())))
+	r := newRig(t, sampling(sdktrace.ParentBased(sdktrace.NeverSample())), trusting)
 	sink := &headerSink{}
 	up := gatewaytest.NewHealthy(sink)
 	defer up.Close()

@@ -76,17 +76,23 @@ func (tr *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	sctx := ctx
 	mctx := context.Background() // for the measurement: exemplars come from sampled spans only
 	if t.tracing {
-		parent := ctx
+		parent, start := ctx, t.clientStart
 		if !trace.SpanContextFromContext(ctx).IsValid() && t.carriesContext(req.Header) {
-			// No server span (no otelhttp in front): continue the client's
-			// trace from the context it sent, which ReverseProxy forwards.
-			parent = t.prop.Extract(ctx, propagation.HeaderCarrier(req.Header))
+			// No server span (no otelhttp in front): the client's trace
+			// context, which ReverseProxy forwards, is continued if the
+			// client is trusted, else only linked from a new trace.
+			remote := t.prop.Extract(ctx, propagation.HeaderCarrier(req.Header))
+			if t.public == nil || t.public(req) {
+				start = []trace.SpanStartOption{start[0], trace.WithNewRoot(), trace.WithLinks(trace.LinkFromContext(remote))}
+			} else {
+				parent = remote
+			}
 		}
 		name := methods[method]
 		if method == 0 {
 			name = "HTTP"
 		}
-		sctx, span = t.tracer.Start(parent, name, t.clientStart...)
+		sctx, span = t.tracer.Start(parent, name, start...)
 		if span.IsRecording() {
 			kvs := make([]attribute.KeyValue, 0, 8)
 			kvs = append(kvs, semconv.HTTPRequestMethodKey.String(methods[method]))
@@ -94,7 +100,7 @@ func (tr *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 				kvs = append(kvs, semconv.HTTPRequestMethodOriginalKey.String(req.Method))
 			}
 			kvs = append(kvs, hostPortAttrs(gateway.UpstreamName(req.URL))...)
-			kvs = append(kvs, semconv.URLFullKey.String(fullURL(req.URL)))
+			kvs = append(kvs, semconv.URLFullKey.String(fullURL(req.URL, t.queryShown)))
 			span.SetAttributes(kvs...)
 		}
 		sc := span.SpanContext()

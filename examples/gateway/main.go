@@ -247,7 +247,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			Handler:           adminHandler,
 			ReadHeaderTimeout: 5 * time.Second,
 			ReadTimeout:       10 * time.Second,
-			WriteTimeout:      10 * time.Second,
+			WriteTimeout:      10 * time.Second, // a drain's wait (up to 10m) extends its own
 			IdleTimeout:       time.Minute,
 			MaxHeaderBytes:    16 << 10,
 			ErrorLog:          slog.NewLogLogger(handler, slog.LevelWarn),

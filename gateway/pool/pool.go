@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -189,10 +190,11 @@ func New(targets ...*url.URL) (*Pool, error) {
 	p := &Pool{byHost: make(map[string]*upstream, len(targets)), byRaw: make(map[string]*upstream, len(targets)), epoch: time.Now()}
 	for i, t := range targets {
 		if err := checkTarget(t); err != nil {
-			return nil, fmt.Errorf("pool: New: target %d: %w", i, err)
+			return nil, &targetError{index: i, err: err}
 		}
-		if p.byHost[gateway.UpstreamName(t)] != nil {
-			return nil, fmt.Errorf("pool: New: target %d: host %s appears twice", i, gateway.UpstreamName(t))
+		if dup := p.byHost[gateway.UpstreamName(t)]; dup != nil {
+			return nil, &targetError{index: i, err: fmt.Errorf("%q is the same host %s as the target at index %d (%q): give each server once",
+				t.Redacted(), dup.host, slices.Index(p.ups, dup), dup.target.Redacted())}
 		}
 		c := *t
 		u := &upstream{target: &c, host: gateway.UpstreamName(&c)}
@@ -202,6 +204,18 @@ func New(targets ...*url.URL) (*Pool, error) {
 	}
 	return p, nil
 }
+
+// targetError is an error of New about one of its targets. Its Target
+// method gives the target's index, so that a caller can name the target
+// in its own terms (package proxykit: Config.Upstreams[i]).
+type targetError struct {
+	index int
+	err   error
+}
+
+func (e *targetError) Error() string { return fmt.Sprintf("pool: New: target %d: %v", e.index, e.err) }
+func (e *targetError) Unwrap() error { return e.err }
+func (e *targetError) Target() int   { return e.index }
 
 func checkTarget(t *url.URL) error {
 	switch {

@@ -113,6 +113,31 @@ func TestNewPoolValidates(t *testing.T) {
 	assert.Len(t, p.Status(), 2)
 }
 
+// TestNewPoolOneNamePerHost: one server given twice under different
+// spellings is an error naming both, not two hosts with two breakers and
+// two limits that retries and hedges treat as different.
+func TestNewPoolOneNamePerHost(t *testing.T) {
+	for first, second := range map[string]string{
+		"http://LOCALHOST:19001":     "http://localhost:19001",
+		"http://127.0.0.1:19001":     "http://[::ffff:127.0.0.1]:19001",
+		"http://localhost.:19001":    "http://localhost:19001/api",
+		"http://localhost:019001":    "http://localhost:19001",
+		"http://localhost":           "http://localhost:80",
+		"https://[2001:DB8::1]:8443": "https://[2001:db8::1]:8443",
+	} {
+		others := mustURL(t, "http://127.0.0.1:1")
+		p, err := New(mustURL(t, first), others, mustURL(t, second))
+		assert.Nil(t, p)
+		if assert.Error(t, err, "%s and %s", first, second) {
+			assert.Contains(t, err.Error(), fmt.Sprintf("pool: New: target 2: %q is the same host", second))
+			assert.Contains(t, err.Error(), fmt.Sprintf("as the target at index 0 (%q)", first))
+		}
+	}
+	p, err := New(mustURL(t, "http://localhost:19001"), mustURL(t, "http://localhost:19002"))
+	require.NoError(t, err, "different ports are different hosts")
+	assert.Len(t, p.Status(), 2)
+}
+
 // TestPoolRewriteIsSetURL: the outbound request is routed exactly as
 // ProxyRequest.SetURL routes it: path prefix joined, queries merged, Host
 // header from the target, no X-Forwarded-For added.

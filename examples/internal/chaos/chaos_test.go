@@ -446,7 +446,7 @@ func TestChaos(t *testing.T) {
 	assert.Empty(t, res.problems, "invariants broken")
 	assert.Zero(t, res.duplicates, "POSTs delivered twice")
 	assert.Positive(t, res.labels["ok"], "some requests succeed")
-	assert.Greater(t, res.requests, int64(100), "the load ran")
+	assert.Greater(t, res.requests, int64(20), "the load ran (a busy machine runs fewer requests: 58 seen under a CPU hog)")
 	goleak.VerifyNone(t, ignore)
 }
 
