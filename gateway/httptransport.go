@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"time"
@@ -76,8 +77,12 @@ const (
 //     (and file descriptors) a burst or a hanging upstream can pile up. A
 //     request beyond it waits for a connection for as long as its context
 //     allows (the client's, or a retry layer's per-try timeout); ending
-//     there it is a [ClassConnectTimeout] or [ClassCanceled] failure,
-//     never sent.
+//     there, with no connection dialed for it, it is a [ClassOverloaded]
+//     failure (a limit of the gateway's own, never counted against the
+//     host; [ClassCanceled] for a client that went away), never sent.
+//     Its DialContext tells [Transport] each dial, which is how a wait
+//     for a connection slot is told from a slow dial ([ClassConnectTimeout],
+//     the host's): replace it, and such waits are connect timeouts again.
 //
 // The result is a new transport each call; it is safe for concurrent use
 // and should be reused for the process's lifetime. Wrapped in a
@@ -86,7 +91,10 @@ const (
 func NewHTTPTransport() *http.Transport {
 	d := &net.Dialer{Timeout: defaultDialTimeout, KeepAlive: defaultKeepAlive}
 	return &http.Transport{
-		DialContext:            d.DialContext,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			noteDial(ctx)
+			return d.DialContext(ctx, network, addr)
+		},
 		ForceAttemptHTTP2:      true,
 		MaxIdleConns:           defaultMaxIdleConns,
 		MaxIdleConnsPerHost:    defaultMaxIdleConnsPerHost,

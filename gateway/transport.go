@@ -76,9 +76,13 @@ type Transport struct {
 
 	trackers sync.Pool // of *tracker
 	resends  atomic.Int64
-	ownOnce  sync.Once
-	own      *http.Transport              // the Base when Base is nil
-	name     atomic.Pointer[upstreamName] // the last name computed with an allocation
+	// dials is set once the Base was seen telling this Transport that it
+	// dials (see noteDial): from then on, a request that got no
+	// connection and saw no dial of its own waited for a connection slot.
+	dials   atomic.Bool
+	ownOnce sync.Once
+	own     *http.Transport              // the Base when Base is nil
+	name    atomic.Pointer[upstreamName] // the last name computed with an allocation
 }
 
 // upstreamName caches UpstreamName for a URL without a port, whose name
@@ -104,6 +108,14 @@ func (t *Transport) upstream(u *url.URL) string {
 // errStaleConn is the cause of a ClassStaleConn Failure: net/http's own
 // error is gone once its resend was stopped.
 var errStaleConn = errors.New("the upstream closed a reused keep-alive connection without answering; the transport's automatic resend was stopped")
+
+// errBodyArriving is the cause of a ClassClientBody Failure whose
+// request's deadline passed while its body was still arriving.
+var errBodyArriving = errors.New("the request's deadline passed while its body was still arriving from the client")
+
+// errConnSlot is the cause of a ClassOverloaded Failure of a request that
+// waited for a connection slot until its deadline.
+var errConnSlot = errors.New("waited for a free connection to the upstream (the transport's MaxConnsPerHost) until the request's deadline; no connection was dialed for it")
 
 func (t *Transport) base() http.RoundTripper {
 	if t.Base != nil {
@@ -179,12 +191,18 @@ func (tr *tracker) failure(req *http.Request, err error) *Failure {
 	if name == "" {
 		name = tr.t.upstream(req.URL)
 	}
-	canceled := errors.Is(req.Context().Err(), context.Canceled)
+	ctxErr := req.Context().Err()
+	canceled := errors.Is(ctxErr, context.Canceled)
 	if berr := tr.body.error(); berr != nil {
 		// The client's body broke first: the transport's error is a
 		// consequence (net/http may report a canceled context, since a
 		// failed read on the client's connection cancels it).
 		return clientBodyFailure(berr, name, tr.sent.Load(), canceled)
+	}
+	if errors.Is(ctxErr, context.DeadlineExceeded) && tr.body.arriving(req.Context()) {
+		// The request's deadline passed while the transport waited on the
+		// client's body: the client's pace, not the upstream's.
+		return clientBodyFailure(fmt.Errorf("%w: %w", errBodyArriving, ctxErr), name, tr.sent.Load(), false)
 	}
 	var f *Failure
 	switch {
@@ -193,6 +211,14 @@ func (tr *tracker) failure(req *http.Request, err error) *Failure {
 	case tr.stopped:
 		f = &Failure{Class: ClassStaleConn, Status: ClassStaleConn.Status(), Upstream: name,
 			Sent: tr.staleSent, Err: errStaleConn}
+	case tr.gets > 0 && !tr.connected.Load() && !tr.dialed.Load() && tr.t.dials.Load() &&
+		errors.Is(ctxErr, context.DeadlineExceeded):
+		// No connection, and none was dialed for this request: it waited
+		// for a connection slot (the Base's MaxConnsPerHost) until its
+		// deadline. A limit of the gateway's own, not the host's
+		// connect timeout.
+		f = &Failure{Class: ClassOverloaded, Status: ClassOverloaded.Status(), Upstream: name,
+			Err: fmt.Errorf("%w: %w", errConnSlot, err)}
 	default:
 		f = newFailure(err, name, tr.progress())
 	}
@@ -228,6 +254,8 @@ func clientBodyFailure(err error, upstream string, sent, canceled bool) *Failure
 type tracker struct {
 	// Set by hooks that may run on the transport's goroutines.
 	connected, sent, responded atomic.Bool
+	// dialed: the Base started a dial for this request (noteDial).
+	dialed atomic.Bool
 
 	// Owned by the RoundTrip goroutine: net/http calls GetConn and GotConn
 	// synchronously from its resend loop (HTTP/2's too).
@@ -338,11 +366,33 @@ func (tr *tracker) attach(ctx context.Context) context.Context {
 	if old == nil {
 		trace := &httptrace.ClientTrace{}
 		tr.install(trace)
-		return httptrace.WithClientTrace(ctx, trace)
+		return context.WithValue(httptrace.WithClientTrace(ctx, trace), dialKey{}, tr)
 	}
-	c := &tracedContext{Context: ctx, old: old, trace: *old}
+	c := &tracedContext{Context: ctx, old: old, trace: *old, tr: tr}
 	tr.install(&c.trace)
 	return c
+}
+
+// dialKey is the context key under which a request's tracker answers, for
+// noteDial.
+type dialKey struct{}
+
+// noteDial tells the tracker of the request whose context is ctx (a dial's
+// context keeps the request's values) that a connection is being dialed for
+// it. The transport from [NewHTTPTransport] calls it from its DialContext:
+// a request that got no connection and saw no dial waited for a
+// connection slot, which is the gateway's limit, not the host's.
+//
+// A dial starts only while its request still waits for a connection
+// (net/http hands a dial no context once the request got one), so the
+// tracker is the request's own: it is recycled only after its request.
+func noteDial(ctx context.Context) {
+	if tr, ok := ctx.Value(dialKey{}).(*tracker); ok {
+		tr.dialed.Store(true)
+		if !tr.t.dials.Load() {
+			tr.t.dials.Store(true)
+		}
+	}
 }
 
 func (tr *tracker) install(t *httptrace.ClientTrace) {
@@ -375,9 +425,13 @@ type tracedContext struct {
 	context.Context
 	old   *httptrace.ClientTrace
 	trace httptrace.ClientTrace
+	tr    *tracker // answers dialKey
 }
 
 func (c *tracedContext) Value(key any) any {
+	if _, ok := key.(dialKey); ok {
+		return c.tr
+	}
 	v := c.Context.Value(key)
 	if t, ok := v.(*httptrace.ClientTrace); ok && t == c.old {
 		return &c.trace
@@ -389,6 +443,7 @@ func (tr *tracker) reset(t *Transport, trail *Trail) {
 	tr.connected.Store(false)
 	tr.sent.Store(false)
 	tr.responded.Store(false)
+	tr.dialed.Store(false)
 	tr.t, tr.trail, tr.name = t, trail, ""
 	tr.stopper, tr.out = nil, nil
 	tr.gets, tr.conns, tr.conn = 0, 0, nil
@@ -413,18 +468,31 @@ type trackedBody struct {
 	rc     io.ReadCloser
 	closed atomic.Bool
 
+	// When the last read began and ended (Unix nanoseconds), and whether
+	// it is in progress: the transport waits on the client then. A body
+	// has one reader at a time (the transport's write loop).
+	readFrom, readTo atomic.Int64
+	reading          atomic.Bool
+
 	mu  sync.Mutex
 	err error // the first read error other than io.EOF
 }
 
 func (b *trackedBody) reset() {
 	b.rc = nil
+	b.readFrom.Store(0)
+	b.readTo.Store(0)
+	b.reading.Store(false)
 	b.closed.Store(false)
 	b.err = nil // no reader left: a tracker is recycled only once closed
 }
 
 func (b *trackedBody) Read(p []byte) (int, error) {
+	b.readFrom.Store(time.Now().UnixNano())
+	b.reading.Store(true)
 	n, err := b.rc.Read(p)
+	b.readTo.Store(time.Now().UnixNano())
+	b.reading.Store(false)
 	if err != nil && err != io.EOF && !errors.Is(err, http.ErrBodyReadAfterClose) {
 		b.mu.Lock()
 		if b.err == nil {
@@ -439,6 +507,23 @@ func (b *trackedBody) Close() error {
 	err := b.rc.Close()
 	b.closed.Store(true) // last: the tracker may be recycled from here on
 	return err
+}
+
+// arriving reports whether the transport was waiting on a read of the
+// client's body when ctx's deadline passed: the rest of the body had not
+// arrived. (net/http returns from a canceled RoundTrip only once the read
+// in progress returned, so that read may have ended since.)
+func (b *trackedBody) arriving(ctx context.Context) bool {
+	if b.rc == nil {
+		return false
+	}
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return false
+	}
+	at := dl.UnixNano()
+	from := b.readFrom.Load()
+	return from != 0 && from <= at && (b.reading.Load() || b.readTo.Load() >= at)
 }
 
 func (b *trackedBody) error() error {

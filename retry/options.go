@@ -59,8 +59,9 @@ const IdempotencyKeyHeader = "Idempotency-Key"
 // Negative values are errors.
 type Options struct {
 	// Attempts is the most attempts per request, the first one included.
-	// 0 means DefaultAttempts (3). 1 disables retrying: Wrap returns the
-	// handler unchanged.
+	// 0 means DefaultAttempts (3). 1 disables retrying and hedging; the
+	// per-try duties (PerTryTimeout, AttemptHeader) still apply, and
+	// without them Wrap returns the handler unchanged.
 	Attempts int
 
 	// BaseDelay and MaxDelay shape the full-jitter backoff before retry n
@@ -72,12 +73,18 @@ type Options struct {
 	BaseDelay time.Duration
 	MaxDelay  time.Duration
 
-	// PerTryTimeout bounds each attempt until its response is passed to
-	// the client (status and headers decided); a streamed body after that
-	// is bounded only by the inbound request's context. An attempt that
-	// times out fails as gateway.ClassTimeout (or ClassConnectTimeout when
-	// no connection was made) and may be retried. 0 means no per-try
-	// timeout: attempts are bounded by the inbound context alone.
+	// PerTryTimeout bounds the time each attempt waits on the upstream
+	// until its response is passed to the client (status and headers
+	// decided); a streamed body after that is bounded only by the inbound
+	// request's context. Time the transport spends waiting on the client's
+	// request body is not counted: an upload that keeps moving is never
+	// cut by it, however long it takes (a stalled one is ended by
+	// gateway.ClientBodyTimeout, as the client's). An attempt that times
+	// out fails as gateway.ClassTimeout (ClassConnectTimeout when a
+	// connection was being dialed; ClassOverloaded when it waited for a
+	// free connection under the transport's MaxConnsPerHost) and may be
+	// retried. It applies with Attempts 1 too. 0 means no per-try timeout:
+	// attempts are bounded by the inbound context alone.
 	PerTryTimeout time.Duration
 
 	// MaxRetryAfter is the longest Retry-After on an upstream's 503 or 429

@@ -77,12 +77,19 @@ type plainHandler struct{}
 
 func (*plainHandler) ServeHTTP(http.ResponseWriter, *http.Request) {}
 
-// TestOneAttemptIsPassThrough: Attempts 1 means no retry layer at all.
+// TestOneAttemptIsPassThrough: Attempts 1 without a per-try duty means no
+// retry layer at all; with one (PerTryTimeout, AttemptHeader), the layer
+// stays for it.
 func TestOneAttemptIsPassThrough(t *testing.T) {
 	rt, err := New(Options{Attempts: 1})
 	require.NoError(t, err)
 	h := &plainHandler{}
 	assert.Same(t, h, rt.Wrap(h))
+	for _, o := range []Options{{Attempts: 1, PerTryTimeout: time.Second}, {Attempts: 1, AttemptHeader: "X-Attempt"}} {
+		rt, err = New(o)
+		require.NoError(t, err)
+		assert.NotSame(t, h, rt.Wrap(h), "%+v", o)
+	}
 	rt, err = New(Options{})
 	require.NoError(t, err)
 	assert.NotSame(t, h, rt.Wrap(h))

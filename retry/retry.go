@@ -181,10 +181,12 @@ func New(o Options) (*Retry, error) {
 	return rt, nil
 }
 
-// Wrap returns next wrapped with retries. With Options.Attempts = 1 it
-// returns next unchanged.
+// Wrap returns next wrapped with retries. With Options.Attempts = 1 no
+// attempt is retried or hedged, but the per-try duties stay
+// (PerTryTimeout, AttemptHeader); when there are none, Wrap returns next
+// unchanged.
 func (rt *Retry) Wrap(next http.Handler) http.Handler {
-	if rt.cfg.attempts <= 1 {
+	if rt.cfg.attempts <= 1 && rt.cfg.perTry == 0 && rt.cfg.attemptHeader == "" {
 		return next
 	}
 	return &handler{rt: rt, next: next}

@@ -170,6 +170,11 @@ func (st *state) round(w http.ResponseWriter) {
 	}
 	if cfg.perTry > 0 {
 		l.try = newTryCtx(req.Context(), cfg.perTry)
+		if st.hasBody {
+			// The per-try timer measures the upstream: while the
+			// transport waits on the client's body, it pauses.
+			req.Body = l.try.pace(req.Body)
+		}
 		req = req.WithContext(l.try)
 	}
 	st.ic.Reset(w, l)
