@@ -129,7 +129,9 @@ type Config struct {
 	// RequestTimeout, if positive, bounds each request as a whole: every
 	// attempt, the backoff between them, and the response body. When it
 	// expires before a response header, the client gets the branded 504
-	// (class timeout); a body still streaming is cut. Zero means no bound
+	// (class timeout); a body still streaming is cut. When it expires while
+	// the client's request body is still arriving, the client's pace is to
+	// blame: 408 (class client_body), never counted against the host. Zero means no bound
 	// beyond the transport's response-header timeout, so that long
 	// downloads, server-sent events and WebSockets work. Use it rather than
 	// http.TimeoutHandler around the stack, which answers its own unbranded
@@ -384,7 +386,9 @@ func New(cfg Config) (*Stack, error) {
 
 // withTimeout bounds each request's context by d, inside the error pages
 // (which render the resulting timeout) and outside the retries (which stop
-// when no attempt can finish in the time left).
+// when no attempt can finish in the time left). Whose the timeout is —
+// the upstream's, or the client's when its body was still arriving — is
+// decided where the request was waiting, in gateway.Transport.
 func withTimeout(next http.Handler, d time.Duration) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), d)

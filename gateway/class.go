@@ -50,7 +50,8 @@ const (
 	ClassCanceled
 	// ClassClientBody: the client's request body could not be read (a
 	// malformed chunked encoding, a body that stalled past its read
-	// deadline, a body over a size limit). The client's fault, never the
+	// deadline, a body over a size limit), or the request's deadline passed
+	// while its body was still arriving. The client's fault, never the
 	// upstream's: 400 (408 when the body timed out), not counted by breakers
 	// or health, never retried.
 	ClassClientBody
@@ -62,8 +63,10 @@ const (
 	ClassStaleConn
 	// ClassOverloaded: the upstream host is at its concurrency limit and
 	// the request was shed before reaching it, to keep the host's latency
-	// and goodput. 503 with Retry-After; not a failure of the host; another
-	// host may take a retry.
+	// and goodput; or the request waited for a free connection to the host
+	// (the transport's MaxConnsPerHost) until its deadline. A limit of the
+	// gateway's own: 503 with Retry-After; not a failure of the host;
+	// another host may take a retry.
 	ClassOverloaded
 	// ClassMaintenance: the service is in planned maintenance; the request
 	// was not sent. 503 with Retry-After (until the maintenance ends, when
@@ -140,7 +143,7 @@ var classTable = [numClasses]classInfo{
 		"%s closed a reused keep-alive connection before answering; if this is frequent, make the gateway's idle timeout shorter than the upstream's keep-alive timeout"},
 	ClassOverloaded: {"overloaded", http.StatusServiceUnavailable, false,
 		"The service is busier than it can handle right now, so the gateway turned this request away to keep it responsive.",
-		"%s is at its adaptive concurrency limit (latency rose above its baseline) and the request was shed; add capacity, or look for what made it slow"},
+		"the request to %s was turned away at a limit of the gateway's own: the host's adaptive concurrency limit, or every connection the transport may open to it (MaxConnsPerHost) busy (the error says which); add capacity, raise the limit, or look for what holds the connections"},
 	ClassMaintenance: {"maintenance", http.StatusServiceUnavailable, false,
 		"The service is down for planned maintenance.",
 		"the gateway is in maintenance mode (last upstream: %s); requests are answered without reaching an upstream until it is switched off"},

@@ -32,8 +32,18 @@ import (
 // (see [ClientBodyTimeout]), a body over an http.MaxBytesReader limit — is
 // the client's fault, whatever the transport made of it: a Failure of class
 // [ClassClientBody] with status 400 (408 when the read timed out, 413 over a
-// size limit), or [ClassCanceled] when the client went away. It never counts
-// against the upstream.
+// size limit), or [ClassCanceled] when the client went away. So is a
+// request whose context deadline passed while the transport was still
+// waiting on its body (an upload that keeps moving, slower than the
+// deadline allows): [ClassClientBody], 408. It never counts against the
+// upstream.
+//
+// A request whose deadline passed while it waited for a free connection
+// (the Base's MaxConnsPerHost reached), with no dial started for it, is a
+// limit of the gateway's own: [ClassOverloaded], 503, never the host's
+// [ClassConnectTimeout]. Telling the two apart needs a Base that reports
+// its dials, as [NewHTTPTransport]'s does; with any other, such a wait is
+// a connect timeout.
 //
 // # Resends by net/http
 //
@@ -112,6 +122,10 @@ var errStaleConn = errors.New("the upstream closed a reused keep-alive connectio
 // errBodyArriving is the cause of a ClassClientBody Failure whose
 // request's deadline passed while its body was still arriving.
 var errBodyArriving = errors.New("the request's deadline passed while its body was still arriving from the client")
+
+// connSlotRetryAfter is the Retry-After of a request that found no free
+// connection: a connection is freed as soon as a response in flight ends.
+const connSlotRetryAfter = time.Second
 
 // errConnSlot is the cause of a ClassOverloaded Failure of a request that
 // waited for a connection slot until its deadline.
@@ -218,7 +232,7 @@ func (tr *tracker) failure(req *http.Request, err error) *Failure {
 		// deadline. A limit of the gateway's own, not the host's
 		// connect timeout.
 		f = &Failure{Class: ClassOverloaded, Status: ClassOverloaded.Status(), Upstream: name,
-			Err: fmt.Errorf("%w: %w", errConnSlot, err)}
+			RetryAfter: connSlotRetryAfter, Err: fmt.Errorf("%w: %w", errConnSlot, err)}
 	default:
 		f = newFailure(err, name, tr.progress())
 	}
