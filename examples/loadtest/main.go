@@ -8,6 +8,7 @@
 //	go run ./examples/loadtest -scenario restart1,badroute -rate 400
 //	go run ./examples/loadtest -scenario overload   # issue 16's overload scenario
 //	go run ./examples/loadtest -scenario hedging    # issue 14's stall, stall5 and nostall
+//	go run ./examples/loadtest -scenario evidence   # slowupload and conncap
 //	go run ./examples/loadtest -markdown            # the table for BENCHMARKS.md
 //
 // Fault scenarios (3 upstreams each, fresh for every run; closed-loop load
@@ -69,6 +70,18 @@
 // A second table gives p50, p99, p99.9, upstream requests per request,
 // requests/s, and the hedges sent and won (retry Stats) and the hedge
 // delay at the end.
+//
+// Evidence scenarios (-scenario evidence runs both; see evidence.go): one
+// upstream, healthy, with traffic that looks unusual:
+//
+//	slowupload 4 POSTs whose bodies move a byte every 300 ms for 3 s,
+//	           beside 50 GET/s for 4 s: through the bare proxy (1 s
+//	           response-header timeout) and proxykit with a 1 s per-try
+//	           timeout; then the bare proxy and proxykit (kit-reqtimeout)
+//	           with a 2 s deadline on each request
+//	conncap    MaxConnsPerHost 8, every connection held by a stream for
+//	           2 s, 50 GET/s beside them (per-try timeout 300 ms); "first
+//	           200" and "after" are measured from the streams' end
 //
 // Columns: requests sent, success (2xx/3xx), latency, upstream requests
 // read per client request, POSTs an upstream read twice, failures by class
@@ -256,6 +269,7 @@ func jobs(d time.Duration, conc int, tl timeline, ov overloadSpec, sp stallSpec)
 				return sc.check(kit)
 			}})
 	}
+	all = append(all, evidenceJobs()...)
 	all = append(all, job{name: "overload", stacks: overloadStacks, length: ov.length,
 		one:   func(ctx context.Context, stack string) (loadgen.Row, error) { return runOverload(ctx, stack, ov) },
 		check: func(kit, _ loadgen.Row) string { return checkOverload(kit) }})
@@ -272,14 +286,15 @@ func choose(list string, all []job) ([]job, error) {
 		restart[sc.name] = true
 	}
 	hedging := map[string]bool{"stall": true, "stall5": true, "nostall": true}
+	evidence := map[string]bool{"slowupload": true, "conncap": true}
 	want := map[string]bool{}
 	for _, name := range strings.Split(list, ",") {
 		name = strings.TrimSpace(name)
 		found := false
 		for _, j := range all {
 			if name == "all" || name == j.name || (name == "restart" && restart[j.name]) ||
-				(name == "hedging" && hedging[j.name]) ||
-				(name == "faults" && !restart[j.name] && !hedging[j.name] && j.name != "overload") {
+				(name == "hedging" && hedging[j.name]) || (name == "evidence" && evidence[j.name]) ||
+				(name == "faults" && !restart[j.name] && !hedging[j.name] && !evidence[j.name] && j.name != "overload") {
 				want[j.name], found = true, true
 			}
 		}
@@ -288,7 +303,7 @@ func choose(list string, all []job) ([]job, error) {
 			for i, j := range all {
 				names[i] = j.name
 			}
-			return nil, fmt.Errorf("unknown -scenario %q: want all, faults, restart, hedging or %s", name, strings.Join(names, ", "))
+			return nil, fmt.Errorf("unknown -scenario %q: want all, faults, restart, hedging, evidence or %s", name, strings.Join(names, ", "))
 		}
 	}
 	var chosen []job
