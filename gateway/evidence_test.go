@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -79,6 +80,18 @@ func TestDeadlineWhileBodyArrivesIsTheClients(t *testing.T) {
 	f = roundTripFailure(t, gt, req)
 	assert.Equal(t, gateway.ClassTimeout, f.Class, "the body was sent: the upstream's wait (%v)", f)
 	assert.True(t, f.Sent)
+
+	// An upstream that does not read holds the upload up: the transport
+	// waits on its writes, not on the client.
+	silent := gatewaytest.NewServer(gatewaytest.Silent)
+	defer silent.Close()
+	ctx, cancel = context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	req, err = http.NewRequestWithContext(ctx, "POST", silent.URL+"/upload", bytes.NewReader(make([]byte, 64<<20)))
+	require.NoError(t, err)
+	f = roundTripFailure(t, gt, req)
+	assert.Equal(t, gateway.ClassTimeout, f.Class, "the upstream held the body up (%v)", f)
+	assert.True(t, f.Class.CountsAsFailure())
 }
 
 // TestConnectionSlotWaitIsOverloaded: a request that waits for a

@@ -523,21 +523,28 @@ func (b *trackedBody) Close() error {
 	return err
 }
 
-// arriving reports whether the transport was waiting on a read of the
-// client's body when ctx's deadline passed: the rest of the body had not
-// arrived. (net/http returns from a canceled RoundTrip only once the read
-// in progress returned, so that read may have ended since.)
+// arrivingSlack is how close to a request's deadline the transport must
+// have been reading the client's body for the deadline to be the
+// client's: the gap between two reads of a body that keeps moving (the
+// write of what was read, a scheduling delay) is far shorter, while an
+// upstream that holds up the upload (its receive window full) keeps the
+// transport writing, not reading, for longer than this.
+const arrivingSlack = 50 * time.Millisecond
+
+// arriving reports whether the transport was waiting on the client's body
+// when ctx's deadline passed: a read of it in progress now, or one that
+// ended at most arrivingSlack before the deadline or after it. (net/http
+// returns from a canceled RoundTrip once the read in progress returned,
+// so that read has usually ended by now.)
 func (b *trackedBody) arriving(ctx context.Context) bool {
-	if b.rc == nil {
+	if b.rc == nil || b.readFrom.Load() == 0 {
 		return false
 	}
 	dl, ok := ctx.Deadline()
 	if !ok {
 		return false
 	}
-	at := dl.UnixNano()
-	from := b.readFrom.Load()
-	return from != 0 && from <= at && (b.reading.Load() || b.readTo.Load() >= at)
+	return b.reading.Load() || b.readTo.Load() >= dl.Add(-arrivingSlack).UnixNano()
 }
 
 func (b *trackedBody) error() error {

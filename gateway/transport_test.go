@@ -62,8 +62,9 @@ func TestNewHTTPTransportDefaults(t *testing.T) {
 }
 
 // TestConnectionWaitBoundedByContext: a request waiting for a connection
-// beyond MaxConnsPerHost waits as long as its context allows, and then is a
-// connect timeout, never sent: retryable for any method.
+// beyond MaxConnsPerHost waits as long as its context allows, and then is
+// local saturation (overloaded: no dial was started for it, so it is not
+// the host's connect timeout), never sent: retryable for any method.
 func TestConnectionWaitBoundedByContext(t *testing.T) {
 	up := gatewaytest.NewServer(gatewaytest.Hang)
 	defer up.Close()
@@ -89,7 +90,7 @@ func TestConnectionWaitBoundedByContext(t *testing.T) {
 	assert.Less(t, time.Since(start), 5*time.Second)
 	var f *gateway.Failure
 	require.ErrorAs(t, err, &f)
-	assert.Equal(t, gateway.ClassConnectTimeout, f.Class, "%v", f)
+	assert.Equal(t, gateway.ClassOverloaded, f.Class, "%v", f)
 	assert.False(t, f.Sent)
 	assert.EqualValues(t, 1, up.Requests())
 	cancelFirst()
