@@ -96,6 +96,8 @@ func classify(err error, p progress) Class {
 	if isTimeout(err) {
 		// A timeout before a connection existed (dial, TLS handshake, waiting
 		// for a pooled connection) is a connect timeout: nothing was sent.
+		// Transport tells a wait for a free connection, with no dial of
+		// its own, apart as ClassOverloaded when its Base reports dials.
 		if dialErr || (p.known && !p.connected) {
 			return ClassConnectTimeout
 		}
