@@ -81,11 +81,12 @@ func TestDeadlineWhileBodyArrivesIsTheClients(t *testing.T) {
 	assert.Equal(t, gateway.ClassTimeout, f.Class, "the body was sent: the upstream's wait (%v)", f)
 	assert.True(t, f.Sent)
 
-	// An upstream that does not read holds the upload up: the transport
-	// waits on its writes, not on the client.
+	// An upstream that does not read holds the upload up: once the socket
+	// buffers are full (a few MiB on loopback), the transport waits on its
+	// writes, not on the client.
 	silent := gatewaytest.NewServer(gatewaytest.Silent)
 	defer silent.Close()
-	ctx, cancel = context.WithTimeout(t.Context(), 300*time.Millisecond)
+	ctx, cancel = context.WithTimeout(t.Context(), 1500*time.Millisecond)
 	defer cancel()
 	req, err = http.NewRequestWithContext(ctx, "POST", silent.URL+"/upload", bytes.NewReader(make([]byte, 64<<20)))
 	require.NoError(t, err)

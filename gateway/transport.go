@@ -225,7 +225,7 @@ func (tr *tracker) failure(req *http.Request, err error) *Failure {
 	case tr.stopped:
 		f = &Failure{Class: ClassStaleConn, Status: ClassStaleConn.Status(), Upstream: name,
 			Sent: tr.staleSent, Err: errStaleConn}
-	case tr.gets > 0 && !tr.connected.Load() && !tr.dialed.Load() && tr.t.dials.Load() &&
+	case tr.gets > 0 && !tr.connected.Load() && tr.mark != nil && !tr.mark.dialed.Load() && tr.t.dials.Load() &&
 		errors.Is(ctxErr, context.DeadlineExceeded):
 		// No connection, and none was dialed for this request: it waited
 		// for a connection slot (the Base's MaxConnsPerHost) until its
@@ -268,8 +268,10 @@ func clientBodyFailure(err error, upstream string, sent, canceled bool) *Failure
 type tracker struct {
 	// Set by hooks that may run on the transport's goroutines.
 	connected, sent, responded atomic.Bool
-	// dialed: the Base started a dial for this request (noteDial).
-	dialed atomic.Bool
+	// mark learns whether the Base started a dial for this request
+	// (noteDial). It lives in the request's context, not here: a dial
+	// may reach it after the tracker serves another request.
+	mark *dialMark
 
 	// Owned by the RoundTrip goroutine: net/http calls GetConn and GotConn
 	// synchronously from its resend loop (HTTP/2's too).
@@ -380,31 +382,38 @@ func (tr *tracker) attach(ctx context.Context) context.Context {
 	if old == nil {
 		trace := &httptrace.ClientTrace{}
 		tr.install(trace)
-		return context.WithValue(httptrace.WithClientTrace(ctx, trace), dialKey{}, tr)
+		tr.mark = &dialMark{t: tr.t}
+		return context.WithValue(httptrace.WithClientTrace(ctx, trace), dialKey{}, tr.mark)
 	}
-	c := &tracedContext{Context: ctx, old: old, trace: *old, tr: tr}
+	c := &tracedContext{Context: ctx, old: old, trace: *old, mark: dialMark{t: tr.t}}
 	tr.install(&c.trace)
+	tr.mark = &c.mark
 	return c
 }
 
-// dialKey is the context key under which a request's tracker answers, for
-// noteDial.
+// dialMark records that the Base dialed for one request. It belongs to
+// the request's context, so a dial that starts late (net/http may start
+// one for a request that got another connection meanwhile) marks only that
+// request, whenever it runs.
+type dialMark struct {
+	t      *Transport
+	dialed atomic.Bool
+}
+
+// dialKey is the context key under which a request's dialMark answers,
+// for noteDial.
 type dialKey struct{}
 
-// noteDial tells the tracker of the request whose context is ctx (a dial's
-// context keeps the request's values) that a connection is being dialed for
-// it. The transport from [NewHTTPTransport] calls it from its DialContext:
-// a request that got no connection and saw no dial waited for a
-// connection slot, which is the gateway's limit, not the host's.
-//
-// A dial starts only while its request still waits for a connection
-// (net/http hands a dial no context once the request got one), so the
-// tracker is the request's own: it is recycled only after its request.
+// noteDial marks the request whose context is ctx (a dial's context keeps
+// the request's values) as having had a connection dialed for it. The
+// transport from [NewHTTPTransport] calls it from its DialContext: a
+// request that got no connection and saw no dial waited for a connection
+// slot, which is the gateway's limit, not the host's.
 func noteDial(ctx context.Context) {
-	if tr, ok := ctx.Value(dialKey{}).(*tracker); ok {
-		tr.dialed.Store(true)
-		if !tr.t.dials.Load() {
-			tr.t.dials.Store(true)
+	if m, ok := ctx.Value(dialKey{}).(*dialMark); ok {
+		m.dialed.Store(true)
+		if !m.t.dials.Load() {
+			m.t.dials.Store(true)
 		}
 	}
 }
@@ -439,12 +448,12 @@ type tracedContext struct {
 	context.Context
 	old   *httptrace.ClientTrace
 	trace httptrace.ClientTrace
-	tr    *tracker // answers dialKey
+	mark  dialMark // answers dialKey
 }
 
 func (c *tracedContext) Value(key any) any {
 	if _, ok := key.(dialKey); ok {
-		return c.tr
+		return &c.mark
 	}
 	v := c.Context.Value(key)
 	if t, ok := v.(*httptrace.ClientTrace); ok && t == c.old {
@@ -457,7 +466,7 @@ func (tr *tracker) reset(t *Transport, trail *Trail) {
 	tr.connected.Store(false)
 	tr.sent.Store(false)
 	tr.responded.Store(false)
-	tr.dialed.Store(false)
+	tr.mark = nil
 	tr.t, tr.trail, tr.name = t, trail, ""
 	tr.stopper, tr.out = nil, nil
 	tr.gets, tr.conns, tr.conn = 0, 0, nil
@@ -482,11 +491,12 @@ type trackedBody struct {
 	rc     io.ReadCloser
 	closed atomic.Bool
 
-	// When the last read began and ended (Unix nanoseconds), and whether
-	// it is in progress: the transport waits on the client then. A body
-	// has one reader at a time (the transport's write loop).
-	readFrom, readTo atomic.Int64
-	reading          atomic.Bool
+	// When the last read began and ended, and when the body's end was
+	// read (Unix nanoseconds), and whether a read is in progress: the
+	// transport waits on the client then. A body has one reader at a time
+	// (the transport's write loop).
+	readFrom, readTo, ended atomic.Int64
+	reading                 atomic.Bool
 
 	mu  sync.Mutex
 	err error // the first read error other than io.EOF
@@ -496,6 +506,7 @@ func (b *trackedBody) reset() {
 	b.rc = nil
 	b.readFrom.Store(0)
 	b.readTo.Store(0)
+	b.ended.Store(0)
 	b.reading.Store(false)
 	b.closed.Store(false)
 	b.err = nil // no reader left: a tracker is recycled only once closed
@@ -505,7 +516,11 @@ func (b *trackedBody) Read(p []byte) (int, error) {
 	b.readFrom.Store(time.Now().UnixNano())
 	b.reading.Store(true)
 	n, err := b.rc.Read(p)
-	b.readTo.Store(time.Now().UnixNano())
+	now := time.Now().UnixNano()
+	b.readTo.Store(now)
+	if err == io.EOF {
+		b.ended.Store(now)
+	}
 	b.reading.Store(false)
 	if err != nil && err != io.EOF && !errors.Is(err, http.ErrBodyReadAfterClose) {
 		b.mu.Lock()
@@ -524,18 +539,18 @@ func (b *trackedBody) Close() error {
 }
 
 // arrivingSlack is how close to a request's deadline the transport must
-// have been reading the client's body for the deadline to be the
-// client's: the gap between two reads of a body that keeps moving (the
-// write of what was read, a scheduling delay) is far shorter, while an
-// upstream that holds up the upload (its receive window full) keeps the
-// transport writing, not reading, for longer than this.
-const arrivingSlack = 50 * time.Millisecond
+// have been reading the client's unfinished body for the deadline to be
+// the client's: longer than the gap between two reads of a body that
+// keeps moving (the write of what was read, a scheduling delay), shorter
+// than an upstream that holds the upload up (its receive window full)
+// keeps the transport writing.
+const arrivingSlack = 10 * time.Millisecond
 
-// arriving reports whether the transport was waiting on the client's body
-// when ctx's deadline passed: a read of it in progress now, or one that
-// ended at most arrivingSlack before the deadline or after it. (net/http
-// returns from a canceled RoundTrip once the read in progress returned,
-// so that read has usually ended by now.)
+// arriving reports whether the client's body was still arriving when
+// ctx's deadline passed: its end not read by then, and the transport
+// waiting on it — a read in progress now, or one that ended after the
+// deadline or at most arrivingSlack before it. (net/http may return from
+// a canceled RoundTrip only once the read in progress returned.)
 func (b *trackedBody) arriving(ctx context.Context) bool {
 	if b.rc == nil || b.readFrom.Load() == 0 {
 		return false
@@ -544,7 +559,11 @@ func (b *trackedBody) arriving(ctx context.Context) bool {
 	if !ok {
 		return false
 	}
-	return b.reading.Load() || b.readTo.Load() >= dl.Add(-arrivingSlack).UnixNano()
+	at := dl.UnixNano()
+	if end := b.ended.Load(); end != 0 && end <= at {
+		return false // sent whole before the deadline: the upstream's wait
+	}
+	return b.reading.Load() || b.readTo.Load() >= at-int64(arrivingSlack)
 }
 
 func (b *trackedBody) error() error {
