@@ -33,10 +33,11 @@ import (
 // the client's fault, whatever the transport made of it: a Failure of class
 // [ClassClientBody] with status 400 (408 when the read timed out, 413 over a
 // size limit), or [ClassCanceled] when the client went away. So is a
-// request whose context deadline passed while the transport was still
-// waiting on its body (an upload that keeps moving, slower than the
-// deadline allows): [ClassClientBody], 408. It never counts against the
-// upstream.
+// request whose context deadline (a plain one, as context.WithTimeout
+// sets: its cause is context.DeadlineExceeded) passed while the transport
+// was still waiting on its body (an upload that keeps moving, slower than
+// the deadline allows): [ClassClientBody], 408. It never counts against
+// the upstream.
 //
 // A request whose deadline passed while it waited for a free connection
 // (the Base's MaxConnsPerHost reached), with no dial started for it, is a
@@ -213,9 +214,13 @@ func (tr *tracker) failure(req *http.Request, err error) *Failure {
 		// failed read on the client's connection cancels it).
 		return clientBodyFailure(berr, name, tr.sent.Load(), canceled)
 	}
-	if errors.Is(ctxErr, context.DeadlineExceeded) && tr.body.arriving(req.Context()) {
+	if errors.Is(ctxErr, context.DeadlineExceeded) && context.Cause(req.Context()) == context.DeadlineExceeded &&
+		tr.body.arriving(req.Context()) {
 		// The request's deadline passed while the transport waited on the
-		// client's body: the client's pace, not the upstream's.
+		// client's body: the client's pace, not the upstream's. Only a
+		// plain deadline (context.WithTimeout's cause): a timer with a
+		// cause of its own, such as retry's per-try timeout, measures the
+		// upstream already (it pauses while the body arrives).
 		return clientBodyFailure(fmt.Errorf("%w: %w", errBodyArriving, ctxErr), name, tr.sent.Load(), false)
 	}
 	var f *Failure
