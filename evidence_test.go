@@ -16,6 +16,7 @@ import (
 
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/pool"
 	"github.com/proxykit/proxykit/retry"
 )
 
@@ -105,7 +106,7 @@ func beside(st *Stack, front, host string, stop <-chan struct{}) (done func() (s
 				return
 			case <-tick.C:
 			}
-			if s := st.Hosts.HostState(host); s != "serving" {
+			if s := string(st.Hosts.HostState(host)); s != string(pool.StateServing) {
 				mu.Lock()
 				if len(seen) == 0 || seen[len(seen)-1] != s {
 					seen = append(seen, s) // each change once
@@ -265,7 +266,7 @@ func TestConnectionSlotWaitIsLocal(t *testing.T) {
 	for i, c := range classes {
 		assert.Equal(t, gateway.ClassOverloaded, c, "failure %d: never the host's connect_timeout", i)
 	}
-	assert.Equal(t, "serving", st.Hosts.HostState(up.Addr), "the host is not charged for a local limit")
+	assert.Equal(t, pool.StateServing, st.Hosts.HostState(up.Addr), "the host is not charged for a local limit")
 
 	close(release)
 	for _, s := range streams {
