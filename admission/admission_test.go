@@ -172,7 +172,7 @@ func TestConvergesAndRecovers(t *testing.T) {
 	assert.Zero(t, other)
 	assert.GreaterOrEqual(t, ok, 20, "the host stayed busy: 50 a second is its capacity (runs here: 32–45)")
 	assert.Less(t, okMax, time.Second, "served requests did not queue toward the timeout (runs here: 250–350 ms; unlimited: ~2 s)")
-	assert.GreaterOrEqual(t, st[0].Baseline, 39*time.Millisecond)
+	assert.GreaterOrEqual(t, st[0].Baseline, 32*time.Millisecond, "within the latency histogram's resolution (a fifth)")
 	assert.Less(t, st[0].Baseline, 150*time.Millisecond, "runs here: 40–42 ms")
 
 	capa.add(6)

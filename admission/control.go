@@ -10,10 +10,13 @@ const unlimited = math.MaxInt64 / 2
 
 // window is what one sampling window saw of a host.
 type window struct {
-	min     int64 // shortest latency to the response header, ns
-	count   int64 // latency samples
-	peak    int64 // most requests in flight at once
-	blocked int64 // requests that found the host at its limit (queued or shed)
+	dur      int64 // ns the window lasted
+	left     int64 // requests that gave their slot back (answered or failed)
+	inflight int64 // requests in flight when it closed
+	peak     int64 // most requests in flight at once
+	blocked  int64 // requests that found the host at its limit (queued or shed)
+	count    int64 // latency samples
+	p50, p90 int64 // ns; 0 with fewer than minLatencySamples samples
 }
 
 // event is a change of a controller worth a log line.
@@ -21,10 +24,15 @@ type event uint8
 
 const (
 	evNone      event = iota
-	evCongested       // queueing showed: the limit is enforced from now on
-	evClear           // the limit no longer binds and latency is near its baseline
+	evCongested       // the host fell behind: the limit is enforced from now on
+	evClear           // the host keeps pace again (or was quiet): the limit is lifted
 	evRelearned       // the baseline expired during congestion: it is measured anew
 )
+
+// pace is one window of the backlog history.
+type pace struct {
+	dur, left, growth int64
+}
 
 // controller is the control law of one host (see doc.go). It is a plain
 // value, updated once per window under its host's lock, so that the law
@@ -33,29 +41,42 @@ type controller struct {
 	tolerance float64
 	minDelay  int64 // ns
 	minLimit  float64
+	window    int64 // ns: the nominal window
 	bucket    int64 // ns: the baseline is the minimum over two of these
 
 	congested bool
 	limit     float64 // the limit while congested
 
-	// The baseline: the minimum window latency over the current and the
-	// previous bucket, fed by windows without queueing and by probes.
+	// The backlog history: the last windows, oldest first, and the
+	// host's pace (answers per ns) and typical slow latency (p90, ns)
+	// while it kept up.
+	hist      [maxHorizon]pace
+	n         int
+	inflight  int64   // at the close of the last window
+	rate      float64 // answers per ns while no backlog grew; 0: unknown
+	frozen    int64   // ns the rate has been held while in-flight grew
+	p90       float64 // ns
+	quietFrom int64   // while congested: since when it kept pace at its limit (0: it does not)
+	calmFrom  int64   // while congested: since when nothing waited and in-flight did not grow
+
+	// The baseline: the shortest window median over the current and the
+	// previous bucket, fed by windows without a growing backlog and by
+	// probes.
 	cur, prev int64 // 0: none
 	curStart  int64
 
-	windows    int   // congested windows so far
 	sinceProbe int   // congested windows since the last probe (or the congestion began)
 	lastProbe  int64 // when the last probe ended (ns)
 	soon       bool  // probe again after probeAfter windows: the baseline may be too high
 	probing    bool
+	measuring  bool    // the probe's queue drained: its requests are being measured
+	probeStart int64   // when the probe began (ns)
 	preLimit   float64 // the limit before the probe
+	probeLimit float64 // the limit during the probe
+	answers    float64 // answers per ns, lately
+	restart    bool    // judge latency only by requests sent from now on (read and reset by the host)
 
-	// A queue that grows under the threshold: windows whose latency and
-	// concurrency both rose, in a row (the baseline may be too high).
-	prevLatency, prevPeak int64
-	rising                int
-
-	last int64 // the last window's latency, for Status
+	last int64 // the last window's median latency, for Status
 }
 
 func newController(c *config) controller {
@@ -63,6 +84,7 @@ func newController(c *config) controller {
 		tolerance: c.Tolerance,
 		minDelay:  int64(c.MinQueueDelay),
 		minLimit:  float64(max(1, c.MinLimit)),
+		window:    int64(c.Window),
 		bucket:    int64(baselineBucket),
 	}
 }
@@ -80,7 +102,8 @@ func (c *controller) rotate(now int64) {
 	c.curStart = now
 }
 
-// baseline returns the host's no-load latency at now, 0 if unknown.
+// baseline returns the host's median latency without queueing at now, 0
+// if unknown.
 func (c *controller) baseline(now int64) int64 {
 	c.rotate(now)
 	b := c.cur
@@ -91,13 +114,17 @@ func (c *controller) baseline(now int64) int64 {
 }
 
 func (c *controller) feed(now, s int64) {
+	if s <= 0 {
+		return
+	}
 	c.rotate(now)
 	if c.cur == 0 || s < c.cur {
 		c.cur = s
 	}
 }
 
-// threshold is the latency above which a window shows queueing.
+// threshold is the latency above which a congested host's window shows
+// queueing.
 func (c *controller) threshold(b int64) int64 {
 	return max(int64(float64(b)*c.tolerance), b+c.minDelay)
 }
@@ -110,94 +137,247 @@ func (c *controller) enforced() int64 {
 	}
 	l := c.limit
 	if c.probing {
-		l = max(c.minLimit, l/4)
+		l = c.probeLimit
 	}
 	return int64(math.Ceil(l))
 }
 
+// record adds w to the backlog history and returns how much the host's
+// in-flight grew over it.
+func (c *controller) record(w window) int64 {
+	growth := w.inflight - c.inflight
+	c.inflight = w.inflight
+	if w.dur > quietGap*c.window {
+		// Nothing was answered for a while: what came before says
+		// nothing of the host's pace now.
+		c.n, c.frozen = 0, 0
+	}
+	if r := float64(w.left) / float64(max(1, w.dur)); c.answers == 0 {
+		c.answers = r
+	} else {
+		c.answers += (r - c.answers) * answersWeight
+	}
+	if c.n == maxHorizon {
+		copy(c.hist[:], c.hist[1:])
+		c.n--
+	}
+	c.hist[c.n] = pace{dur: max(1, w.dur), left: w.left, growth: growth}
+	c.n++
+	// The pace is what the host answered while it kept up. While its
+	// in-flight grows the pace is held (a slower dependency answers
+	// nothing for one latency: that is no new pace), for at most
+	// paceHold, so that a host that is slower for good gets its pace.
+	if growth > 0 && c.frozen < int64(paceHold) && c.rate > 0 {
+		c.frozen += w.dur
+	} else if !c.congested {
+		c.frozen = 0
+		r := float64(w.left) / float64(max(1, w.dur))
+		if c.rate == 0 {
+			c.rate = r
+		} else {
+			c.rate += (r - c.rate) * ewmaWeight
+		}
+	}
+	if !c.congested && w.p90 > 0 && growth <= 0 {
+		if c.p90 == 0 {
+			c.p90 = float64(w.p90)
+		} else {
+			c.p90 += (float64(w.p90) - c.p90) * ewmaWeight
+		}
+	}
+	return growth
+}
+
+// behind reports whether the history shows a host that stopped keeping
+// pace, and if so the rate (answers per ns) at which it answered meanwhile.
+//
+// The history is judged over horizons of at least two of the host's
+// latencies (its p90 while it kept pace), split in halves. A host fell
+// behind when, in each half, arrivals exceeded answers by backlogShare
+// (its in-flight grew) while it answered at least paceShare of its pace of
+// before; when the recent half brought no more answers than the older one
+// (more concurrency, no more throughput: the host is saturated); and when
+// its in-flight at least doubled, by minBacklog or more.
+//
+// A slower dependency or a route-mix change raises in-flight too (Little's
+// law), but only for one latency, during which answers stop: a half that
+// covers that lag answers less than the pace, and a half after it shows
+// no growth. A surge of arrivals or a burst at a host with room is
+// answered one latency later, within the recent half: it brings more
+// answers. Only a queue grows while answers stay flat.
+func (c *controller) behind() (bool, float64) {
+	k := 2
+	if c.p90 > 0 {
+		k = max(k, int(math.Ceil(2*c.p90/float64(c.window))))
+	}
+	k += k & 1
+	for h := k; h <= c.n; h += 2 {
+		older, recent := c.sum(c.n-h, c.n-h/2), c.sum(c.n-h/2, c.n)
+		growth := older.growth + recent.growth
+		start := c.inflight - growth
+		if growth < max(minBacklog, start) || !c.fallingBehind(older) || !c.fallingBehind(recent) ||
+			float64(recent.left)*float64(older.dur) > saturated*float64(older.left)*float64(recent.dur) {
+			continue
+		}
+		return true, float64(older.left+recent.left) / float64(older.dur+recent.dur)
+	}
+	return false, 0
+}
+
+func (c *controller) sum(from, to int) pace {
+	var s pace
+	for _, p := range c.hist[from:to] {
+		s.dur += p.dur
+		s.left += p.left
+		s.growth += p.growth
+	}
+	return s
+}
+
+// fallingBehind reports whether, over s, arrivals exceeded answers by
+// backlogShare of the answers while answers kept the host's pace (a host
+// that answers nothing has no pace to keep: a hung host is the host-health
+// model's, not the limiter's).
+func (c *controller) fallingBehind(s pace) bool {
+	return s.growth > 0 && s.left > 0 && float64(s.growth) >= backlogShare*float64(s.left) &&
+		float64(s.left) >= paceShare*c.rate*float64(s.dur)
+}
+
 // update applies one closed window w at now.
 func (c *controller) update(now int64, w window) event {
-	s := w.min
+	growth := c.record(w)
+	s := w.p50
 	c.last = s
-	b := c.baseline(now)
-	if c.probing {
-		// The probe window: the limit was a quarter, and only requests
-		// sent during it were sampled. Latency within the threshold there
-		// confirms the baseline (and keeps it from expiring); lower
-		// latency lowers it, and a much lower one calls for another probe
-		// soon, as the queue may not have drained whole. A probe that
-		// still finds latency above the threshold proves nothing either
-		// way, and leaves the baseline to expire: a host that got slower
-		// for good is relearned within 2·baselineBucket.
-		c.probing, c.lastProbe, c.sinceProbe, c.soon = false, now, 0, false
-		c.limit = c.preLimit
-		switch {
-		case b == 0:
-			c.feed(now, s)
-		case s <= c.threshold(b):
-			c.feed(now, min(b, s))
-			c.soon = float64(s) < probeLower*float64(b)
-		}
-		return evNone
-	}
-	if b == 0 {
-		c.feed(now, s)
-		if c.congested {
-			// The baseline expired during a long congestion: no probe
-			// found latency near it for 2·baselineBucket. Probe now, and
-			// take what the probe finds.
-			c.startProbe()
-			return evRelearned
-		}
-		return evNone
-	}
-	thr := c.threshold(b)
-	queueing := s > thr
 	if !c.congested {
-		growing := c.prevLatency > 0 && float64(s) >= risingBy*float64(c.prevLatency) && w.peak > c.prevPeak
-		c.prevLatency, c.prevPeak = s, w.peak
-		if growing {
-			c.rising++
-		} else {
-			c.rising = 0
-		}
-		if !queueing && c.rising < risingWindows {
+		if growth <= 0 || c.cur == 0 {
 			c.feed(now, s)
+		}
+		ok, rate := c.behind()
+		if !ok {
 			return evNone
 		}
-		// Hold the line at what was in flight: one window of slow
-		// requests (a slow route's burst) then sheds nothing, and the
-		// cuts start if the next window shows queueing too. Congestion
-		// that lasts is probed after probeAfter windows: a queue that
-		// grew under the threshold says the baseline may be too high.
-		c.congested, c.windows, c.sinceProbe, c.lastProbe, c.soon = true, 1, 1, now, true
-		c.limit = max(c.minLimit, float64(w.peak))
-		c.rising, c.prevLatency, c.prevPeak = 0, 0, 0
+		// Size the limit by Little's law: the concurrency that carries
+		// what the host answers at its no-queue latency, times the
+		// tolerance. Without a baseline yet, the shortest median of the
+		// history stands in, until a probe measures it.
+		b := c.baseline(now)
+		if b == 0 {
+			b = s
+		}
+		if b == 0 {
+			b = max(int64(c.p90), c.window)
+		}
+		c.feed(now, b)
+		c.congested, c.sinceProbe, c.lastProbe, c.soon, c.quietFrom, c.calmFrom = true, 1, now, true, 0, 0
+		c.limit = max(c.minLimit, math.Ceil(c.tolerance*rate*float64(b)))
 		return evCongested
 	}
-	c.windows++
+	if w.dur >= int64(quietClear) {
+		// Quiet for long: whatever queue there was has drained.
+		c.clear()
+		return evClear
+	}
+	if c.probing {
+		return c.probe(now, w)
+	}
 	c.sinceProbe++
+	if w.blocked == 0 && growth <= 0 {
+		// Nothing waited and the host kept up: the limit no longer binds,
+		// once that lasted two windows and two latencies.
+		if c.calmFrom == 0 {
+			c.calmFrom = now - w.dur
+		}
+		if now-c.calmFrom >= 2*max(c.window, c.baseline(now)) {
+			c.clear()
+			return evClear
+		}
+	} else {
+		c.calmFrom = 0
+	}
+	b := c.baseline(now)
+	if b == 0 {
+		// The baseline expired during a long congestion: no probe found
+		// latency near it for 2·baselineBucket. Probe now, and take
+		// what the probe finds.
+		c.startProbe(now)
+		return evRelearned
+	}
+	thr := c.threshold(b)
 	switch {
-	case queueing:
+	case s == 0:
+		// Too few answers to judge latency.
+	case s > thr:
 		g := max(minGradient, float64(thr)/float64(s))
 		c.limit = max(c.minLimit, c.limit*g)
-	case w.blocked == 0:
-		// Latency is near its baseline and nothing waited: the limit no
-		// longer binds.
-		c.congested = false
-		c.feed(now, s)
-		return evClear
+		c.quietFrom = 0
 	default:
-		// At the limit without queueing: there may be room.
+		// At the limit without queueing: there may be room. A host that
+		// keeps pace this way for keepPace is no longer congested.
 		c.limit += math.Sqrt(c.limit)
+		if c.quietFrom == 0 {
+			c.quietFrom = now
+		} else if now-c.quietFrom >= int64(keepPace) {
+			c.clear()
+			return evClear
+		}
 	}
 	if c.sinceProbe >= probeAfter && (c.soon || now-c.lastProbe >= int64(probeEvery)) {
-		c.startProbe()
+		c.startProbe(now)
 	}
 	return evNone
 }
 
-func (c *controller) startProbe() { c.probing, c.preLimit = true, c.limit }
+// probe applies a window of a probe. The probe holds the host to a
+// quarter of its limit until what was in flight over it has drained, and
+// then measures the requests sent from then on: their latency has no queue
+// of the old limit in it. Latency within the threshold there confirms the
+// baseline (and keeps it from expiring); lower latency lowers it, and a
+// much lower one calls for another probe soon, as the queue may not have
+// drained whole. A probe that still finds latency above the threshold
+// proves nothing either way, and leaves the baseline to expire: a host
+// that got slower for good is relearned within 2·baselineBucket.
+func (c *controller) probe(now int64, w window) event {
+	timedOut := now-c.probeStart >= int64(probeMax)
+	if !c.measuring {
+		if w.inflight <= c.enforced() {
+			c.measuring, c.restart = true, true
+		} else if timedOut {
+			c.endProbe(now, 0)
+		}
+		return evNone
+	}
+	if w.p50 > 0 || timedOut {
+		c.endProbe(now, w.p50)
+	}
+	return evNone
+}
+
+func (c *controller) endProbe(now, s int64) {
+	b := c.baseline(now)
+	c.probing, c.measuring, c.lastProbe, c.sinceProbe, c.soon = false, false, now, 0, false
+	c.limit = c.preLimit
+	switch {
+	case s == 0:
+	case b == 0:
+		c.feed(now, s)
+	case s <= c.threshold(b):
+		c.feed(now, min(b, s))
+		c.soon = float64(s) < probeLower*float64(b)
+	}
+}
+
+func (c *controller) clear() {
+	c.congested, c.probing, c.measuring, c.quietFrom, c.calmFrom = false, false, false, 0, 0
+	c.n, c.frozen = 0, 0
+}
+
+// startProbe holds the host to what carries its answers at half its
+// baseline latency (Little's law), at most half its limit: if the host
+// answers faster than the baseline without a queue, the probe shows it.
+func (c *controller) startProbe(now int64) {
+	c.probing, c.measuring, c.probeStart, c.preLimit = true, false, now, c.limit
+	c.probeLimit = max(c.minLimit, math.Ceil(min(c.limit/2, c.answers*float64(c.baseline(now))/2)))
+}
 
 // durationOf is a helper for Status.
 func durationOf(ns int64) time.Duration { return time.Duration(ns) }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"math/bits"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -113,7 +114,7 @@ type host struct {
 	shed     atomic.Int64 // requests shed, in all
 
 	// The current window, written on the request path without a lock.
-	winMin     atomic.Int64 // ns; math.MaxInt64 when empty
+	winHist    [histBuckets]atomic.Int64 // latency samples by bucketOf
 	winCount   atomic.Int64
 	winPeak    atomic.Int64
 	winBlocked atomic.Int64
@@ -135,7 +136,6 @@ type host struct {
 func (l *Limiter) newHost(name string) *host {
 	h := &host{name: name, l: l, ctl: newController(&l.c)}
 	h.limit.Store(unlimited)
-	h.winMin.Store(math.MaxInt64)
 	h.winStart = l.now()
 	h.winEnd.Store(h.winStart + int64(l.c.Window))
 	h.queueCap.Store(int64(l.c.QueueLength))
@@ -258,6 +258,7 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	start := t.l.now()
 	res, err := t.forward(h, req, body)
 	end := t.l.now()
+	defer h.tick(end)
 	from := start
 	if body != nil {
 		if from = body.at.Load(); from == 0 || from > end {
@@ -311,6 +312,15 @@ func (h *host) acquire(req *http.Request) *gateway.Failure {
 	if lim >= unlimited {
 		h.notePeak(h.inflight.Add(1))
 		return nil
+	}
+	// A limited host's window is closed by time here too: a host that
+	// went quiet has its limit reviewed by the first request after the
+	// quiet, before it is held to it.
+	if h.tick(h.l.now()) {
+		if lim = h.limit.Load(); lim >= unlimited {
+			h.notePeak(h.inflight.Add(1))
+			return nil
+		}
 	}
 	prio := 0
 	if p := h.l.c.Priority; p != nil {
@@ -496,55 +506,100 @@ func (h *host) refuse(err error, why string) *gateway.Failure {
 }
 
 // sample records the latency of a request sent at start, whose body was
-// sent whole at from, and whose header came at end, and closes the window
-// when it is due.
+// sent whole at from, and whose header came at end.
 func (h *host) sample(start, from, end int64) {
 	if start < h.epoch.Load() {
 		return // sent before the limit was cut: its latency holds the old queue
 	}
-	rtt := max(1, end-max(start, from))
-	for {
-		m := h.winMin.Load()
-		if rtt >= m || h.winMin.CompareAndSwap(m, rtt) {
-			break
-		}
-	}
-	if h.winCount.Add(1) >= minSamples && end >= h.winEnd.Load() && h.ctlMu.TryLock() {
-		h.closeWindow(end)
-		h.ctlMu.Unlock()
-	}
+	h.winHist[bucketOf(end-max(start, from))].Add(1)
+	h.winCount.Add(1)
 }
 
-// closeWindow applies the window that ended at now. h.ctlMu is held.
-func (h *host) closeWindow(now int64) {
-	if now < h.winEnd.Load() || h.winCount.Load() < minSamples {
-		return // another goroutine closed it first
+// tick closes the window if it is due at now, and reports whether it did.
+func (h *host) tick(now int64) bool {
+	if now < h.winEnd.Load() || !h.ctlMu.TryLock() {
+		return false
 	}
+	defer h.ctlMu.Unlock()
+	return h.closeWindow(now)
+}
+
+// bucketOf is the latency histogram's bucket of ns: four buckets an
+// octave of microseconds (1,024 ns), within 19% of the latency.
+func bucketOf(ns int64) int {
+	v := uint64(max(0, ns)) >> 10
+	if v < 4 {
+		return int(v)
+	}
+	e := bits.Len64(v) - 1
+	return min(histBuckets-1, 4*(e-1)+int((v>>(e-2))&3))
+}
+
+// bucketValue is the middle of bucket i, in ns.
+func bucketValue(i int) int64 {
+	if i < 4 {
+		return int64(i)<<10 + 512
+	}
+	e, m := i/4+1, uint64(i%4)
+	lo := (4 + m) << (e - 2)
+	return int64((lo + (uint64(1)<<(e-2))/2) << 10)
+}
+
+// closeWindow applies the window that ended at now, and reports whether
+// it was still open. h.ctlMu is held.
+func (h *host) closeWindow(now int64) bool {
+	if now < h.winEnd.Load() {
+		return false // another goroutine closed it first
+	}
+	// Latency samples carry over to the next window until there are
+	// enough of them to judge by.
+	var counts [histBuckets]int64
+	n := h.winCount.Load()
+	if n >= minLatencySamples {
+		n = 0
+		for i := range h.winHist {
+			if h.winHist[i].Load() != 0 {
+				counts[i] = h.winHist[i].Swap(0)
+				n += counts[i]
+			}
+		}
+		h.winCount.Add(-n)
+	}
+	done, elapsed := h.winDone.Swap(0), now-h.winStart
 	w := window{
-		min:     h.winMin.Swap(math.MaxInt64),
-		count:   h.winCount.Swap(0),
-		peak:    h.winPeak.Swap(h.inflight.Load()),
-		blocked: h.winBlocked.Swap(0),
+		dur:      elapsed,
+		left:     done,
+		inflight: h.inflight.Load(),
+		peak:     h.winPeak.Swap(h.inflight.Load()),
+		blocked:  h.winBlocked.Swap(0),
+		count:    n,
+	}
+	if n >= minLatencySamples {
+		w.p50, w.p90 = quantile(&counts, n, 0.5), quantile(&counts, n, 0.9)
 	}
 	h.winEnd.Store(now + int64(h.l.c.Window))
 	// A request that would wait longer than QueueTimeout for its slot is
 	// better answered at once: queue no more than the slots the host
 	// gives back in that time, at the rate it gave them back lately.
-	done, elapsed := h.winDone.Swap(0), now-h.winStart
 	h.winStart = now
-	h.sparse.Store(done >= 8*minSamples)
+	h.sparse.Store(done >= sparseAnswers)
 	if c := &h.l.c; elapsed > 0 {
-		n := int64(math.Ceil(float64(done) * float64(c.QueueTimeout) / float64(elapsed)))
-		h.queueCap.Store(max(1, min(int64(c.QueueLength), n)))
+		q := int64(math.Ceil(float64(done) * float64(c.QueueTimeout) / float64(elapsed)))
+		h.queueCap.Store(max(1, min(int64(c.QueueLength), q)))
 	}
 	before := h.ctl.enforced()
 	ev := h.ctl.update(now, w)
 	after := h.ctl.enforced()
-	if after < before && before < unlimited {
+	if after < before || h.ctl.restart {
+		h.ctl.restart = false
 		// What was sent before the cut (or the probe) still waits in the
 		// host's queue: judge the new limit only by what is sent under
 		// it, as TCP cuts its window at most once per round trip.
 		h.epoch.Store(now)
+		for i := range h.winHist {
+			h.winHist[i].Store(0)
+		}
+		h.winCount.Store(0)
 	}
 	h.limit.Store(after)
 	if after > before && h.queued.Load() > 0 {
@@ -555,19 +610,33 @@ func (h *host) closeWindow(now int64) {
 	if ev != evNone {
 		h.logEvent(ev, w)
 	}
+	return true
+}
+
+// quantile returns the latency below which a share q of the n samples
+// counted in counts lie.
+func quantile(counts *[histBuckets]int64, n int64, q float64) int64 {
+	want := int64(math.Ceil(q * float64(n)))
+	var seen int64
+	for i, c := range counts {
+		if seen += c; seen >= want {
+			return bucketValue(i)
+		}
+	}
+	return bucketValue(histBuckets - 1)
 }
 
 func (h *host) logEvent(ev event, w window) {
 	lg := h.l.c.logger()
 	attrs := []slog.Attr{slog.String("upstream", h.name),
-		slog.Duration("latency", time.Duration(w.min)),
+		slog.Duration("latency", time.Duration(w.p50)),
 		slog.Duration("baseline", time.Duration(h.ctl.baseline(h.l.now())))}
 	switch ev {
 	case evCongested:
-		attrs = append(attrs, slog.Int64("limit", h.ctl.enforced()), slog.Int64("peak_in_flight", w.peak))
-		lg.LogAttrs(context.Background(), slog.LevelInfo, "admission: upstream congested: latency rose above its baseline; its concurrency is limited", attrs...)
+		attrs = append(attrs, slog.Int64("limit", h.ctl.enforced()), slog.Int64("in_flight", w.inflight))
+		lg.LogAttrs(context.Background(), slog.LevelInfo, "admission: upstream congested: its requests in flight grew while its answers fell behind; its concurrency is limited", attrs...)
 	case evClear:
-		lg.LogAttrs(context.Background(), slog.LevelInfo, "admission: upstream no longer congested", attrs...)
+		lg.LogAttrs(context.Background(), slog.LevelInfo, "admission: upstream no longer congested: it keeps pace, or was quiet", attrs...)
 	case evRelearned:
 		lg.LogAttrs(context.Background(), slog.LevelInfo, "admission: upstream congested for long with latency never near its baseline: measuring the baseline anew", attrs...)
 	}

@@ -23,16 +23,28 @@ const (
 
 // The control law's fixed constants (see doc.go for the reasons).
 const (
-	minSamples     = 16               // latency samples a window needs before it closes
-	minGradient    = 0.5              // the largest cut of one window: a half
-	probeAfter     = 5                // congested windows before the first probe
-	probeEvery     = 5 * time.Second  // probes while congestion lasts
-	probeLower     = 0.75             // a probe this far under the baseline calls for another soon
-	risingBy       = 1.25             // a window whose latency rose this much, and its concurrency too,
-	risingWindows  = 3                // this many in a row: a queue growing under the threshold
-	baselineBucket = 5 * time.Second  // the baseline is the minimum over two of these
-	lowShare       = 0.75             // the share of the limit a negative priority may fill
-	maxWaitSlack   = 10 * time.Second // waits longer than this are clamped (sanity)
+	maxHorizon        = 20               // windows of backlog history (1 s at the default Window)
+	minBacklog        = 8                // the least in-flight growth that can show a host fell behind
+	backlogShare      = 0.15             // in-flight growth, as a share of the answers, that shows falling behind
+	paceShare         = 0.9              // answers kept at least this share of the host's pace meanwhile
+	saturated         = 1.1              // answers that rose less than this while in-flight grew: no more throughput
+	paceHold          = time.Second      // the pace is held this long while in-flight grows
+	ewmaWeight        = 0.125            // of a new window in the pace and the p90
+	answersWeight     = 0.25             // of a new window in the answer rate a probe is sized by
+	quietGap          = 4                // windows without a close that restart the history
+	quietClear        = time.Second      // a congested host quiet this long is congested no more
+	keepPace          = 2 * time.Second  // nor one that kept pace at its limit this long
+	minLatencySamples = 4                // a window's latency needs this many samples
+	minGradient       = 0.5              // the largest cut of one window: a half
+	probeAfter        = 5                // congested windows before the first probe
+	probeEvery        = 5 * time.Second  // probes while congestion lasts
+	probeMax          = time.Second      // a probe that measured nothing by then ends
+	probeLower        = 0.75             // a probe this far under the baseline calls for another soon
+	baselineBucket    = 5 * time.Second  // the baseline is the minimum over two of these
+	lowShare          = 0.75             // the share of the limit a negative priority may fill
+	maxWaitSlack      = 10 * time.Second // waits longer than this are clamped (sanity)
+	histBuckets       = 160              // latency histogram: four buckets an octave of microseconds
+	sparseAnswers     = 128              // answers a window that make a host busy enough to time a quarter
 )
 
 // Settings configure a [Limiter]. The zero value is the documented default
