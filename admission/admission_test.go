@@ -448,3 +448,63 @@ func ExampleLimiter_Drain() {
 }
 
 var _ = errors.Is
+
+// halfCloseEcho is an upstream that accepts an upgrade, reads until its
+// client half-closes, and then answers with what it read and closes.
+func halfCloseEcho() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		got, _ := io.ReadAll(brw)
+		_, _ = fmt.Fprintf(c, "read %q, then EOF\n", got)
+	})
+}
+
+// TestUpgradeHalfClose: a client's half-close of an upgraded connection
+// (a WebSocket close, a tunnel's EOF) reaches the upstream through the
+// limiter, and the upstream's answer after it still reaches the client.
+func TestUpgradeHalfClose(t *testing.T) {
+	up := gatewaytest.NewHealthy(halfCloseEcho())
+	defer up.Close()
+	u, _ := url.Parse(up.URL)
+	lim, err := admission.New(admission.Settings{Logger: discard})
+	require.NoError(t, err)
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	proxy := &httputil.ReverseProxy{
+		Rewrite:      func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
+		Transport:    lim.Transport(tr),
+		ErrorHandler: gateway.NewErrorHandler(discard),
+	}
+	front := httptest.NewServer(proxy)
+	defer front.Close()
+	conn, err := net.Dial("tcp", front.Listener.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
+	_, err = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	require.NoError(t, err)
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, 101, res.StatusCode)
+	_, err = io.WriteString(conn, "bye")
+	require.NoError(t, err)
+	require.NoError(t, conn.(*net.TCPConn).CloseWrite())
+	rest, err := io.ReadAll(br)
+	require.NoError(t, err)
+	assert.Equal(t, "read \"bye\", then EOF\n", string(rest), "the half-close reached the upstream, and its answer came back")
+	require.Eventually(t, func() bool { return lim.Status()[0].Active == 0 }, 5*time.Second, time.Millisecond)
+}
+
+// TestResponseController: the admission handlers keep
+// http.ResponseController working (flush, deadlines, hijack) for what they
+// pass through.
+func TestResponseController(t *testing.T) {
+	maint := &admission.Maintenance{Logger: discard}
+	gatewaytest.CheckResponseController(t, maint.Wrap)
+}
