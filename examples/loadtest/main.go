@@ -9,6 +9,7 @@
 //	go run ./examples/loadtest -scenario overload   # issue 16's overload scenario
 //	go run ./examples/loadtest -scenario hedging    # issue 14's stall, stall5 and nostall
 //	go run ./examples/loadtest -scenario evidence   # slowupload and conncap
+//	go run ./examples/loadtest -scenario healthy    # healthy traffic that looks unusual
 //	go run ./examples/loadtest -markdown            # the table for BENCHMARKS.md
 //
 // Fault scenarios (3 upstreams each, fresh for every run; closed-loop load
@@ -82,6 +83,23 @@
 //	conncap    MaxConnsPerHost 8, every connection held by a stream for
 //	           2 s, 50 GET/s beside them (per-try timeout 300 ms); "first
 //	           200" and "after" are measured from the streams' end
+//
+// Healthy scenarios (-scenario healthy runs these five): upstreams that
+// keep pace with traffic that merely looks unusual, through the bare proxy
+// and proxykit with its defaults; open-loop Poisson GETs (-seed) to /api
+// and to a cheap route answered 404 at once. "after" is the share of
+// requests answered with their route's own status (200, or the cheap
+// route's 404), "others" the same for /api alone:
+//
+//	healthy-mix1      1 upstream: /api 10 ms at 250/s, cheap route 2/s, 10 s
+//	healthy-mix3      3 upstreams: /api 10 ms at 450/s, cheap route 2/s, 10 s
+//	healthy-slower3   3 upstreams: /api at 120/s, 1 ms, then 250 ms for
+//	                  every request from 3 s on (a slower dependency), 10 s
+//	healthy-attacker  1 upstream: /api 10 ms at 250/s beside an attacker's
+//	                  cheap requests at 8/s, 12 s
+//	healthy-quiet     1 upstream of capacity 8 (8 workers × 10 ms) offered
+//	                  1,200/s for 2 s, then 12 s without a request, then a
+//	                  burst of 30 and 6 clients for 3 s (the row counts these)
 //
 // Columns: requests sent, success (2xx/3xx), latency, upstream requests
 // read per client request, POSTs an upstream read twice, failures by class
@@ -273,7 +291,8 @@ func jobs(d time.Duration, conc int, tl timeline, ov overloadSpec, sp stallSpec)
 	all = append(all, job{name: "overload", stacks: overloadStacks, length: ov.length,
 		one:   func(ctx context.Context, stack string) (loadgen.Row, error) { return runOverload(ctx, stack, ov) },
 		check: func(kit, _ loadgen.Row) string { return checkOverload(kit) }})
-	return append(all, stallJobs(sp)...)
+	all = append(all, stallJobs(sp)...)
+	return append(all, healthyJobs(tl.seed)...)
 }
 
 // choose picks the jobs named in list: names, "all", "faults" (the fault
@@ -294,7 +313,9 @@ func choose(list string, all []job) ([]job, error) {
 		for _, j := range all {
 			if name == "all" || name == j.name || (name == "restart" && restart[j.name]) ||
 				(name == "hedging" && hedging[j.name]) || (name == "evidence" && evidence[j.name]) ||
-				(name == "faults" && !restart[j.name] && !hedging[j.name] && !evidence[j.name] && j.name != "overload") {
+				(name == "healthy" && healthyNames[j.name]) ||
+				(name == "faults" && !restart[j.name] && !hedging[j.name] && !evidence[j.name] &&
+					!healthyNames[j.name] && j.name != "overload") {
 				want[j.name], found = true, true
 			}
 		}
@@ -303,7 +324,7 @@ func choose(list string, all []job) ([]job, error) {
 			for i, j := range all {
 				names[i] = j.name
 			}
-			return nil, fmt.Errorf("unknown -scenario %q: want all, faults, restart, hedging, evidence or %s", name, strings.Join(names, ", "))
+			return nil, fmt.Errorf("unknown -scenario %q: want all, faults, restart, hedging, evidence, healthy or %s", name, strings.Join(names, ", "))
 		}
 	}
 	var chosen []job

@@ -92,8 +92,9 @@ func TestChoose(t *testing.T) {
 	}
 	assert.Equal(t, []string{"restart1", "restart3", "dead1", "badroute"}, names("restart"))
 	assert.Equal(t, []string{"happy", "refuse1", "reset20", "slow1", "outage", "outage503"}, names("faults"))
-	assert.Len(t, names("all"), len(scenarios)+len(restartScenarios)+6)
+	assert.Len(t, names("all"), len(scenarios)+len(restartScenarios)+6+len(healthyNames))
 	assert.Equal(t, []string{"slowupload", "conncap"}, names("evidence"))
+	assert.Equal(t, []string{"healthy-mix1", "healthy-mix3", "healthy-slower3", "healthy-attacker", "healthy-quiet"}, names("healthy"))
 	assert.Equal(t, []string{"overload"}, names("overload"))
 	assert.Equal(t, []string{"stall", "stall5", "nostall"}, names("hedging"))
 	assert.Equal(t, []string{"refuse1", "badroute"}, names("badroute, refuse1"), "in table order")
