@@ -20,7 +20,7 @@
 //	                      out hosts, passes over resting and warming ones)
 //	  pool's Transport    observes latency and failures per host
 //	  limiter per host    adaptive concurrency limit: queue briefly or shed
-//	                      (overloaded, 503) once latency shows queueing
+//	                      (overloaded, 503) once the host falls behind
 //	  breaker per host    the host-health model: fast-fails an out host
 //	                      without touching it, probes it back
 //	  gateway.Transport   classifies errors, measures "sent"
@@ -114,7 +114,8 @@ type Config struct {
 
 	// Limiter configures the adaptive concurrency limit of each upstream
 	// host (package admission), on by default: it enforces nothing until
-	// a host's latency shows queueing, then holds the host to what it can
+	// a host falls behind its traffic (its requests in flight keep growing
+	// while its answers stay flat), then holds the host to what it can
 	// serve, queueing the excess briefly and shedding the rest (503,
 	// class overloaded) or sending it to a host with headroom. Its
 	// Logger, when nil, is Logger.

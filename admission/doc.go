@@ -1,7 +1,8 @@
 // Package admission decides what the service admits: how many requests
-// each upstream host gets at once (an adaptive concurrency limit, learned
-// from latency), which hosts get none (a drain before a deploy), and
-// whether the service answers at all (planned maintenance). It is the
+// each upstream host gets at once (an adaptive concurrency limit, enforced
+// only while the host falls behind its traffic), which hosts get none (a
+// drain before a deploy), and whether the service answers at all (planned
+// maintenance). It is the
 // overload seat of proxykit: the answers it gives are 503s with
 // Retry-After of their own classes, [gateway.ClassOverloaded] and
 // [gateway.ClassMaintenance], rendered by errorpage like any failure and
@@ -23,49 +24,70 @@
 //
 // # The limit
 //
-// A host that is not overloaded has no limit at all: requests pass after
-// an atomic add, and nothing waits or is shed however many are in flight.
-// The limit exists only while the host shows queueing, and the signal of
-// queueing is latency:
+// A host that keeps pace with its traffic has no limit at all: requests
+// pass after an atomic add, and nothing waits or is shed however many are
+// in flight or however long they take. The limit exists only while the
+// host falls behind — while it shows a queue of its own — and the evidence
+// of that is the host's throughput, not its latency:
 //
+//   - By Little's law, requests in flight = arrival rate × latency. A host
+//     that keeps pace answers as many requests as arrive; if it gets slower
+//     (a slower dependency, a route-mix change), its in-flight grows to the
+//     new latency's level within one latency and stops growing. A host
+//     that is overloaded answers at its capacity whatever arrives: its
+//     answers stay flat while its in-flight grows, window after window.
+//   - Every Window (50 ms, by time) the Limiter notes how many requests
+//     the host answered (or failed), and how many were in flight. It keeps
+//     the last 20 windows, and the host's pace (answers a second) and
+//     typical latency (the p90 of its latency samples) while it kept up.
+//   - The host falls behind when, over a horizon of at least two of its
+//     latencies split in halves, in each half its in-flight grew by at least
+//     15% of its answers while it answered at least 90% of its pace of
+//     before; the recent half brought no more than 10% more answers than
+//     the older one (more concurrency, no more throughput); and its
+//     in-flight at least doubled, by 8 or more.
+//   - None of the healthy shapes passes that test. A host that gets slower
+//     answers nothing new for one latency: a half that covers that lag
+//     answers under 90% of the pace (and the growth a half needs then is
+//     more than the lag allows), and a half after it has no growth. A surge
+//     or a burst at a host with room is answered one latency later, within
+//     the recent half: that half brings more answers. A cheap route (a
+//     health check's 404, an attacker's requests) adds answers, and sets
+//     no baseline the others are measured against. Closed-loop clients
+//     never grow a queue (each waits for its answer): no limit is needed.
 //   - Latency is measured from when the request is handed to the next
 //     transport (or, with a body, from when its body was sent whole) to
 //     its response header (or the 101 of an upgrade, or its failure), and
 //     a request holds its slot over the same span: a long download or a
 //     WebSocket holds none, and neither does an upload still arriving from
-//     a slow or stalled client. Only responses below 500, and timeouts
-//     (the strongest sign of queueing), are samples; a host busy enough
-//     (2,500 requests a second and more) times a random quarter of its
-//     requests while it shows no queueing.
-//   - Every Window (50 ms), once at least 16 samples arrived, the window
-//     closes with its shortest latency. Queueing in a host delays every
-//     request, the fastest too; a slow route delays only its own requests,
-//     and the fast ones of the same window keep the minimum down. So mixed
-//     fast and slow routes on a healthy host do not look like queueing;
-//     the minimum of a window is the standing queue of CoDel and the
-//     min-RTT filter of TCP Vegas and BBR.
-//   - The baseline is the shortest window latency over the last 5–10 s of
-//     windows without queueing. A window shows queueing when its latency
-//     is above Tolerance × baseline (2×) and at least MinQueueDelay (5 ms)
-//     above it.
-//   - The first such window makes the host congested and sets the limit
-//     to what was in flight at most during it: nothing is cut yet, so one
-//     window of only slow requests (a burst on a slow route) sheds nothing
-//     when the next one is normal. Each further window that shows queueing
-//     multiplies the limit by the gradient threshold/latency (at least ½),
-//     and samples of requests sent before a cut are ignored, as they hold
-//     the queue of the old limit (TCP cuts its window at most once a round
-//     trip). A window near the baseline while requests were held back
-//     grows the limit by its square root. A window near the baseline in
-//     which no request waited ends the congestion: the limit is lifted.
-//   - While congested, the limit is halved for one window after five
-//     windows and then every 5 s (a probe): latency within the threshold
-//     there confirms the baseline, and keeps it alive; lower latency
-//     lowers it. Halving costs no throughput at the equilibrium, where the
-//     limit is about twice the host's parallelism. A baseline that no
-//     probe confirms for 5–10 s expires, and the next probe measures it
-//     anew: a host that got slower for good (a slower release) is held
-//     back at most that long.
+//     a slow or stalled client. Only responses below 500, and timeouts,
+//     are latency samples; a host busy enough (128 answers a window) times
+//     a random quarter of its requests while it has no limit.
+//   - Once the host falls behind, its limit is what carries its answers at
+//     its latency without a queue, times Tolerance (Little's law again):
+//     Tolerance × answers a second × baseline, where the baseline is the
+//     shortest median latency of a window over the last 5–10 s of windows
+//     without a growing backlog (or of probes). The median, not the
+//     minimum: a cheap route is a few samples of a window, not its median.
+//   - While the host is congested, each window's median latency (of
+//     requests sent since the last cut: those sent before hold the old
+//     queue) adjusts the limit as Envoy's and Gradient's gradient does:
+//     above Tolerance × baseline (and at least MinQueueDelay above it) the
+//     limit is multiplied by threshold/latency (at least ½); within it, the
+//     limit grows by its square root.
+//   - While congested, after five windows and then every 5 s, a probe holds
+//     the host to what carries its answers at half the baseline (at most
+//     half its limit) until what was in flight drained, and measures the
+//     requests sent from then on: latency within the threshold confirms
+//     the baseline, lower latency lowers it, and a much lower one calls for
+//     another probe soon. A baseline that no probe confirms for 5–10 s
+//     expires, and the next probe measures it anew.
+//   - The limit is lifted by time, never by a count of samples: when
+//     nothing waited and in-flight did not grow for two windows and two
+//     baseline latencies; when the host kept pace at its limit (latency
+//     within the threshold) for 2 s; and when it got no request for 1 s
+//     (the first request after a quiet spell has the limit reviewed before
+//     it is held to it).
 //
 // At the limit, a request waits in a bounded queue of the host — at most
 // QueueLength (32), and no more than the slots the host gives back within
@@ -78,36 +100,39 @@
 // [Limiter.Health] passes over a host at its limit for one with headroom,
 // so the queue and shedding are for when no host has any.
 //
+// An excess of less than about 15% of a host's capacity grows its queue
+// too slowly for the test above; such a queue shows in the host's latency
+// and, at worst, in its timeouts, which the host-health model judges.
+//
 // # Why this law
 //
-// Netflix's concurrency-limits (the Vegas, Gradient2 and AIMD limits) and
-// Envoy's adaptive concurrency filter were the candidates.
+// Netflix's concurrency-limits (the Vegas, Gradient2 and AIMD limits),
+// Envoy's adaptive concurrency filter and TCP BBR were the candidates.
 //
 //   - AIMD reacts to drops and timeouts: the queue must already be full
-//     when it acts (in the scenario of issue 16, timeouts come only after
-//     a second of queueing), and it needs a timeout threshold per service.
+//     when it acts, and it needs a timeout threshold per service.
 //   - Vegas estimates the queue from the minimum latency ever seen, per
-//     sample: one fast route (a cached 404) sets a baseline that makes
-//     every other route look queued, and its periodic reset of the
-//     baseline to the current sample lets the queue become the baseline.
-//   - Gradient2 compares a short average with a long exponential average
-//     (600 samples): averages are what mixed routes move, and under
-//     sustained overload the long average learns the queue, so the limit
-//     creeps up, the known drift of that law.
-//   - Envoy's gradient controller compares a windowed percentile with a
-//     minRTT measured by pinning concurrency to 3 for 50 requests every
-//     minute: that measurement throttles a healthy host too, by design,
-//     and its limit is one for the whole cluster, not per host.
+//     sample; Gradient2 compares a short average latency with a long one;
+//     Envoy's gradient controller compares a windowed percentile with a
+//     minimum latency measured by pinning concurrency low every minute.
+//     Each reads a rise in latency as a queue: a cheap route sets a
+//     baseline that makes every other route look queued, and a host that
+//     got slower (a dependency, a route mix) is limited though it keeps
+//     pace — the limit then sheds healthy traffic, the outage it exists to
+//     prevent.
+//   - BBR estimates the bottleneck's bandwidth (the most delivered per
+//     round trip) and the round trip without a queue, and holds what is in
+//     flight near their product; it probes both.
 //
-// This law keeps their good parts — Envoy's and Gradient's gradient with
-// its clamp at ½ and square-root growth, Vegas's and BBR's minimum as the
-// queueing signal, BBR's periodic probe, CoDel's "minimum over an
-// interval" — and adds what a proxy in front of arbitrary routes needs:
-// no limit at all until queueing shows (so a healthy host pays an atomic
-// add, sheds nothing, and needs no initial limit to grow out of), a
-// baseline that only queue-free windows and probes feed (so overload
-// never becomes the baseline), probes that halve rather than pin (so they
-// cost nothing at the equilibrium), and one limit per host.
+// This law takes BBR's evidence — delivery rate against what is in
+// flight — as the test of overload, so that only a host that stopped
+// keeping pace is limited, and keeps Envoy's and Gradient's gradient (with
+// its clamp at ½ and square-root growth) and BBR's probe to size the limit
+// once it is. It adds what a proxy in front of arbitrary routes needs: no
+// limit at all until the host falls behind (so a healthy host pays an
+// atomic add, sheds nothing, and needs no initial limit to grow out of), a
+// baseline that only windows without a growing backlog and probes feed,
+// limits that end by time, and one limit per host.
 //
 // # Draining and maintenance
 //

@@ -35,8 +35,9 @@ var (
 	ErrUnknownHost = errors.New("admission: unknown upstream")
 )
 
-// Limiter keeps an adaptive concurrency limit per upstream host, learned
-// from latency, and lets an operator drain a host. See the package
+// Limiter keeps an adaptive concurrency limit per upstream host, enforced
+// only while the host falls behind its traffic, and lets an operator
+// drain a host. See the package
 // documentation for the control law. Create it with [New]; it is safe for
 // concurrent use.
 type Limiter struct {
@@ -108,7 +109,7 @@ type host struct {
 
 	inflight atomic.Int64 // requests sent and waiting for their response header
 	active   atomic.Int64 // requests whose response body has not been closed yet
-	limit    atomic.Int64 // the enforced limit; unlimited when no queueing shows
+	limit    atomic.Int64 // the enforced limit; unlimited while the host keeps pace
 	queued   atomic.Int64
 	draining atomic.Bool
 	shed     atomic.Int64 // requests shed, in all
@@ -236,16 +237,16 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		// the host, and the time it takes is no latency of the host: the
 		// request gives its slot back until its body was sent whole, and
 		// its latency is measured from then. So slow or stalled uploads
-		// neither fill the limit nor look like queueing.
+		// neither fill the limit nor look like a host falling behind.
 		body = &timedBody{ReadCloser: req.Body, h: h}
 		out := *req // RoundTrip must not modify req
 		out.Body = body
 		req = &out
 		h.giveBack()
 	}
-	// A busy host that shows no queueing needs only a share of its
-	// requests timed to see queueing when it comes (a window's minimum
-	// over a quarter of its many requests); a congested or quiet one,
+	// A busy host without a limit needs only a share of its requests
+	// timed (a window's median over a quarter of its many requests; the
+	// backlog evidence counts every request); a congested or quiet one,
 	// every request.
 	if body == nil && h.sparse.Load() && h.limit.Load() >= unlimited && rand.Uint32()&3 != 0 {
 		res, err := t.forward(h, req, nil)
@@ -267,8 +268,8 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if err != nil {
 		if from != 0 && gateway.ClassifyError(err, "", true).Class == gateway.ClassTimeout {
-			// A request that timed out waiting for its header is the
-			// strongest sign of queueing: its latency is at least this.
+			// A request that timed out waiting for its header took at
+			// least this long.
 			h.sample(start, from, end)
 		}
 		return nil, err
@@ -834,8 +835,8 @@ func canonicalHost(s string) (string, error) {
 	return gateway.UpstreamName(&url.URL{Scheme: "http", Host: net.JoinHostPort(hp, port)}), nil
 }
 
-// Congested reports whether host (its canonical name) shows queueing, so
-// that its limit is enforced: a host-health model can tell from it that a
+// Congested reports whether host (its canonical name) fell behind its
+// traffic, so that its limit is enforced: a host-health model can tell from it that a
 // timeout is the queue's, not evidence against the host.
 func (l *Limiter) Congested(host string) bool {
 	h := l.lookup(host)
@@ -863,8 +864,8 @@ type HostStatus struct {
 	// or drained (see [Limiter.Drain]); empty otherwise, the host's state
 	// being its health's. A limit is a detail, never a state.
 	State pool.State `json:"state,omitempty"`
-	// Limit is the enforced concurrency limit, while the host shows
-	// queueing (its latency rose above its baseline); 0 while none is.
+	// Limit is the enforced concurrency limit, while the host falls
+	// behind its traffic (see the package documentation); 0 while none is.
 	// The host is at its limit when InFlight reaches Limit or Queued is
 	// above 0.
 	Limit int64 `json:"limit"`
@@ -876,8 +877,8 @@ type HostStatus struct {
 	Queued   int64 `json:"queued"`
 	Shed     int64 `json:"shed"`
 	// Baseline is the host's latency without queueing, and Latency the
-	// last window's (each the shortest time to a response header in a
-	// window); 0 until known.
+	// last window's (each the median time to a response header in a
+	// window, within a fifth); 0 until known.
 	Baseline time.Duration `json:"baseline_ns"`
 	Latency  time.Duration `json:"latency_ns"`
 }

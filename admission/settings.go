@@ -51,23 +51,26 @@ const (
 // throughout; invalid values (negative durations, a Tolerance of 1 or less,
 // NaN) make [New] fail with an error naming each of them.
 type Settings struct {
-	// Tolerance is how far above its baseline a host's latency may rise
-	// before the rise counts as queueing: 2 means twice the baseline.
-	// Latency is the shortest time to the response header in a window
-	// (see doc.go), so a slow route beside fast ones does not raise it.
-	// Default 2; it must be greater than 1.
+	// Tolerance is how much queue a congested host is allowed, as a
+	// multiple of its latency without one: its limit is Tolerance × its
+	// answers a second × that latency, and a window whose median latency
+	// is above Tolerance × the baseline cuts the limit (see doc.go). It
+	// plays no part in whether a host is congested: only a host that falls
+	// behind its traffic is. Default 2; it must be greater than 1.
 	Tolerance float64
 
-	// MinQueueDelay is the least rise above the baseline that counts as
-	// queueing, whatever Tolerance says, so that a host answering in
-	// 200 µs is not limited for a few milliseconds of jitter (the
+	// MinQueueDelay is the least rise above the baseline that cuts a
+	// congested host's limit, whatever Tolerance says, so that a host
+	// answering in 200 µs is not cut for a few milliseconds of jitter (the
 	// gateway's own scheduling on a busy machine, a GC pause): queueing
 	// that costs a request less than this is not worth shedding for.
 	// Default 5 ms.
 	MinQueueDelay time.Duration
 
-	// Window is how often a host's limit is updated: every Window, once
-	// at least five responses arrived in it. Default 100 ms.
+	// Window is how often a host's pace is noted and its limit updated, by
+	// time (a window closes at the first request or answer after it ends;
+	// latency samples carry over until a window has four). The backlog
+	// history is the last 20 windows. Default 50 ms.
 	Window time.Duration
 
 	// MinLimit is the least concurrency a congested host is allowed.
@@ -78,7 +81,7 @@ type Settings struct {
 	// once it is at its limit; QueueTimeout bounds how long each waits
 	// (and a request's own deadline, when sooner). A request that finds
 	// the queue full, or waits out its time, is shed. Defaults 32 and
-	// 2 ms, so that a shed request is answered within a few
+	// 1 ms, so that a shed request is answered within a few
 	// milliseconds. A negative QueueLength turns the queue off: requests
 	// over the limit are shed at once.
 	QueueLength  int
