@@ -76,6 +76,9 @@ type controller struct {
 	answers    float64 // answers per ns, lately
 	restart    bool    // judge latency only by requests sent from now on (read and reset by the host)
 
+	little  float64 // the limit by Little's law at the start of the congestion
+	holding bool    // the limit is held at what was in flight for a window
+
 	last int64 // the last window's median latency, for Status
 }
 
@@ -269,7 +272,11 @@ func (c *controller) update(now int64, w window) event {
 		}
 		c.feed(now, b)
 		c.congested, c.sinceProbe, c.lastProbe, c.soon, c.quietFrom, c.calmFrom = true, 1, now, true, 0, 0
-		c.limit = max(c.minLimit, math.Ceil(c.tolerance*rate*float64(b)))
+		// The limit is first held at what is in flight: a burst that ends
+		// within the next window sheds nothing. If requests still wait
+		// then, the host is held to its share.
+		c.little = max(c.minLimit, math.Ceil(c.tolerance*rate*float64(b)))
+		c.limit, c.holding = max(c.little, float64(w.inflight)), true
 		return evCongested
 	}
 	if w.dur >= int64(quietClear) {
@@ -280,10 +287,19 @@ func (c *controller) update(now int64, w window) event {
 	if c.probing {
 		return c.probe(now, w)
 	}
+	if c.holding {
+		c.holding = false
+		if w.blocked > 0 {
+			c.limit = min(c.limit, c.little)
+			return evNone
+		}
+	}
 	c.sinceProbe++
-	if w.blocked == 0 && growth <= 0 {
-		// Nothing waited and the host kept up: the limit no longer binds,
-		// once that lasted two windows and two latencies.
+	if float64(w.blocked) <= keptShare*float64(w.left+w.blocked) && growth <= 0 {
+		// The host answered nearly all that asked for it (what waited or
+		// was shed is a few of its answers) and its in-flight did not
+		// grow: it keeps pace, and the limit no longer binds, once that
+		// lasted two windows and two latencies.
 		if c.calmFrom == 0 {
 			c.calmFrom = now - w.dur
 		}
@@ -367,7 +383,7 @@ func (c *controller) endProbe(now, s int64) {
 }
 
 func (c *controller) clear() {
-	c.congested, c.probing, c.measuring, c.quietFrom, c.calmFrom = false, false, false, 0, 0
+	c.congested, c.probing, c.measuring, c.holding, c.quietFrom, c.calmFrom = false, false, false, false, 0, 0
 	c.n, c.frozen = 0, 0
 }
 

@@ -63,12 +63,14 @@
 //     a slow or stalled client. Only responses below 500, and timeouts,
 //     are latency samples; a host busy enough (128 answers a window) times
 //     a random quarter of its requests while it has no limit.
-//   - Once the host falls behind, its limit is what carries its answers at
-//     its latency without a queue, times Tolerance (Little's law again):
-//     Tolerance × answers a second × baseline, where the baseline is the
-//     shortest median latency of a window over the last 5–10 s of windows
-//     without a growing backlog (or of probes). The median, not the
-//     minimum: a cheap route is a few samples of a window, not its median.
+//   - Once the host falls behind, its limit is first held for a window at
+//     what is in flight (a burst that ends then sheds nothing); if requests
+//     still wait, it is what carries the host's answers at its latency
+//     without a queue, times Tolerance (Little's law again): Tolerance ×
+//     answers a second × baseline, where the baseline is the shortest
+//     median latency of a window over the last 5–10 s of windows without a
+//     growing backlog (or of probes). The median, not the minimum: a cheap
+//     route is a few samples of a window, not its median.
 //   - While the host is congested, each window's median latency (of
 //     requests sent since the last cut: those sent before hold the old
 //     queue) adjusts the limit as Envoy's and Gradient's gradient does:
@@ -82,8 +84,9 @@
 //     the baseline, lower latency lowers it, and a much lower one calls for
 //     another probe soon. A baseline that no probe confirms for 5–10 s
 //     expires, and the next probe measures it anew.
-//   - The limit is lifted by time, never by a count of samples: when
-//     nothing waited and in-flight did not grow for two windows and two
+//   - The limit is lifted by time, never by a count of samples: when the
+//     host kept pace — in-flight did not grow, and what waited or was shed
+//     was at most 5% of what asked for it — for two windows and two
 //     baseline latencies; when the host kept pace at its limit (latency
 //     within the threshold) for 2 s; and when it got no request for 1 s
 //     (the first request after a quiet spell has the limit reviewed before
@@ -102,7 +105,11 @@
 //
 // An excess of less than about 15% of a host's capacity grows its queue
 // too slowly for the test above; such a queue shows in the host's latency
-// and, at worst, in its timeouts, which the host-health model judges.
+// and, at worst, in its timeouts, which the host-health model judges. A
+// host close to its capacity under random arrivals has real queues in its
+// bursts, and the limit sheds what finds more than Tolerance allows: in a
+// simulation of 8 workers × 10 ms with Poisson arrivals, none at 75% busy,
+// 0.02% of requests at 81%, 0.2% at 88% and 2% at 94%.
 //
 // # Why this law
 //
