@@ -151,9 +151,10 @@ func (c *controller) record(w window) int64 {
 	growth := w.inflight - c.inflight
 	c.inflight = w.inflight
 	if w.dur > quietGap*c.window {
-		// Nothing was answered for a while: what came before says
-		// nothing of the host's pace now.
+		// Nothing was answered for a while: what came before, this long
+		// window too, says nothing of the host's pace now.
 		c.n, c.frozen = 0, 0
+		return growth
 	}
 	if r := float64(w.left) / float64(max(1, w.dur)); c.answers == 0 {
 		c.answers = r
@@ -272,11 +273,15 @@ func (c *controller) update(now int64, w window) event {
 		}
 		c.feed(now, b)
 		c.congested, c.sinceProbe, c.lastProbe, c.soon, c.quietFrom, c.calmFrom = true, 1, now, true, 0, 0
-		// The limit is first held at what is in flight: a burst that ends
-		// within the next window sheds nothing. If requests still wait
-		// then, the host is held to its share.
+		// Near its limit, the limit is first held at what is in flight: a
+		// burst of a host near its capacity that ends within the next
+		// window sheds nothing. If requests still wait then — or at once,
+		// when in-flight is already far past it — the host is held to it.
 		c.little = max(c.minLimit, math.Ceil(c.tolerance*rate*float64(b)))
-		c.limit, c.holding = max(c.little, float64(w.inflight)), true
+		c.limit, c.holding = c.little, false
+		if float64(w.inflight) <= holdWithin*c.little {
+			c.limit, c.holding = max(c.little, float64(w.inflight)), true
+		}
 		return evCongested
 	}
 	if w.dur >= int64(quietClear) {

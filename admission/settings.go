@@ -34,6 +34,7 @@ const (
 	quietGap          = 4                // windows without a close that restart the history
 	quietClear        = time.Second      // a congested host quiet this long is congested no more
 	keepPace          = 2 * time.Second  // nor one that kept pace at its limit this long
+	holdWithin        = 2                // in-flight within this many limits is held a window before the cut
 	keptShare         = 0.05             // held back no more than this share of its demand: a host keeps pace
 	minLatencySamples = 4                // a window's latency needs this many samples
 	minGradient       = 0.5              // the largest cut of one window: a half
