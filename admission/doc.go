@@ -63,10 +63,11 @@
 //     a slow or stalled client. Only responses below 500, and timeouts,
 //     are latency samples; a host busy enough (128 answers a window) times
 //     a random quarter of its requests while it has no limit.
-//   - Once the host falls behind, its limit is first held for a window at
-//     what is in flight (a burst that ends then sheds nothing); if requests
-//     still wait, it is what carries the host's answers at its latency
-//     without a queue, times Tolerance (Little's law again): Tolerance ×
+//   - Once the host falls behind, its limit is what carries its answers at
+//     its latency without a queue, times Tolerance (Little's law again) —
+//     held for a window at what is in flight first, if that is within
+//     twice the limit, so that a burst that ends then sheds nothing:
+//     Tolerance ×
 //     answers a second × baseline, where the baseline is the shortest
 //     median latency of a window over the last 5–10 s of windows without a
 //     growing backlog (or of probes). The median, not the minimum: a cheap
