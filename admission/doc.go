@@ -66,11 +66,10 @@
 //   - Once the host falls behind, its limit is what carries its answers at
 //     its latency without a queue, times Tolerance (Little's law again) —
 //     held for a window at what is in flight first, if that is within
-//     twice the limit, so that a burst that ends then sheds nothing:
-//     Tolerance ×
-//     answers a second × baseline, where the baseline is the shortest
-//     median latency of a window over the last 5–10 s of windows without a
-//     growing backlog (or of probes). The median, not the minimum: a cheap
+//     twice the limit, so that a burst that ends then sheds nothing. The
+//     limit is Tolerance × answers a second × baseline, where the baseline
+//     is the shortest median latency of a window over the last 5–10 s of
+//     windows without a growing backlog (or of probes). The median, not the minimum: a cheap
 //     route is a few samples of a window, not its median.
 //   - While the host is congested, each window's median latency (of
 //     requests sent since the last cut: those sent before hold the old
