@@ -1,6 +1,6 @@
 package proxykit
 
-// Host health through the whole stack (issue 13): what a restart, a host
+// Host health through the whole stack: what a restart, a host
 // that comes back broken, a flaky host, a dead pool and a failing route
 // cost the clients, measured at the clients and counted at the upstreams.
 // Short runs on loopback with real faults; the figures are logged.

@@ -93,8 +93,8 @@ type Config struct {
 	// pool.RoundRobin.
 	Policy pool.Policy
 	// Breaker configures the per-host circuit breakers and the host-health
-	// model (Breaker.Health: probing, resting — formerly the pool's passive
-	// health — slow start, the rule for an upstream's own failure answers,
+	// model (Breaker.Health: probing, resting — the passive health of the
+	// pool's hosts — slow start, the rule for an upstream's own failure answers,
 	// and an optional HTTP health check, Breaker.Health.Check; see
 	// [breaker.HostHealth]). Its Logger, when nil, is Logger.
 	Breaker breaker.Settings

@@ -3,7 +3,7 @@
 // Command exports counts a package's exported identifiers: top-level
 // constants, variables, functions and types, plus the exported methods of
 // exported types; with -fields, also their exported struct fields and
-// interface methods. Test files are not counted. issue 12's figures
+// interface methods. Test files are not counted. Reference figures
 // (httputil 32, x/time/rate 28, gobreaker 29) are the count without fields.
 //
 //	go run .ci/exports.go ./gateway ./retry ...

@@ -487,7 +487,7 @@ func debugLogger() (*slog.Logger, *gatewaytest.SafeBuffer) {
 
 const failureLine = `msg="proxy: upstream failure"`
 
-// TestOutermostAbortsCanceled (issue 12): Breaker as the outermost layer
+// TestOutermostAbortsCanceled: Breaker as the outermost layer
 // over a ReverseProxy whose upstream hangs; the client goes away after
 // 50 ms. Before, the handler returned normally and net/http finished the
 // response with an implicit, empty 200 (which a half-closed HTTP/1 client
@@ -530,7 +530,7 @@ func TestOutermostAbortsCanceled(t *testing.T) {
 	})
 }
 
-// TestOutermostLogsOnce (issue 12): an upstream failure under a Breaker
+// TestOutermostLogsOnce: an upstream failure under a Breaker
 // that is the outermost layer is logged once at warn level, by the
 // breaker; before, the ErrorHandler below it, seeing the breaker take the
 // failure, logged it only at debug, and nothing else did. Under an

@@ -89,7 +89,7 @@ func failingFor(fail func(tenant string) bool) http.Handler {
 
 func isJunk(tenant string) bool { return strings.HasPrefix(tenant, "junk-") }
 
-// TestKeyFloodNoSharedOutage (issue 11, item 3): junk keys fill the cap,
+// TestKeyFloodNoSharedOutage: junk keys fill the cap,
 // then requests on new keys fail. Before, the five failures tripped the
 // breaker shared by every key beyond the cap, and every tenant not seen
 // before got 503 for the open period. Now a new key either takes the place
@@ -131,7 +131,7 @@ func TestKeyFloodNoSharedOutage(t *testing.T) {
 	}
 }
 
-// TestBusyKeysDoNotPinSlots (issue 11, item 3): junk keys that keep
+// TestBusyKeysDoNotPinSlots: junk keys that keep
 // getting requests hold every place. Before, only breakers idle for a
 // whole window were dropped, so busy junk kept a tenant beyond the cap
 // unguarded for as long as the flood lasted. Now the least recently used

@@ -1,6 +1,6 @@
 package breaker_test
 
-// Reliability tests (issue 8): both seats under hundreds of concurrent
+// Reliability tests: both seats under hundreds of concurrent
 // requests while the guarded upstream flips between healthy and failing
 // and the breakers cycle through every state; http.ResponseController
 // through the handler seat's writer.

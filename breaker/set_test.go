@@ -32,7 +32,7 @@ func serveOn(t *testing.T, s *set, key string, outcome error) *entry {
 	return e
 }
 
-// TestLookupRacingEviction (issue 12): a request looks its key's breaker
+// TestLookupRacingEviction: a request looks its key's breaker
 // up; before it takes a slot, a new key at the cap evicts that breaker.
 // Before, the request went on with the dropped breaker and its outcome
 // landed outside the set. Now the pin fails, the request looks again, and
@@ -85,7 +85,7 @@ func TestEvictionSparesHeld(t *testing.T) {
 	assert.Zero(t, a.pins.Load(), "a refused request lets go")
 }
 
-// TestEvictionNeverStrandsOutcome (issue 12) races requests on 8 keys
+// TestEvictionNeverStrandsOutcome races requests on 8 keys
 // against eviction (4 places, a window and ration of 1 ms, requests
 // spaced so that breakers fall idle): every request's outcome must land in
 // the breaker the set holds for its key, or in the overflow entry. Before,

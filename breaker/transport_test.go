@@ -254,7 +254,7 @@ func TestDeadlineCounts(t *testing.T) {
 	assert.Equal(t, breaker.StateOpen, hosts.States()[0].State)
 }
 
-// TestHostsCanonicalName (issue 12): hosts are keyed by their canonical
+// TestHostsCanonicalName: hosts are keyed by their canonical
 // name, host:port with the scheme's default port, so that a target written
 // without a port is one upstream for the breaker, the pool and the logs.
 func TestHostsCanonicalName(t *testing.T) {

@@ -273,7 +273,7 @@ func TestResponseHeaders(t *testing.T) {
 
 // TestUpstream5xx: an upstream's own 5xx passes through by default, body
 // and headers, internal details included; the opt-in modes replace every
-// 502/503/504, only empty and HTML ones, or every 5xx (issue 11, item 7).
+// 502/503/504, only empty and HTML ones, or every 5xx.
 // A replaced response keeps its status and loses the upstream's body and
 // headers; a replaced application 500 is not logged, as when it passes.
 func TestUpstream5xx(t *testing.T) {

@@ -1,6 +1,6 @@
 package errorpage_test
 
-// Reliability tests (issue 8): custom templates fuzzed with hostile page
+// Reliability tests: custom templates fuzzed with hostile page
 // data, and http.ResponseController through errorpage's writer.
 
 import (

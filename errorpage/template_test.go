@@ -160,7 +160,7 @@ func TestBrand(t *testing.T) {
 // set, so a {{define}} in one page overrides that block on its own page
 // only — whether the block lives in a partial (layout.html) or in another
 // page the file includes (default.html). Before, all files shared one set
-// and the last file parsed won for every page (issue 11, 8a).
+// and the last file parsed won for every page.
 func TestTemplateDefineStaysInItsPage(t *testing.T) {
 	h := newHandler(t, errorpage.Options{Templates: files(
 		// A page used as the layout of another page.
@@ -191,7 +191,7 @@ func TestTemplateDefineStaysInItsPage(t *testing.T) {
 // with the data its requests get. Page.Operator is nil for an untrusted
 // visitor, so a template reading {{.Operator.Hint}} unguarded is refused
 // unless Debug shows operator details to everyone; and with Trusted (or
-// Debug) set, the operator's page is checked too (issue 11, 8c).
+// Debug) set, the operator's page is checked too.
 func TestTemplateCheckedAsVisitorsSeeIt(t *testing.T) {
 	unguarded := files("default.html", `<p>{{.Operator.Hint}}</p>`)
 	guarded := files("default.html", `{{with .Operator}}<p>{{.Hint}}</p>{{end}}`)

@@ -38,10 +38,10 @@ func rawExchange(t *testing.T, addr, request string) (*http.Response, string) {
 	return res, string(body)
 }
 
-// TestMalformedChunkedBodyIsTheClientsFault (issue 11, item 1): a client
+// TestMalformedChunkedBodyIsTheClientsFault: a client
 // sending a malformed chunked body gets 400, and the Failure is the
 // client's (client_body), which no breaker, pool or retry counts against
-// the upstream — five of them in a row used to be five 502 "internal"
+// the upstream — five of them in a row must not be five 502 "internal"
 // upstream failures, enough to open a breaker for everyone.
 func TestMalformedChunkedBodyIsTheClientsFault(t *testing.T) {
 	s := gatewaytest.NewHealthy(nil)
@@ -128,7 +128,7 @@ func bodyReader(ended chan<- error, wait time.Duration) http.Handler {
 	})
 }
 
-// TestStalledUploadIs408 (issue 11, item 4): a client that declares a body
+// TestStalledUploadIs408: a client that declares a body
 // and stalls gets 408 once the idle timeout passes; the Failure is the
 // client's, not an upstream timeout; and the upstream sees its request end
 // (its connection is released, not held for as long as the client likes).

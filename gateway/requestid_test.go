@@ -99,7 +99,7 @@ func TestRequestIDKeptWithoutAllocation(t *testing.T) {
 	assert.Zero(t, allocs)
 }
 
-// TestRequestIDSurvivesConnectionHeader (issue 11, item 5): a client that
+// TestRequestIDSurvivesConnectionHeader: a client that
 // lists X-Request-ID in its Connection header would have ReverseProxy drop
 // the ID as hop-by-hop; the middleware removes that token, so the upstream
 // gets the ID the client sees, and the other tokens stay.

@@ -21,7 +21,7 @@ import (
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
 )
 
-// Issue 11, item 2: net/http's Transport resends a request that failed on a
+// net/http's Transport resends a request that failed on a
 // reused keep-alive connection when it deems it replayable, behind any
 // retry policy. These tests drive an upstream that reads each request and
 // closes the connection (gatewaytest.CloseAfterRequest) after a warm-up
@@ -323,7 +323,7 @@ func TestHTTP2KeepAliveUnaffected(t *testing.T) {
 	assert.Zero(t, gt.Resends())
 }
 
-// TestTransportRecordsUpstreamOnTrail (issue 11, item 8b): without a pool,
+// TestTransportRecordsUpstreamOnTrail: without a pool,
 // Transport records where each request went, so an enclosing layer can name
 // the upstream of a failure it classifies from the status alone; after a
 // balancer's pick for the same upstream it adds nothing.

@@ -20,7 +20,7 @@ import (
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
 )
 
-// TestCloseIdleConnectionsDefaultBase (issue 12): with a nil Base,
+// TestCloseIdleConnectionsDefaultBase: with a nil Base,
 // RoundTrip uses the Transport's own tuned transport, so
 // CloseIdleConnections must close its idle connections too.
 func TestCloseIdleConnectionsDefaultBase(t *testing.T) {
@@ -52,7 +52,7 @@ func TestCloseIdleConnectionsDefaultBase(t *testing.T) {
 	}, 5*time.Second, 5*time.Millisecond, "the idle connection of http.DefaultTransport must be closed")
 }
 
-// TestNewHTTPTransportDefaults (issue 11, item 4): a response-header
+// TestNewHTTPTransportDefaults: a response-header
 // timeout and a bound on connections per host, by default.
 func TestNewHTTPTransportDefaults(t *testing.T) {
 	tr := gateway.NewHTTPTransport()
@@ -97,7 +97,7 @@ func TestConnectionWaitBoundedByContext(t *testing.T) {
 	<-done
 }
 
-// TestUpstreamNamedWithoutPool (issue 11, item 8b): without a pool, an
+// TestUpstreamNamedWithoutPool: without a pool, an
 // enclosing layer that classifies an upstream's own 503 from the status
 // finds the upstream on the Trail, because Transport recorded it.
 func TestUpstreamNamedWithoutPool(t *testing.T) {
@@ -124,7 +124,7 @@ func TestUpstreamNamedWithoutPool(t *testing.T) {
 	assert.Equal(t, up.Addr, named)
 }
 
-// TestDebugLineNamesTheAttempt (issue 11, item 8d): when an enclosing
+// TestDebugLineNamesTheAttempt: when an enclosing
 // layer takes the Failure, ErrorHandler's debug line says which attempt
 // failed (the Trail's length), not always attempts=1.
 func TestDebugLineNamesTheAttempt(t *testing.T) {

@@ -15,7 +15,7 @@ import (
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
 )
 
-// TestRouteBreakerOpenNotRetried: issue 11 item 8(e), with the route
+// TestRouteBreakerOpenNotRetried: an open breaker's fast-fail, with the route
 // breaker (breaker.New) inside retry, as its docs place it. Once it is
 // open, its fast-fail (an open Failure without an upstream) reaches the
 // client on the first attempt: no backoff, no second attempt that would

@@ -267,7 +267,7 @@ func fastFail(upstream string) *reporting {
 	}}
 }
 
-// TestOpenWithoutUpstreamNotRetried: issue 11 item 8(e). An open Failure
+// TestOpenWithoutUpstreamNotRetried: an open Failure
 // that names no upstream (a breaker guarding the whole route) is passed at
 // once: no second attempt that would meet the same open breaker. One that
 // names its upstream (a per-host breaker) is retried, so that another host
@@ -312,7 +312,7 @@ func TestOpenWithoutUpstreamNotRetried(t *testing.T) {
 	}
 }
 
-// TestRetryLogLinesNumberAttempts: issue 11 item 8(d). Retry's own debug
+// TestRetryLogLinesNumberAttempts: Retry's own debug
 // line per retry names the attempt about to start (2, then 3), the failure
 // that caused it and its upstream; OnRetry's Failure carries the number of
 // the attempt that failed; the final warn line says attempts=3.
@@ -346,7 +346,7 @@ func TestRetryLogLinesNumberAttempts(t *testing.T) {
 	assert.Equal(t, c.Addr, warn[0]["upstream"])
 }
 
-// TestStaleConnectionOnTheWire: issue 11 item 2 through retry, on real
+// TestStaleConnectionOnTheWire: a stale keep-alive resend through retry, on real
 // sockets. A keep-alive connection to upstream A is left idle; then A turns
 // into one that reads each request and closes the connection. The next
 // request goes out on the idle connection, once (gateway.Transport stops

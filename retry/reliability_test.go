@@ -1,6 +1,6 @@
 package retry
 
-// Reliability tests (issue 8): bodies replayed byte-exact at random sizes
+// Reliability tests: bodies replayed byte-exact at random sizes
 // and failure points, no cross-talk between concurrent requests' replay
 // buffers, bounded memory for a 100 MiB upload, and
 // http.ResponseController through the retry layer's writer. Long variants

@@ -15,7 +15,7 @@ import (
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
 )
 
-// TestReplayTotalBoundsStalledUploads: issue 11 item 4. Concurrent chunked
+// TestReplayTotalBoundsStalledUploads: concurrent chunked
 // PUTs that stall midway hold at most MaxReplayTotal of replay buffers
 // together; the uploads that found no room stream on unkept, and every
 // upload, kept or not, reaches the upstream whole and byte-exact once the

@@ -39,7 +39,7 @@ func TestCustomPages(t *testing.T) {
 	assert.NotContains(t, body, down.Addr)
 	assert.Contains(t, body, "<h1>We can&#39;t reach the service right now</h1>")
 	assert.NotContains(t, body, "The kitchen is taking a short break",
-		"open.html's headline stays on the open page (issue 11, 8a)")
+		"open.html's headline stays on the open page")
 
 	// An open breaker: the class template overrides the headline only.
 	open := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -25,7 +25,7 @@ import (
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
 )
 
-// TestMeasureHostile measures issue 11's item 4 against the built
+// TestMeasureHostile measures hostile clients' cost against the built
 // examples/gateway binary, run as a subprocess on loopback: the gateway
 // process's RSS (VmRSS, VmHWM from /proc/PID/status) before and during
 // each attack, and what each attack does:
@@ -42,11 +42,11 @@ import (
 //     timeout (30 s): one run of ~37 s.
 //
 // Each attack gets a fresh gateway process, so VmHWM is the attack's peak.
-// If PROXYKIT_MEASURE_PRE (default /tmp/pre-round) is a checkout of the
+// If PROXYKIT_MEASURE_COMPARE names a checkout of the
 // repository, its examples/gateway is built and attacked the same way, at
 // the same time, for comparison, e.g.
 //
-//	git -C /work/main worktree add /tmp/pre-round 67e83ef
+//	git worktree add ../proxykit-compare <commit>
 //
 // Not a check: it runs only when asked (Linux only), and takes about a
 // minute and a half.
@@ -60,15 +60,13 @@ func TestMeasureHostile(t *testing.T) {
 		t.Skip("reads /proc: Linux only")
 	}
 	dir := t.TempDir()
-	builds := []*mBuild{{name: "after", src: "."}}
-	pre := os.Getenv("PROXYKIT_MEASURE_PRE")
-	if pre == "" {
-		pre = "/tmp/pre-round"
-	}
-	if _, err := os.Stat(filepath.Join(pre, "examples", "gateway", "main.go")); err == nil {
-		builds = append([]*mBuild{{name: "pre-round", src: filepath.Join(pre, "examples", "gateway")}}, builds...)
+	builds := []*mBuild{{name: "this", src: "."}}
+	if pre := os.Getenv("PROXYKIT_MEASURE_COMPARE"); pre == "" {
+		t.Log("PROXYKIT_MEASURE_COMPARE unset: measuring this build only")
+	} else if _, err := os.Stat(filepath.Join(pre, "examples", "gateway", "main.go")); err == nil {
+		builds = append([]*mBuild{{name: "compare", src: filepath.Join(pre, "examples", "gateway")}}, builds...)
 	} else {
-		t.Logf("no pre-round checkout at %s: measuring this build only", pre)
+		t.Logf("no checkout at %s: measuring this build only", pre)
 	}
 	t0 := time.Now()
 	mEach(builds, func(b *mBuild) {
@@ -88,7 +86,7 @@ func TestMeasureHostile(t *testing.T) {
 	t.Logf("built %d gateway(s) in %v", len(builds), time.Since(t0).Round(time.Millisecond))
 	for _, b := range builds {
 		if b.bodyFlag == "" {
-			t.Logf("%s: -help has no client-body timeout flag: the stack's default (30 s in this round) applies", b.name)
+			t.Logf("%s: -help has no client-body timeout flag: the stack's default applies", b.name)
 		} else {
 			t.Logf("%s: -help has %s (not used: defaults measured)", b.name, b.bodyFlag)
 		}

@@ -4,10 +4,10 @@
 //
 //	go run ./examples/loadtest                      # every scenario
 //	go run ./examples/loadtest -scenario reset20 -duration 10s -concurrency 32
-//	go run ./examples/loadtest -scenario restart    # issue 13's restart scenarios only
+//	go run ./examples/loadtest -scenario restart    # the four restart scenarios only
 //	go run ./examples/loadtest -scenario restart1,badroute -rate 400
-//	go run ./examples/loadtest -scenario overload   # issue 16's overload scenario
-//	go run ./examples/loadtest -scenario hedging    # issue 14's stall, stall5 and nostall
+//	go run ./examples/loadtest -scenario overload   # the overload scenario
+//	go run ./examples/loadtest -scenario hedging    # stall, stall5 and nostall
 //	go run ./examples/loadtest -scenario evidence   # slowupload and conncap
 //	go run ./examples/loadtest -scenario healthy    # healthy traffic that looks unusual
 //	go run ./examples/loadtest -markdown            # the table for BENCHMARKS.md
@@ -27,7 +27,7 @@
 //	           that the breakers' 10 s open period ends within the run
 //	outage503  all answer 503 (retry budget: upstream requests per request)
 //
-// Restart scenarios (issue 13; -scenario restart runs these four): an
+// Restart scenarios (-scenario restart runs these four): an
 // open-loop load of -rate GET requests a second (default 400), sent on
 // schedule whatever the answers (Poisson arrivals drawn from -seed, the
 // same for both stacks), through proxykit with its defaults and the bare
@@ -44,7 +44,7 @@
 //	badroute   1 upstream whose /bad answers 502; /bad gets 50 req/s, three
 //	           other routes share the rest of -rate, for -after
 //
-// Overload scenario (issue 16): one upstream of fixed capacity (8 workers
+// Overload scenario: one upstream of fixed capacity (8 workers
 // × 10 ms = 800 requests/s; the rest wait in its queue until the caller
 // gives up), offered -overload-rate GET/s (default 1,200) open-loop for
 // 4 s, per-try timeout 1 s (the bare proxy: a 1 s response-header
@@ -53,7 +53,7 @@
 // 250 ms, per second), the p99 of the 200s, the p99 of the rest, and how
 // many of the rest were 503 with Retry-After.
 //
-// Stall scenarios (issue 14; -scenario hedging runs all three): 3 healthy
+// Stall scenarios (-scenario hedging runs all three): 3 healthy
 // upstreams, GET traffic from -stall-clients (8) clients, closed-loop,
 // -stall-requests (10,000) measured requests per run after a warm-up of
 // 1,000 (connections; the adaptive hedge delay):
@@ -109,8 +109,8 @@
 // of the requests sent in the -after window after the return that
 // succeeded), "probe/s" (connections per second the dead host accepted)
 // and "others" (share of the routes other than /bad served). A line
-// "scenario: missed: …" follows the table for every target of DESIGN.md or
-// issue 13 that proxykit missed in the run.
+// "scenario: missed: …" follows the table for every target (checkRestart,
+// checkOverload, checkStall) that proxykit missed in the run.
 package main
 
 import (
@@ -296,7 +296,7 @@ func jobs(d time.Duration, conc int, tl timeline, ov overloadSpec, sp stallSpec)
 }
 
 // choose picks the jobs named in list: names, "all", "faults" (the fault
-// scenarios), "restart" (issue 13's) or "hedging" (issue 14's stall and
+// scenarios), "restart" (the four restart scenarios) or "hedging" (stall and
 // nostall), comma-separated, in table order. The overload scenario is in
 // no group.
 func choose(list string, all []job) ([]job, error) {

@@ -40,7 +40,7 @@ func TestBadFlags(t *testing.T) {
 	}
 }
 
-// TestRestartScenarios runs issue 13's four restart scenarios on a short
+// TestRestartScenarios runs the four restart scenarios on a short
 // timeline through both stacks. The bare proxy is the control that shows
 // the figures measure what they say (it serves again at once after a
 // restart, sends a dead host its share of the load, and serves every
@@ -118,7 +118,7 @@ func TestFigureColumns(t *testing.T) {
 	assert.Contains(t, text, "restart1: missed: first 200 ≤ 250 ms after the return; ≥ 99% served after the return")
 }
 
-// TestOverloadScenario runs issue 16's overload scenario, scaled down (an
+// TestOverloadScenario runs the overload scenario, scaled down (an
 // upstream of 2 workers × 20 ms offered 150 GET/s for 1.5 s), through the
 // bare proxy and proxykit: the bare proxy lets its served requests queue,
 // proxykit sheds the excess with 503 + Retry-After and keeps them fast.
@@ -145,7 +145,7 @@ func TestOverloadScenario(t *testing.T) {
 	assert.Contains(t, out.String(), "goodput/s")
 }
 
-// TestStallScenario runs issue 14's stall scenarios on a short timeline (4
+// TestStallScenario runs the stall scenarios on a short timeline (4
 // clients, 600 measured requests, 3% of responses stalled by 100 ms; and
 // stall5, 5% by 100 ms, which a delay learned from the stalls would stop
 // hedging). The bare proxy is the control: its p99 is a stall. proxykit

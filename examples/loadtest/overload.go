@@ -1,6 +1,6 @@
 package main
 
-// The overload scenario of issue 16: one upstream of fixed capacity,
+// The overload scenario: one upstream of fixed capacity,
 // offered more than it can serve, open-loop. A gateway that passes the
 // whole excess into the upstream's queue lets latency climb to the
 // timeout for everyone; one that holds the host to what it can serve
@@ -35,7 +35,7 @@ type overloadSpec struct {
 	within   time.Duration // a 200 counts as goodput within this
 }
 
-// defaultOverload is issue 16's: 8 workers × 10 ms = 800 requests/s,
+// defaultOverload: 8 workers × 10 ms = 800 requests/s,
 // offered 1,200 GET/s for 4 s, per-try timeout 1 s, goodput = 200 within
 // 250 ms.
 var defaultOverload = overloadSpec{rate: 1200, length: 4 * time.Second, workers: 8,
@@ -133,7 +133,7 @@ func buildOverload(stack string, target *url.URL, tryLimit time.Duration) (http.
 	return nil, nil, fmt.Errorf("unknown stack %q", stack)
 }
 
-// checkOverload holds issue 16's targets.
+// checkOverload holds the overload scenario's targets.
 func checkOverload(k loadgen.Row) string {
 	f := k.Overload
 	if f == nil {

@@ -1,6 +1,6 @@
 package main
 
-// The restart scenarios of issue 13: what host health costs or saves when an
+// The restart scenarios: what host health costs or saves when an
 // upstream restarts, stays down, or serves one failing route. They run an
 // open-loop load (requests on a fixed schedule, whatever the answers), so
 // that a stack that fails fast is not sent fewer requests than one that
@@ -40,12 +40,12 @@ type timeline struct {
 	after time.Duration
 }
 
-// defaultTimeline is issue 13's: ~400 GET/s, 0.5 s of steady load, a 1 s
+// defaultTimeline: ~400 GET/s, 0.5 s of steady load, a 1 s
 // outage, 5 s watched after the return (6.5 s in all).
 var defaultTimeline = timeline{rate: 400, seed: 1, before: 500 * time.Millisecond, outage: time.Second,
 	settle: 2 * time.Second, after: 5 * time.Second}
 
-// restartScenario is one scenario of issue 13, run through one stack at a
+// restartScenario is one restart scenario, run through one stack at a
 // time.
 type restartScenario struct {
 	name  string
@@ -73,7 +73,7 @@ var restartScenarios = []restartScenario{
 
 func restartLength(tl timeline) time.Duration { return tl.before + tl.outage + tl.after }
 
-// checkRestart holds issue 13's recovery targets: the first success within
+// checkRestart holds the recovery targets: the first success within
 // 0.25 s of the return, and ≥ 99% served in the window after it.
 func checkRestart(k loadgen.Row) string {
 	return join(want(k.Figures.FirstOK <= 250, "first 200 ≤ 250 ms after the return"),

@@ -1,6 +1,6 @@
 package main
 
-// The stall scenarios of issue 14: three healthy upstreams, each of which
+// The stall scenarios: three healthy upstreams, each of which
 // stalls a random share of its responses (a GC pause, a cold cache, a slow
 // disk: "The Tail at Scale"). Nothing fails, a response is just late, so
 // retries cannot help and neither can a balancer (every host stalls at
@@ -30,7 +30,7 @@ type stallSpec struct {
 	delay    time.Duration // how long a stall lasts
 }
 
-// defaultStall is issue 14's: 8 clients, 2% of responses stalled by 300 ms;
+// defaultStall: 8 clients, 2% of responses stalled by 300 ms;
 // 10,000 measured requests per run (ten samples beyond the p99.9) after a
 // warm-up of 1,000 (the adaptive hedge delay needs about 400).
 var defaultStall = stallSpec{clients: 8, requests: 10000, warmup: 1000, ratio: 0.02, delay: 300 * time.Millisecond}
@@ -69,7 +69,7 @@ func stallJobs(sp stallSpec) []job {
 	}
 }
 
-// checkStall holds issue 14's targets for the stall scenario.
+// checkStall holds the stall scenario's targets.
 func checkStall(k loadgen.Row) string {
 	if k.Tail == nil {
 		return ""
@@ -90,7 +90,7 @@ func checkStall5(k loadgen.Row) string {
 		want(k.SuccessRate() == 100, "100% success"))
 }
 
-// checkNoStall holds issue 14's happy-path target.
+// checkNoStall holds the happy-path target of the nostall scenario.
 func checkNoStall(k loadgen.Row) string {
 	if k.Tail == nil {
 		return ""

@@ -80,8 +80,8 @@ type Pool struct {
 	// failure is forgiven. Default 10 s (Finagle's and Linkerd's).
 	Decay time.Duration
 
-	// Logger is kept for compatibility: the pool logs nothing of its own
-	// since host health (resting, probing, slow start) moved to Health.
+	// Logger is not used: the pool logs nothing of its own; host health
+	// (resting, probing, slow start) logs through Health.
 	Logger *slog.Logger
 
 	ups     []*upstream

@@ -1,6 +1,6 @@
 package chaos
 
-// Hostile clients beside well-behaved ones (issue 11): nothing a client
+// Hostile clients beside well-behaved ones: nothing a client
 // does to its own request may cost any other client, or any upstream its
 // standing.
 
@@ -180,15 +180,15 @@ func resetClose(c net.Conn) {
 	_ = c.Close()
 }
 
-// malformedChunked is issue 11's first finding, verbatim: five of these
-// used to open the host's breaker for everyone.
+// malformedChunked is a request with a malformed chunked body: five of
+// these must not open the host's breaker for everyone.
 const malformedChunked = "POST /ok HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n"
 
 // TestChaosHostileClients: well-behaved clients (GET, PUT and POST with
 // bodies checked byte for byte) share the stack from proxykit.New, served
 // by proxykit.NewServer, with a hostile mix over three healthy upstreams:
 //
-//   - malformed chunked bodies (issue 11's request, verbatim, in a loop);
+//   - malformed chunked bodies (malformedChunked, in a loop);
 //   - stalled uploads: Content-Length 100000, 10 bytes sent, then nothing
 //     (16 at a time, a new one as soon as one ends);
 //   - clients that vanish mid-upload (5,000 of 100,000 bytes, then RST),
@@ -202,8 +202,8 @@ const malformedChunked = "POST /ok HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chu
 // well-behaved request succeeds; no upstream is ever out, resting or
 // counted a failure, no breaker leaves closed, and nothing is retried
 // (checked on the status view all through the run and at its end);
-// nothing is logged above info. The hostile clients get what issue 11
-// requires: 400 for a malformed body, and a stalled upload ended by the
+// nothing is logged above info. The hostile clients get what they
+// should: 400 for a malformed body, and a stalled upload ended by the
 // stack's body read deadline (408, class client_body) — not left to hold
 // its upstream connection as long as it likes. Nothing stays in flight.
 func TestChaosHostileClients(t *testing.T) {
@@ -453,7 +453,7 @@ func TestChaosHostileClients(t *testing.T) {
 		}
 	}
 
-	// The hostile clients got what issue 11 requires.
+	// The hostile clients got what they should.
 	assert.Positive(t, malCounts["400"], "malformed bodies were sent")
 	assert.Equal(t, map[string]int{"400": malCounts["400"]}, malCounts, "a malformed body is answered 400: %v", malEx)
 	assert.Positive(t, vanCounts["mid-upload"]+vanCounts["mid-response"]+vanCounts["mid-wait"], "clients vanished: %v", vanEx)
@@ -512,7 +512,7 @@ func (l *deadlineListener) Accept() (net.Conn, error) {
 	return dc, nil
 }
 
-// TestChaosStalledUploadBoundedByDefault (issue 11, finding 4): the stack
+// TestChaosStalledUploadBoundedByDefault: the stack
 // from proxykit.New with its defaults, served by proxykit.NewServer, puts
 // a read deadline on a client's connection while it streams the client's
 // body upstream — so that an upload that declares 100,000 bytes and stalls
@@ -548,7 +548,7 @@ func TestChaosStalledUploadBoundedByDefault(t *testing.T) {
 	// The stack is streaming the body upstream: the upstream has the request.
 	require.Eventually(t, func() bool { return up.Requests() == 1 }, 5*time.Second, time.Millisecond)
 	dl := dc.readDeadline()
-	if assert.False(t, dl.IsZero(), "a stalled upload has no read deadline: it holds its upstream connection as long as the client likes (issue 11, finding 4: a body read deadline in the recommended stack)") {
+	if assert.False(t, dl.IsZero(), "a stalled upload has no read deadline: it holds its upstream connection as long as the client likes (the recommended stack sets a body read deadline)") {
 		left := time.Until(dl)
 		assert.Positive(t, left)
 		assert.LessOrEqual(t, left, 5*time.Minute, "the deadline bounds the stall")

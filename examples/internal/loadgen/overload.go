@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// OverloadFigures are the figures of an overload scenario (issue 16): how
+// OverloadFigures are the figures of an overload scenario: how
 // much of the offered load was served in time, and how fast the rest got
 // its answer.
 type OverloadFigures struct {

@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// TailFigures are the figures of a tail-latency scenario (issue 14: random
+// TailFigures are the figures of a tail-latency scenario (random
 // stalls, hedged requests): the far tail the clients saw, the throughput,
 // and what hedging did. The row's Upstream and Requests count the measured
 // requests only, not the warm-up before them.
