@@ -489,9 +489,9 @@ const failureLine = `msg="proxy: upstream failure"`
 
 // TestOutermostAbortsCanceled: Breaker as the outermost layer
 // over a ReverseProxy whose upstream hangs; the client goes away after
-// 50 ms. Before, the handler returned normally and net/http finished the
+// 50 ms. Were the handler to return normally, net/http would finish the
 // response with an implicit, empty 200 (which a half-closed HTTP/1 client
-// reads as success). Now the breaker, finding no enclosing layer to take
+// reads as success). The breaker, finding no enclosing layer to take
 // the failure, logs it (at debug: a client that left is no fault) and
 // aborts the response, as the bare proxy does.
 func TestOutermostAbortsCanceled(t *testing.T) {

@@ -90,9 +90,9 @@ func failingFor(fail func(tenant string) bool) http.Handler {
 func isJunk(tenant string) bool { return strings.HasPrefix(tenant, "junk-") }
 
 // TestKeyFloodNoSharedOutage: junk keys fill the cap,
-// then requests on new keys fail. Before, the five failures tripped the
-// breaker shared by every key beyond the cap, and every tenant not seen
-// before got 503 for the open period. Now a new key either takes the place
+// then requests on new keys fail. No breaker is shared by the keys beyond
+// the cap, so no tenant gets 503 because of another's failures: a new key
+// either takes the place
 // of a least recently used breaker or, once a window's ration of evictions
 // is spent, passes unguarded: a fresh tenant's healthy request succeeds.
 func TestKeyFloodNoSharedOutage(t *testing.T) {
@@ -132,9 +132,9 @@ func TestKeyFloodNoSharedOutage(t *testing.T) {
 }
 
 // TestBusyKeysDoNotPinSlots: junk keys that keep
-// getting requests hold every place. Before, only breakers idle for a
-// whole window were dropped, so busy junk kept a tenant beyond the cap
-// unguarded for as long as the flood lasted. Now the least recently used
+// getting requests hold every place. Were only breakers idle for a whole
+// window dropped, busy junk would keep a tenant beyond the cap unguarded
+// for as long as the flood lasted. The least recently used
 // breaker makes room: the tenant gets its own breaker, which trips for it
 // alone.
 func TestBusyKeysDoNotPinSlots(t *testing.T) {

@@ -34,9 +34,8 @@ func serveOn(t *testing.T, s *set, key string, outcome error) *entry {
 
 // TestLookupRacingEviction: a request looks its key's breaker
 // up; before it takes a slot, a new key at the cap evicts that breaker.
-// Before, the request went on with the dropped breaker and its outcome
-// landed outside the set. Now the pin fails, the request looks again, and
-// its outcome counts in the breaker the set holds.
+// The pin fails, the request looks again, and its outcome counts in the
+// breaker the set holds, not in the dropped one outside the set.
 func TestLookupRacingEviction(t *testing.T) {
 	s := keyedSet(t, Settings{MaxKeys: 2})
 	a := serveOn(t, s, "a", nil)
@@ -88,8 +87,8 @@ func TestEvictionSparesHeld(t *testing.T) {
 // TestEvictionNeverStrandsOutcome races requests on 8 keys
 // against eviction (4 places, a window and ration of 1 ms, requests
 // spaced so that breakers fall idle): every request's outcome must land in
-// the breaker the set holds for its key, or in the overflow entry. Before,
-// about 1 outcome in 200 went to a breaker already dropped. Run with -race.
+// the breaker the set holds for its key, or in the overflow entry, never
+// in a breaker already dropped. Run with -race.
 func TestEvictionNeverStrandsOutcome(t *testing.T) {
 	s := keyedSet(t, Settings{MaxKeys: 4, Interval: time.Millisecond})
 	var stranded, served atomic.Int64

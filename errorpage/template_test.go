@@ -159,8 +159,8 @@ func TestBrand(t *testing.T) {
 // TestTemplateDefineStaysInItsPage: every page file is its own template
 // set, so a {{define}} in one page overrides that block on its own page
 // only — whether the block lives in a partial (layout.html) or in another
-// page the file includes (default.html). Before, all files shared one set
-// and the last file parsed won for every page.
+// page the file includes (default.html). Were all files one set, the last
+// file parsed would win for every page.
 func TestTemplateDefineStaysInItsPage(t *testing.T) {
 	h := newHandler(t, errorpage.Options{Templates: files(
 		// A page used as the layout of another page.
