@@ -28,6 +28,8 @@ var historyPhrases = []*regexp.Regexp{
 	regexp.MustCompile(`(?i)kept for compatibility`),
 	regexp.MustCompile(`(?i)\(was `),
 	regexp.MustCompile(`(?i)\bissue #?[0-9]+\b`),
+	// Design notes that are not in the repository.
+	regexp.MustCompile(`\bDESIGN\.md\b`),
 }
 
 // machinePaths are absolute paths of a particular machine; commands in
