@@ -45,9 +45,10 @@ const (
 // pick chooses a host for the request req with trail at now, or nil when
 // every host is unhealthy.
 func (p *Pool) pick(req *http.Request, trail *gateway.Trail, now int64) *upstream {
-	n := len(p.ups)
+	ups := p.targets().ups
+	n := len(ups)
 	if n == 0 {
-		return nil // not made by NewPool
+		return nil // an empty set
 	}
 	start := 0
 	if p.Policy == RoundRobin {
@@ -66,7 +67,7 @@ func (p *Pool) pick(req *http.Request, trail *gateway.Trail, now int64) *upstrea
 		if i >= n {
 			i -= n
 		}
-		u := p.ups[i]
+		u := ups[i]
 		r := rankFresh
 		if trail.Tried(u.host) {
 			r = rankTried

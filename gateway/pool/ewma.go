@@ -61,3 +61,9 @@ func loadCost(v float64, n int64) float64 {
 	}
 	return v * float64(n+1)
 }
+
+// copyFrom sets e to o's estimate. Callers serialise writes of both.
+func (e *peakEWMA) copyFrom(o *peakEWMA) {
+	e.bits.Store(o.bits.Load())
+	e.stamp.Store(o.stamp.Load())
+}

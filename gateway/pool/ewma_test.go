@@ -58,7 +58,7 @@ func fakeClockPool(t *testing.T, n int) (*Pool, *int64) {
 // falls back below a healthy host's within a bounded time once it stops.
 func TestFailurePenalty(t *testing.T) {
 	p, now := fakeClockPool(t, 2)
-	good, bad := p.ups[0], p.ups[1]
+	good, bad := p.targets().ups[0], p.targets().ups[1]
 	tau := p.decay()
 	p.observe(good, false, int64(5*time.Millisecond), *now)
 	for range 1000 {

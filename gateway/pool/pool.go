@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -80,17 +79,35 @@ type Pool struct {
 	// failure is forgiven. Default 10 s (Finagle's and Linkerd's).
 	Decay time.Duration
 
-	// Logger is not used: the pool logs nothing of its own; host health
-	// (resting, probing, slow start) logs through Health.
+	// Logger receives one INFO line per change of the set of hosts (see
+	// [Pool.SetTargets]) and a followed source's logs. Nil means
+	// slog.Default().
 	Logger *slog.Logger
 
-	ups     []*upstream
-	byHost  map[string]*upstream
-	byRaw   map[string]*upstream // by the target's URL.Host, as Rewrite sets it
+	// OnChange, if set, is called after each change of the set of hosts,
+	// one at a time, with what changed.
+	OnChange func(Change)
+
+	set     atomic.Pointer[targetSet] // nil: empty
 	rr      atomic.Uint64
 	watched sync.Once // the targets told to a Watcher
 	epoch   time.Time
 	clock   func() int64 // tests; nil: time since epoch
+
+	// transport is the pool's Transport, whose idle connections a change
+	// that removed hosts closes.
+	transport atomic.Pointer[poolTransport]
+	changed   atomic.Int64 // Unix ns of the last change of the set; 0 none
+	changes   atomic.Int64
+
+	setMu       sync.Mutex // serialises changes of set; guards the fields below
+	contribs    []contribution
+	unforgotten []string // hosts to tell a Forgetter (again)
+	forgotten   []string // those told at the last try
+	forgetTimer *time.Timer
+	idleClosed  time.Time
+	idleTimer   *time.Timer
+	followed    []*follower
 }
 
 // Health is what a Pool asks about its hosts, by their [gateway.UpstreamName].
@@ -143,6 +160,13 @@ type HostStater interface {
 type HostStatus struct {
 	// Upstream is the host's [gateway.UpstreamName].
 	Upstream string `json:"upstream"`
+	// Source is where the host came from: [StaticSource] or the
+	// discovery URL that resolved it (see [Target]); Weight is the
+	// weight it gave (an SRV record's; not used by the balancer).
+	Source string `json:"source"`
+	Weight int    `json:"weight,omitempty"`
+	// Joined is when the host joined the pool's set.
+	Joined time.Time `json:"joined"`
 	// State is the host's one state: Health's (see [HostStater]), or
 	// without one serving or out, as Health allows it.
 	State State `json:"state"`
@@ -168,6 +192,9 @@ type HostStatus struct {
 type upstream struct {
 	target *url.URL
 	host   string
+	source string    // Target.Source
+	weight int       // Target.Weight
+	joined time.Time // when it joined the set
 
 	inFlight atomic.Int64
 	requests atomic.Int64
@@ -182,35 +209,59 @@ type upstream struct {
 // with a host and an optional path prefix and query (joined with the
 // request's as [httputil.ProxyRequest.SetURL] does). Targets must have
 // distinct hosts, since health is kept per host, and carry no user info
-// or fragment. The URLs are copied.
+// or fragment. The URLs are copied. The set can change later: see
+// [Pool.SetTargets] and [Pool.Follow].
 func New(targets ...*url.URL) (*Pool, error) {
 	if len(targets) == 0 {
 		return nil, errors.New("pool: New: no targets")
 	}
-	p := &Pool{byHost: make(map[string]*upstream, len(targets)), byRaw: make(map[string]*upstream, len(targets)), epoch: time.Now()}
+	ts := make([]Target, len(targets))
 	for i, t := range targets {
-		if err := checkTarget(t); err != nil {
-			return nil, &targetError{index: i, err: err}
-		}
-		if dup := p.byHost[gateway.UpstreamName(t)]; dup != nil {
-			return nil, &targetError{index: i, err: fmt.Errorf("%q is the same host %s as the target at index %d (%q): give each server once",
-				t.Redacted(), dup.host, slices.Index(p.ups, dup), dup.target.Redacted())}
-		}
-		c := *t
-		u := &upstream{target: &c, host: gateway.UpstreamName(&c)}
-		p.ups = append(p.ups, u)
-		p.byHost[u.host] = u
-		p.byRaw[c.Host] = u
+		ts[i] = Target{URL: t}
 	}
+	now := time.Now()
+	c := []contribution{{source: StaticSource, targets: ts}}
+	s, err := buildSet(c, emptySet, now)
+	if err != nil {
+		return nil, err // a *targetError
+	}
+	p := &Pool{epoch: now, contribs: c}
+	p.set.Store(s)
 	return p, nil
+}
+
+// Empty returns a pool with no targets, for a set that a [Source]
+// ([Pool.Follow]) or [Pool.SetTargets] fills. Until then every request
+// fails with [gateway.ClassNoUpstream] (503) without dialing.
+func Empty() *Pool {
+	return &Pool{epoch: time.Now()}
+}
+
+// newUpstream returns the upstream of target t (copied), joining at now.
+func newUpstream(t *url.URL, source string, weight int, now time.Time) *upstream {
+	c := *t
+	return &upstream{target: &c, host: gateway.UpstreamName(&c), source: source, weight: weight, joined: now}
+}
+
+// inherit takes over what old (the same host) measured, for a host whose
+// target changed but not its name. Before u is published.
+func (u *upstream) inherit(old *upstream) {
+	u.joined = old.joined
+	u.requests.Store(old.requests.Load())
+	u.failures.Store(old.failures.Load())
+	old.mu.Lock()
+	u.latency.copyFrom(&old.latency)
+	u.cost.copyFrom(&old.cost)
+	old.mu.Unlock()
 }
 
 // targetError is an error of New about one of its targets. Its Target
 // method gives the target's index, so that a caller can name the target
 // in its own terms (package proxykit: Config.Upstreams[i]).
 type targetError struct {
-	index int
-	err   error
+	index  int
+	source string // the contribution it was given in (SetTargets, a Source)
+	err    error
 }
 
 func (e *targetError) Error() string { return fmt.Sprintf("pool: New: target %d: %v", e.index, e.err) }
@@ -285,7 +336,9 @@ func (p *Pool) Transport(next http.RoundTripper) http.RoundTripper {
 	if next == nil {
 		next = http.DefaultTransport
 	}
-	return &poolTransport{p: p, next: next}
+	t := &poolTransport{p: p, next: next}
+	p.transport.Store(t)
+	return t
 }
 
 type poolTransport struct {
@@ -306,9 +359,10 @@ func (t *poolTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		f.RetryAfter = p.noUpstreamRetryAfter()
 		return nil, f
 	}
-	u := p.byRaw[req.URL.Host] // as the target gives it: no name to build
+	set := p.targets()
+	u := set.byRaw[req.URL.Host] // as the target gives it: no name to build
 	if u == nil {
-		u = p.byHost[gateway.UpstreamName(req.URL)]
+		u = set.byHost[gateway.UpstreamName(req.URL)]
 	}
 	if u == nil {
 		return t.next.RoundTrip(req)
@@ -371,7 +425,7 @@ func (p *Pool) observe(u *upstream, failed bool, rtt, now int64) {
 	}
 	u.failures.Add(1)
 	slowest := float64(rtt)
-	for _, v := range p.ups {
+	for _, v := range p.targets().ups {
 		slowest = max(slowest, v.latency.value(now, tau))
 	}
 	u.cost.observe(now, failurePenalty*slowest, tau)
@@ -380,7 +434,7 @@ func (p *Pool) observe(u *upstream, failed bool, rtt, now int64) {
 // watch tells a Watcher Health the pool's targets.
 func (p *Pool) watch() {
 	if w, ok := p.Health.(Watcher); ok {
-		for _, u := range p.ups {
+		for _, u := range p.targets().ups {
 			w.Watch(u.target)
 		}
 	}
@@ -394,7 +448,7 @@ func (p *Pool) allows(host string) bool { return p.Health == nil || p.Health.All
 func (p *Pool) noUpstreamRetryAfter() time.Duration {
 	best := time.Duration(0)
 	if p.Health != nil {
-		for _, u := range p.ups {
+		for _, u := range p.targets().ups {
 			if d := p.Health.OpenFor(u.host); d > 0 && (best == 0 || d < best) {
 				best = d
 			}
@@ -413,10 +467,14 @@ func (p *Pool) Status() []HostStatus {
 	now := p.now()
 	tau := p.decay()
 	stater, _ := p.Health.(HostStater)
-	out := make([]HostStatus, len(p.ups))
-	for i, u := range p.ups {
+	ups := p.targets().ups
+	out := make([]HostStatus, len(ups))
+	for i, u := range ups {
 		s := HostStatus{
 			Upstream: u.host,
+			Source:   u.source,
+			Weight:   u.weight,
+			Joined:   u.joined,
 			State:    StateServing,
 			Allowed:  p.allows(u.host),
 			InFlight: u.inFlight.Load(),
