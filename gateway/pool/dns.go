@@ -133,8 +133,7 @@ func NewDNSSource(u *url.URL, o DNSOptions) (*DNSSource, error) {
 			return nil, fmt.Errorf("pool: NewDNSSource: resolver address %q: %w", addr, err)
 		}
 		d.res = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var dl net.Dialer
-			return dl.DialContext(ctx, network, addr)
+			return dialResolver(ctx, network, addr)
 		}}
 	}
 	d.st = SourceStatus{Source: d.raw}
@@ -363,4 +362,41 @@ func (d *DNSSource) failed(now time.Time, err error, update func([]Target) error
 // sameTarget reports whether a and b are the same target.
 func sameTarget(a, b Target) bool {
 	return *a.URL == *b.URL && a.Source == b.Source && a.Weight == b.Weight
+}
+
+// dialResolver dials the DNS server addr. The connection's reads and
+// writes end when ctx does: Go's resolver bounds them only by its own
+// per-query timeout (resolv.conf's, 5 s by default), so a lookup given
+// up on would otherwise linger that long while the server is silent.
+func dialResolver(ctx context.Context, network, addr string) (net.Conn, error) {
+	var dl net.Dialer
+	c, err := dl.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	if uc, ok := c.(*net.UDPConn); ok {
+		return &resolverPacketConn{UDPConn: uc, stop: stop}, nil // the resolver wants a PacketConn for UDP
+	}
+	return &resolverConn{Conn: c, stop: stop}, nil
+}
+
+type resolverPacketConn struct {
+	*net.UDPConn
+	stop func() bool
+}
+
+func (c *resolverPacketConn) Close() error {
+	c.stop()
+	return c.UDPConn.Close()
+}
+
+type resolverConn struct {
+	net.Conn
+	stop func() bool
+}
+
+func (c *resolverConn) Close() error {
+	c.stop()
+	return c.Conn.Close()
 }

@@ -1,0 +1,158 @@
+package gatewaytest
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/net/dns/dnsmessage"
+)
+
+// SRV is one SRV record of a [Zone].
+type SRV struct {
+	Target           string // a name the Zone answers A/AAAA for
+	Port             uint16
+	Priority, Weight uint16
+}
+
+// Zone is a DNS server on 127.0.0.1 (UDP) that answers A, AAAA and SRV
+// queries from records set at run time, for service-discovery tests: a
+// name it holds is answered (with TTL 1 s; an empty NOERROR answer for a
+// type it has no record of), any other name NXDOMAIN. SetDown makes it
+// stop answering, as a DNS server that went away. It is safe for
+// concurrent use.
+type Zone struct {
+	// Addr is "127.0.0.1:PORT": a resolver address (pool.DNSOptions).
+	Addr string
+
+	conn    *net.UDPConn
+	mu      sync.Mutex
+	addrs   map[string][]netip.Addr
+	srvs    map[string][]SRV
+	down    atomic.Bool
+	queries atomic.Int64
+	wg      sync.WaitGroup
+}
+
+// NewZone starts an empty Zone.
+func NewZone() *Zone {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		panic("gatewaytest: cannot listen on loopback UDP: " + err.Error())
+	}
+	z := &Zone{Addr: c.LocalAddr().String(), conn: c, addrs: map[string][]netip.Addr{}, srvs: map[string][]SRV{}}
+	z.wg.Add(1)
+	go z.serve()
+	return z
+}
+
+// fqdn is name in the Zone's key form: lower case, with the final dot.
+func fqdn(name string) string {
+	name = strings.ToLower(name)
+	if !strings.HasSuffix(name, ".") {
+		name += "."
+	}
+	return name
+}
+
+// SetAddrs sets name's A and AAAA records to addrs (none: the name stays
+// known, with no address).
+func (z *Zone) SetAddrs(name string, addrs ...netip.Addr) {
+	z.mu.Lock()
+	z.addrs[fqdn(name)] = append([]netip.Addr(nil), addrs...)
+	z.mu.Unlock()
+}
+
+// SetSRV sets name's SRV records.
+func (z *Zone) SetSRV(name string, recs ...SRV) {
+	z.mu.Lock()
+	z.srvs[fqdn(name)] = append([]SRV(nil), recs...)
+	z.mu.Unlock()
+}
+
+// SetDown makes the Zone drop every query (down) or answer again.
+func (z *Zone) SetDown(down bool) { z.down.Store(down) }
+
+// Queries returns how many queries the Zone answered.
+func (z *Zone) Queries() int64 { return z.queries.Load() }
+
+// Close stops the Zone.
+func (z *Zone) Close() {
+	_ = z.conn.Close()
+	z.wg.Wait()
+}
+
+func (z *Zone) serve() {
+	defer z.wg.Done()
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := z.conn.ReadFromUDP(buf)
+		if err != nil {
+			return // closed
+		}
+		if z.down.Load() {
+			continue
+		}
+		if resp := z.answer(buf[:n]); resp != nil {
+			z.queries.Add(1)
+			_, _ = z.conn.WriteToUDP(resp, from)
+		}
+	}
+}
+
+// answer builds the answer to the query q, or nil for what is not one.
+func (z *Zone) answer(q []byte) []byte {
+	var p dnsmessage.Parser
+	h, err := p.Start(q)
+	if err != nil || h.Response {
+		return nil
+	}
+	question, err := p.Question()
+	if err != nil {
+		return nil
+	}
+	name := strings.ToLower(question.Name.String())
+	z.mu.Lock()
+	addrs, hasAddrs := z.addrs[name]
+	srvs, hasSRV := z.srvs[name]
+	z.mu.Unlock()
+	rh := dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired, RecursionAvailable: true}
+	if !hasAddrs && !hasSRV {
+		rh.RCode = dnsmessage.RCodeNameError
+	}
+	b := dnsmessage.NewBuilder(nil, rh)
+	b.EnableCompression()
+	if b.StartQuestions() != nil || b.Question(question) != nil || b.StartAnswers() != nil {
+		return nil
+	}
+	res := dnsmessage.ResourceHeader{Name: question.Name, Class: dnsmessage.ClassINET, TTL: 1}
+	switch question.Type {
+	case dnsmessage.TypeA:
+		for _, a := range addrs {
+			if a.Is4() {
+				_ = b.AResource(res, dnsmessage.AResource{A: a.As4()})
+			}
+		}
+	case dnsmessage.TypeAAAA:
+		for _, a := range addrs {
+			if a.Is6() && !a.Is4In6() {
+				_ = b.AAAAResource(res, dnsmessage.AAAAResource{AAAA: a.As16()})
+			}
+		}
+	case dnsmessage.TypeSRV:
+		for _, s := range srvs {
+			target, err := dnsmessage.NewName(fqdn(s.Target))
+			if err != nil {
+				continue
+			}
+			_ = b.SRVResource(res, dnsmessage.SRVResource{Priority: s.Priority, Weight: s.Weight, Port: s.Port, Target: target})
+		}
+	}
+	msg, err := b.Finish()
+	if err != nil {
+		return nil
+	}
+	return msg
+}
