@@ -62,7 +62,22 @@ type Config struct {
 	// Upstreams are the pool's targets: absolute http or https URLs with
 	// distinct hosts, optionally with a path prefix. With none, Proxy must
 	// route by itself (its Rewrite or Director) and no pool is built.
+	//
+	// An upstream may also be a name that DNS resolves, re-resolved every
+	// Discovery.Refresh (see [pool.DNSSource]): dns+http://name:port
+	// (each A and AAAA address a host) or srv+http://_service._proto.name
+	// (each SRV record's addresses, at its port), dns+https and srv+https
+	// alike. Each address is a host of its own in the health model, the
+	// balancer, the limiter and the status view. New waits up to
+	// Discovery.Timeout for the first answers; a name that does not
+	// resolve then joins the pool when it does.
 	Upstreams []*url.URL
+	// Discovery configures the resolution of the discovery upstreams:
+	// the DNS server (default the system's), the refresh interval
+	// (default 5 s), the maximum staleness of the last good answer while
+	// DNS fails (default none: kept until DNS answers). Its Logger, when
+	// nil, is Logger.
+	Discovery pool.DNSOptions
 
 	// Proxy is an existing ReverseProxy to wrap. Nil means a new one. New
 	// works on a copy (Stack.Proxy) and leaves Proxy as it is, so the same
@@ -168,8 +183,10 @@ type Stack struct {
 	Status *status.View
 
 	Monitor *status.Monitor
-	Pool    *pool.Pool // nil without Config.Upstreams
-	Hosts   *breaker.Hosts
+	// Pool is the balancer over the upstreams (nil without
+	// Config.Upstreams); Pool.Discovery reports its discovery upstreams.
+	Pool  *pool.Pool
+	Hosts *breaker.Hosts
 	// Limiter holds each upstream host to its adaptive concurrency limit
 	// and drains hosts (Limiter.Drain); nil with Config.NoLimiter.
 	Limiter *admission.Limiter
@@ -183,15 +200,18 @@ type Stack struct {
 	// give another New the ReverseProxy you built, not this one.
 	Proxy *httputil.ReverseProxy
 
-	base http.RoundTripper
+	base      http.RoundTripper
+	discovery *discovery
 }
 
 // ServeHTTP implements http.Handler.
 func (s *Stack) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.Handler.ServeHTTP(w, r) }
 
-// Close stops the host-health probes and releases the base transport's
-// idle connections. The stack keeps serving; Close is for shutdown.
+// Close stops following DNS, stops the host-health probes and releases
+// the base transport's idle connections. The stack keeps serving its last
+// set of upstreams; Close is for shutdown.
 func (s *Stack) Close() {
+	s.discovery.stop()
 	s.Hosts.Close()
 	if c, ok := s.base.(interface{ CloseIdleConnections() }); ok {
 		c.CloseIdleConnections()
@@ -285,20 +305,30 @@ func New(cfg Config) (*Stack, error) {
 			}
 		}
 	}
+	do := cfg.Discovery
+	if do.Logger == nil {
+		do.Logger = logger
+	}
+	static, staticAt, sources, err := splitUpstreams(cfg.Upstreams, do)
+	if err != nil {
+		return nil, err
+	}
 	var p *pool.Pool
 	if len(cfg.Upstreams) > 0 {
-		if p, err = pool.New(cfg.Upstreams...); err != nil {
-			var te interface{ Target() int } // which of the pool's targets: name the user's field
-			if errors.As(err, &te) {
-				return nil, fmt.Errorf("proxykit: Config.Upstreams[%d]: %w", te.Target(), errors.Unwrap(err))
+		if p = pool.Empty(); len(static) > 0 {
+			if p, err = pool.New(static...); err != nil {
+				var te interface{ Target() int } // which of the pool's targets: name the user's field
+				if errors.As(err, &te) {
+					return nil, fmt.Errorf("proxykit: Config.Upstreams[%d]: %w", staticAt[te.Target()], errors.Unwrap(err))
+				}
+				return nil, fmt.Errorf("proxykit: Config.Upstreams: %w", err)
 			}
-			return nil, fmt.Errorf("proxykit: Config.Upstreams: %w", err)
 		}
 		p.Policy, p.Health, p.Logger = cfg.Policy, hosts, logger
 		if lim != nil {
 			// Draining hosts are skipped, hosts at their limit passed over.
 			p.Health = lim.Health(hosts)
-			for _, u := range cfg.Upstreams {
+			for _, u := range static {
 				lim.Watch(u)
 			}
 		}
@@ -315,7 +345,7 @@ func New(cfg Config) (*Stack, error) {
 	switch {
 	case ro.Hedges < 0:
 		ro.Hedges = 0
-	case ro.Hedges == 0 && len(cfg.Upstreams) >= 2 && ro.Attempts != 1: // a hedge is an attempt
+	case ro.Hedges == 0 && (len(cfg.Upstreams) >= 2 || len(sources) > 0) && ro.Attempts != 1: // a hedge is an attempt
 		ro.Hedges = 1
 	}
 	if user := ro.OnRetry; user != nil {
@@ -367,8 +397,17 @@ func New(cfg Config) (*Stack, error) {
 	if lim != nil {
 		view.Admission = lim.Status
 	}
+	var disc *discovery
 	if p != nil {
 		view.Upstreams = p.Status
+		if len(sources) > 0 {
+			view.Discovery = p.Discovery
+			wait := do.Timeout
+			if wait <= 0 {
+				wait = pool.DefaultDNSTimeout
+			}
+			disc = follow(p, sources, wait)
+		}
 	}
 	return &Stack{
 		Handler:     h,
@@ -382,6 +421,7 @@ func New(cfg Config) (*Stack, error) {
 		Pages:       pages,
 		Proxy:       proxy,
 		base:        base,
+		discovery:   disc,
 	}, nil
 }
 

@@ -36,6 +36,10 @@ type View struct {
 	Monitor *Monitor
 	// Upstreams reports the pool's upstreams.
 	Upstreams func() []pool.HostStatus
+	// Discovery reports the pool's set of upstreams: when it last
+	// changed, and each discovery source's state (stale answers):
+	// pool.Pool.Discovery.
+	Discovery func() pool.DiscoveryStatus
 	// Breakers reports circuit breakers: breaker.Breaker.States or
 	// breaker.Hosts.States.
 	Breakers func() []breaker.Status
@@ -51,10 +55,11 @@ type View struct {
 
 // Report is the JSON document a View serves.
 type Report struct {
-	Time      time.Time         `json:"time"`
-	Traffic   *Snapshot         `json:"traffic,omitempty"`
-	Upstreams []pool.HostStatus `json:"upstreams"`
-	Breakers  []breaker.Status  `json:"breakers"`
+	Time      time.Time             `json:"time"`
+	Traffic   *Snapshot             `json:"traffic,omitempty"`
+	Upstreams []pool.HostStatus     `json:"upstreams"`
+	Discovery *pool.DiscoveryStatus `json:"discovery,omitempty"`
+	Breakers  []breaker.Status      `json:"breakers"`
 
 	Admission   []admission.HostStatus      `json:"admission,omitempty"`
 	Maintenance *admission.MaintenanceState `json:"maintenance,omitempty"`
@@ -73,6 +78,10 @@ func (v *View) Report() Report {
 	}
 	if v.Upstreams != nil {
 		rep.Upstreams = append(rep.Upstreams, v.Upstreams()...)
+	}
+	if v.Discovery != nil {
+		d := v.Discovery()
+		rep.Discovery = &d
 	}
 	if v.Breakers != nil {
 		rep.Breakers = append(rep.Breakers, v.Breakers()...)
