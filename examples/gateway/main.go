@@ -18,7 +18,14 @@
 // Flags:
 //
 //	-listen ADDR       address to serve on (default 127.0.0.1:8080)
-//	-upstream URL      an upstream base URL; repeat for a pool (at least one)
+//	-upstream URL      an upstream base URL; repeat for a pool (at least one).
+//	                   A name DNS resolves, each address a host, re-resolved
+//	                   every -dns-refresh: dns+http://NAME:PORT (A/AAAA) or
+//	                   srv+http://_SERVICE._tcp.NAME (SRV); dns+https and
+//	                   srv+https alike
+//	-resolver ADDR     the DNS server for those, e.g. 127.0.0.1:5353
+//	                   (default: the system's)
+//	-dns-refresh D     how often they are resolved again (default 5s)
 //	-admin ADDR        serve the status view on ADDR (default: off)
 //	-metrics           serve /metrics (Prometheus text format) on -admin
 //	-otlp URL          export traces and metrics over OTLP/HTTP to the
@@ -65,6 +72,7 @@ import (
 	"github.com/proxykit/proxykit"
 	"github.com/proxykit/proxykit/admission"
 	"github.com/proxykit/proxykit/errorpage"
+	"github.com/proxykit/proxykit/gateway/pool"
 	"github.com/proxykit/proxykit/retry"
 	"github.com/proxykit/proxykit/status"
 )
@@ -97,8 +105,8 @@ func (l *urlList) Set(v string) error {
 	if err != nil {
 		return fmt.Errorf("bad URL %q: %w", v, err)
 	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("bad URL %q: want http:// or https:// with a host", v)
+	if (u.Scheme != "http" && u.Scheme != "https" && !pool.IsDiscoveryURL(u)) || u.Host == "" {
+		return fmt.Errorf("bad URL %q: want http://, https://, dns+http:// or srv+http:// with a host", v)
 	}
 	*l = append(*l, u)
 	return nil
@@ -123,6 +131,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		hideUpstream5xx = fs.Bool("hide-upstream-5xx", false, "replace the bodies of upstreams' own 502/503/504 with the error page (they may carry internal details)")
 		hedge           = fs.Bool("hedge", true, "hedge GET, HEAD and OPTIONS requests stalled past the usual latency (another copy to another upstream; bounded by the retry budget)")
 		noLimiter       = fs.Bool("no-limiter", false, "turn off the per-upstream adaptive concurrency limits")
+		resolver        = fs.String("resolver", "", "DNS server (host:port) for dns+ and srv+ upstreams, e.g. 127.0.0.1:5353 (default: the system's)")
+		dnsRefresh      = fs.Duration("dns-refresh", pool.DefaultDNSRefresh, "how often dns+ and srv+ upstreams are resolved again")
 		adminToken      = fs.String("admin-token", os.Getenv("PROXYKIT_ADMIN_TOKEN"), "bearer token for the admin operations (drain, maintenance) under /admin/ on -admin; default $PROXYKIT_ADMIN_TOKEN; without one they are off")
 	)
 	fs.Var(&upstreams, "upstream", "upstream base URL (repeatable)")
@@ -171,6 +181,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	cfg := proxykit.Config{
 		Upstreams: upstreams,
+		Discovery: pool.DNSOptions{Resolver: *resolver, Refresh: *dnsRefresh},
 		NoLimiter: *noLimiter,
 		Retry:     ro,
 		Pages: errorpage.Options{
