@@ -10,6 +10,7 @@
 //	go run ./examples/loadtest -scenario hedging    # stall, stall5 and nostall
 //	go run ./examples/loadtest -scenario evidence   # slowupload and conncap
 //	go run ./examples/loadtest -scenario healthy    # healthy traffic that looks unusual
+//	go run ./examples/loadtest -scenario discovery  # DNS service discovery (discovery.go)
 //	go run ./examples/loadtest -markdown            # the table for BENCHMARKS.md
 //
 // Fault scenarios (3 upstreams each, fresh for every run; closed-loop load
@@ -234,6 +235,11 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	sp := defaultStall
 	fs.IntVar(&sp.requests, "stall-requests", sp.requests, "stall scenarios: measured requests per run")
 	fs.IntVar(&sp.clients, "stall-clients", sp.clients, "stall scenarios: concurrent clients")
+	ds := defaultDisc
+	fs.Float64Var(&ds.rate, "discovery-rate", ds.rate, "discovery scenarios: requests per second, open-loop, 1 in 5 a POST")
+	fs.DurationVar(&ds.refresh, "dns-refresh", ds.refresh, "discovery scenarios: DNS refresh interval")
+	fs.DurationVar(&ds.down, "dns-down", ds.down, "dnsdown: how long the DNS server does not answer")
+	fs.DurationVar(&ds.churn, "churn", ds.churn, "churn: how long the set changes every 100 ms")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(out)
@@ -260,7 +266,10 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	if sp.requests < 1 || sp.requests > 10_000_000 || sp.clients < 1 || sp.clients > 1024 {
 		return fmt.Errorf("-stall-requests %d, -stall-clients %d: want 1 to 10000000 and 1 to 1024", sp.requests, sp.clients)
 	}
-	chosen, err := choose(*only, jobs(*duration, *concurrency, tl, ov, sp))
+	if err := ds.validate(); err != nil {
+		return err
+	}
+	chosen, err := choose(*only, append(jobs(*duration, *concurrency, tl, ov, sp), discJobs(ds)...))
 	if err != nil {
 		return err
 	}
@@ -306,6 +315,10 @@ func choose(list string, all []job) ([]job, error) {
 	}
 	hedging := map[string]bool{"stall": true, "stall5": true, "nostall": true}
 	evidence := map[string]bool{"slowupload": true, "conncap": true}
+	disc := map[string]bool{}
+	for _, sc := range discScenarios {
+		disc[sc.name] = true
+	}
 	want := map[string]bool{}
 	for _, name := range strings.Split(list, ",") {
 		name = strings.TrimSpace(name)
@@ -313,9 +326,9 @@ func choose(list string, all []job) ([]job, error) {
 		for _, j := range all {
 			if name == "all" || name == j.name || (name == "restart" && restart[j.name]) ||
 				(name == "hedging" && hedging[j.name]) || (name == "evidence" && evidence[j.name]) ||
-				(name == "healthy" && healthyNames[j.name]) ||
+				(name == "healthy" && healthyNames[j.name]) || (name == "discovery" && disc[j.name]) ||
 				(name == "faults" && !restart[j.name] && !hedging[j.name] && !evidence[j.name] &&
-					!healthyNames[j.name] && j.name != "overload") {
+					!healthyNames[j.name] && !disc[j.name] && j.name != "overload") {
 				want[j.name], found = true, true
 			}
 		}
@@ -324,7 +337,7 @@ func choose(list string, all []job) ([]job, error) {
 			for i, j := range all {
 				names[i] = j.name
 			}
-			return nil, fmt.Errorf("unknown -scenario %q: want all, faults, restart, hedging, evidence, healthy or %s", name, strings.Join(names, ", "))
+			return nil, fmt.Errorf("unknown -scenario %q: want all, faults, restart, hedging, evidence, healthy, discovery or %s", name, strings.Join(names, ", "))
 		}
 	}
 	var chosen []job
