@@ -9,13 +9,16 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"testing"
+	"time"
 
 	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/errorpage"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/pool"
 	"github.com/proxykit/proxykit/retry"
 )
 
@@ -38,12 +41,12 @@ func layers(b *testing.B, up http.RoundTripper) []struct {
 	h    http.Handler
 } {
 	u, _ := url.Parse("http://upstream.test")
-	pool := gateway.NewBufferPool(0, 0)
+	bufs := gateway.NewBufferPool(0, 0)
 	errLog := log.New(io.Discard, "", 0)
 	proxy := func(rt http.RoundTripper, eh func(http.ResponseWriter, *http.Request, error)) http.Handler {
 		return &httputil.ReverseProxy{
 			Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u) }, Transport: rt,
-			ErrorHandler: eh, ErrorLog: errLog, BufferPool: pool,
+			ErrorHandler: eh, ErrorLog: errLog, BufferPool: bufs,
 		}
 	}
 	hosts, err := breaker.PerHost(breaker.Settings{Logger: quiet})
@@ -74,6 +77,18 @@ func layers(b *testing.B, up http.RoundTripper) []struct {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// The same stack over a discovery upstream: one address, resolved
+	// by a loopback DNS server and re-resolved every 100 ms while the
+	// benchmark runs.
+	zone := gatewaytest.NewZone()
+	b.Cleanup(zone.Close)
+	zone.SetAddrs("upstream.test", netip.MustParseAddr("127.0.0.1"))
+	fullDiscovery, err := New(Config{Upstreams: []*url.URL{{Scheme: "dns+http", Host: "upstream.test:80"}}, Logger: quiet, Transport: up,
+		Retry: retry.Options{Hedges: -1}, Discovery: pool.DNSOptions{Resolver: zone.Addr, Refresh: 100 * time.Millisecond}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(fullDiscovery.Close)
 	return []struct {
 		name string
 		h    http.Handler
@@ -86,12 +101,14 @@ func layers(b *testing.B, up http.RoundTripper) []struct {
 		{"+errorpage", pages.Wrap(withRetry)},
 		{"full", full.Handler},
 		{"full+hedge", fullHedge.Handler},
+		{"full+discovery", fullDiscovery.Handler},
 	}
 }
 
 // BenchmarkStack measures the recommended stack layer by layer, in one run,
 // against an in-memory upstream: the cost each layer adds per request on the
-// happy path. The +hedge variants have hedging on (adaptive delay: warmed up
+// happy path. full+discovery is full over a dns+http upstream (one
+// address, re-resolved every 100 ms during the run). The +hedge variants have hedging on (adaptive delay: warmed up
 // after the first 100 requests, no hedge ever due), the others off: the
 // happy-path cost of hedging is the difference.
 //
