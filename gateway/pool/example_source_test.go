@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
+	"time"
 
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
@@ -83,4 +85,32 @@ func ExamplePool_Follow() {
 	// blue
 	// source-1: 1 added, 1 removed
 	// green
+}
+
+// A name in DNS becomes one target per address. Pool.Follow keeps a pool
+// up to date with it; proxykit.New does so for every dns+ or srv+ upstream.
+func ExampleNewDNSSource() {
+	zone := gatewaytest.NewZone() // a DNS server of the example's own
+	defer zone.Close()
+	zone.SetAddrs("backend.test", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1"))
+
+	u, _ := url.Parse("dns+http://backend.test:8080/api")
+	src, err := pool.NewDNSSource(u, pool.DNSOptions{Resolver: zone.Addr, Refresh: 5 * time.Second})
+	if err != nil {
+		panic(err)
+	}
+	targets, err := src.Resolve(context.Background())
+	if err != nil {
+		panic(err)
+	}
+	for _, t := range targets {
+		fmt.Println(t.URL, "from", t.Source)
+	}
+
+	_, err = pool.NewDNSSource(&url.URL{Scheme: "srv+http", Host: "_http._tcp.backend.test:80"}, pool.DNSOptions{})
+	fmt.Println(err)
+	// Output:
+	// http://127.0.0.1:8080/api from dns+http://backend.test:8080/api
+	// http://[::1]:8080/api from dns+http://backend.test:8080/api
+	// pool: NewDNSSource: "srv+http://_http._tcp.backend.test:80": an srv+ URL takes no port: the SRV records give it
 }
