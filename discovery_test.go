@@ -70,14 +70,19 @@ func TestStackDiscoveryUpstream(t *testing.T) {
 		defer servers[i].Close()
 	}
 	setSRV(t, zone, "_http._tcp.web.test", servers...)
+	changes := make(chan pool.Change, 10)
 	st, err := New(Config{
-		Upstreams: []*url.URL{mustParse("srv+http://_http._tcp.web.test")},
-		Discovery: pool.DNSOptions{Resolver: zone.Addr, Refresh: 100 * time.Millisecond},
-		Logger:    quiet,
+		Upstreams:        []*url.URL{mustParse("srv+http://_http._tcp.web.test")},
+		Discovery:        pool.DNSOptions{Resolver: zone.Addr, Refresh: 100 * time.Millisecond},
+		Logger:           quiet,
+		OnUpstreamChange: func(c pool.Change) { changes <- c },
 	})
 	require.NoError(t, err)
 	defer st.Close()
 	require.Len(t, st.Pool.Status(), 3, "New waits for the first answer")
+	first := <-changes
+	assert.Len(t, first.Added, 3)
+	assert.Equal(t, "srv+http://_http._tcp.web.test", first.Source)
 	front := httptest.NewServer(st)
 	defer front.Close()
 	assert.Zero(t, sendMixed(t, front.Client(), front.URL, 60))

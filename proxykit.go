@@ -168,6 +168,13 @@ type Config struct {
 	// not (see [status.Monitor.OnRequest]): the hook for request metrics.
 	OnRequest func(r *http.Request, status int, f *gateway.Failure, elapsed time.Duration)
 
+	// OnUpstreamChange, if set, is called after each change of the set
+	// of upstream hosts (a discovery answer, Stack.SetUpstreams), one at
+	// a time, with the hosts added, removed and kept (see
+	// [pool.Pool.OnChange]): the hook for metrics of the set. Each change
+	// is also logged at INFO.
+	OnUpstreamChange func(pool.Change)
+
 	// Logger receives every layer's logs. Nil means slog.Default().
 	Logger *slog.Logger
 }
@@ -324,7 +331,7 @@ func New(cfg Config) (*Stack, error) {
 				return nil, fmt.Errorf("proxykit: Config.Upstreams: %w", err)
 			}
 		}
-		p.Policy, p.Health, p.Logger = cfg.Policy, hosts, logger
+		p.Policy, p.Health, p.Logger, p.OnChange = cfg.Policy, hosts, logger, cfg.OnUpstreamChange
 		if lim != nil {
 			// Draining hosts are skipped, hosts at their limit passed over.
 			p.Health = lim.Health(hosts)
