@@ -238,14 +238,13 @@ func (p *Pool) afterChange(old, set *targetSet, ch Change) {
 			warm.Warm(h)
 		}
 	}
-	if f, ok := p.Health.(Forgetter); ok {
-		pending := p.unforgotten[:0]
-		for _, h := range slices.Concat(p.unforgotten, ch.Removed) {
-			if set.byHost[h] == nil && !f.Forget(h) && len(pending) < maxUnforgotten {
-				pending = append(pending, h)
+	if _, ok := p.Health.(Forgetter); ok && len(ch.Removed) > 0 {
+		for _, h := range ch.Removed {
+			if len(p.unforgotten) < maxUnforgotten {
+				p.unforgotten = append(p.unforgotten, h)
 			}
 		}
-		p.unforgotten = pending
+		p.forget(set)
 	}
 	if len(ch.Removed) > 0 {
 		p.closeIdle()
@@ -258,6 +257,34 @@ func (p *Pool) afterChange(old, set *targetSet, ch Change) {
 		slog.Int("hosts", ch.Hosts))
 	if p.OnChange != nil {
 		p.OnChange(ch)
+	}
+}
+
+// forget tells a Forgetter Health the hosts that left the set, now and
+// again a second later: a request that picked a host before it left may
+// reach Health after the first Forget and make it anew, and a request
+// holding the host's state makes Forget wait. Hosts back in the set are
+// not forgotten. Under setMu.
+func (p *Pool) forget(set *targetSet) {
+	f, ok := p.Health.(Forgetter)
+	if !ok {
+		return
+	}
+	tried := slices.Clone(p.unforgotten)
+	var again []string
+	for _, h := range tried {
+		if set.byHost[h] == nil && (!f.Forget(h) || !slices.Contains(p.forgotten, h)) {
+			again = append(again, h) // held, or freed once: once more
+		}
+	}
+	p.forgotten, p.unforgotten = tried, again
+	if len(again) > 0 && p.forgetTimer == nil {
+		p.forgetTimer = time.AfterFunc(idleCloseEvery, func() {
+			p.setMu.Lock()
+			defer p.setMu.Unlock()
+			p.forgetTimer = nil
+			p.forget(p.targets())
+		})
 	}
 }
 
