@@ -1,11 +1,13 @@
 package proxykit
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -291,3 +293,49 @@ func (b *syncBuffer) String() string {
 }
 
 func (b *syncBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
+
+// TestStackRemovedHostKeepsItsUpgrade: an upgraded connection (a
+// WebSocket) to a host that leaves the set lives on; new requests go to
+// the new set.
+func TestStackRemovedHostKeepsItsUpgrade(t *testing.T) {
+	echo := gatewaytest.NewHealthy(gatewaytest.EchoUpgrade(false))
+	defer echo.Close()
+	next := gatewaytest.NewHealthy(nil)
+	defer next.Close()
+	st, err := New(Config{Upstreams: []*url.URL{mustParse(echo.URL)}, Logger: quiet})
+	require.NoError(t, err)
+	defer st.Close()
+	front := httptest.NewServer(st)
+	defer front.Close()
+
+	c, err := net.Dial("tcp", front.Listener.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = io.WriteString(c, "GET /ws HTTP/1.1\r\nHost: front\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	require.NoError(t, err)
+	br := bufio.NewReader(c)
+	res, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusSwitchingProtocols, res.StatusCode)
+
+	require.NoError(t, st.SetUpstreams([]*url.URL{mustParse(next.URL)}))
+	assert.Equal(t, []string{gateway.UpstreamName(mustParse(next.URL))}, func() (hs []string) {
+		for _, s := range st.Pool.Status() {
+			hs = append(hs, s.Upstream)
+		}
+		return hs
+	}())
+	time.Sleep(1200 * time.Millisecond) // past the idle-connection close and the second Forget
+	_, err = io.WriteString(c, "still there?\n")
+	require.NoError(t, err)
+	line, err := br.ReadString('\n')
+	require.NoError(t, err, "the upgraded connection outlives its host's removal")
+	assert.Equal(t, "still there?\n", line)
+
+	res2, err := front.Client().Get(front.URL + "/after")
+	require.NoError(t, err)
+	res2.Body.Close()
+	assert.Equal(t, http.StatusOK, res2.StatusCode)
+	assert.Positive(t, next.Requests())
+	assert.Error(t, st.SetUpstreams([]*url.URL{mustParse("dns+http://x.test:80")}), "discovery URLs are set in Config")
+}
