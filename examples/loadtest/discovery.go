@@ -27,7 +27,7 @@ package main
 // resolves every -dns-refresh (what a hand-written follower does: no
 // health, no retries). A second table gives, per run: requests that
 // reached an address after its removal from DNS plus one refresh
-// interval (late), POSTs an upstream read twice, how long new addresses
+// interval (late: +10% for the jitter, +100 ms for the lookup), POSTs an upstream read twice, how long new addresses
 // took to get their first request after joining DNS and the share of
 // requests they got in that first second (slow start: below their full
 // share), the "discovery failed" log lines, whether the status view showed
