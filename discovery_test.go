@@ -109,6 +109,34 @@ func TestStackDiscoveryUpstream(t *testing.T) {
 	st.Status.ServeHTTP(rec, req)
 	assert.Contains(t, rec.Body.String(), "_http._tcp.web.test")
 	assert.Contains(t, rec.Body.String(), "fresh")
+
+	// A rolling step: servers[0] leaves, a new address joins. The kept
+	// hosts keep their breakers (their counts), the new one warms up, the
+	// removed one's breaker and limiter are freed.
+	counts := func() map[string]uint32 {
+		m := map[string]uint32{}
+		for _, b := range st.Hosts.States() {
+			if b.Key != "" {
+				m[b.Key] = b.Counts.Requests
+			}
+		}
+		return m
+	}
+	before := counts()
+	added := gatewaytest.NewServer(gatewaytest.Healthy)
+	defer added.Close()
+	setSRV(t, zone, "_http._tcp.web.test", servers[1], servers[2], added)
+	gone, joined := gateway.UpstreamName(mustParse(servers[0].URL)), gateway.UpstreamName(mustParse(added.URL))
+	require.Eventually(t, func() bool { _, ok := counts()[joined]; return ok }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { _, ok := counts()[gone]; return !ok }, 5*time.Second, 10*time.Millisecond,
+		"the removed address's breaker is freed")
+	after := counts()
+	for _, s := range servers[1:] {
+		h := gateway.UpstreamName(mustParse(s.URL))
+		assert.Equal(t, before[h], after[h], "a kept host keeps its breaker")
+	}
+	assert.Equal(t, pool.StateWarming, st.Hosts.HostState(joined), "a joining host warms up")
+	assert.Len(t, st.Limiter.Status(), 3)
 }
 
 func TestStackRejectsMalformedDiscoveryName(t *testing.T) {
@@ -145,9 +173,9 @@ func TestStackDiscoveryOneAddressRefuses(t *testing.T) {
 	bad := gateway.UpstreamName(mustParse(servers[3].URL))
 	for _, s := range st.Pool.Status() {
 		if s.Upstream == bad {
-			assert.Contains(t, []string{"out", "probing", "resting"}, s.State)
+			assert.Contains(t, []pool.State{pool.StateOut, pool.StateResting, pool.StateTrial}, s.State)
 		} else {
-			assert.Contains(t, []string{"serving", "warming"}, s.State, s.Upstream)
+			assert.Contains(t, []pool.State{pool.StateServing, pool.StateWarming}, s.State, s.Upstream)
 		}
 	}
 }

@@ -6,6 +6,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 func keys(h *Hosts) []string {
@@ -59,15 +61,15 @@ func TestHostsWarm(t *testing.T) {
 	now := int64(1e12)
 	h.set.clock = func() int64 { return now }
 	h.Warm("a:80")
-	assert.Equal(t, "warming", h.HostState("a:80"))
+	assert.Equal(t, pool.StateWarming, h.HostState("a:80"))
 	assert.InDelta(t, 0.1, h.Share("a:80"), 0.01, "a new host starts at 10% of its share")
 	now += int64(defaultSlowStart)
-	assert.Equal(t, "serving", h.HostState("a:80"))
+	assert.Equal(t, pool.StateServing, h.HostState("a:80"))
 	assert.InDelta(t, 1, h.Share("a:80"), 0.001)
 
 	off, err := PerHost(Settings{Health: HostHealth{SlowStart: -1}})
 	require.NoError(t, err)
 	defer off.Close()
 	off.Warm("a:80")
-	assert.Equal(t, "serving", off.HostState("a:80"), "slow start off: no warming")
+	assert.Equal(t, pool.StateServing, off.HostState("a:80"), "slow start off: no warming")
 }

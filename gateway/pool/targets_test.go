@@ -1,4 +1,4 @@
-package pool
+package pool_test
 
 import (
 	"bytes"
@@ -16,17 +16,17 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/proxykit/proxykit/breaker"
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
+	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // targetsOf returns a Target for each server.
-func targetsOf(t testing.TB, servers ...*gatewaytest.Server) []Target {
+func targetsOf(t testing.TB, servers ...*gatewaytest.Server) []pool.Target {
 	t.Helper()
-	ts := make([]Target, len(servers))
+	ts := make([]pool.Target, len(servers))
 	for i, s := range servers {
-		ts[i] = Target{URL: mustURL(t, s.URL)}
+		ts[i] = pool.Target{URL: mustURL(t, s.URL)}
 	}
 	return ts
 }
@@ -36,20 +36,10 @@ func hostOf(t testing.TB, s *gatewaytest.Server) string {
 	return gateway.UpstreamName(mustURL(t, s.URL))
 }
 
-func statusHosts(p *Pool) []string {
+func statusHosts(p *pool.Pool) []string {
 	var hs []string
 	for _, s := range p.Status() {
 		hs = append(hs, s.Upstream)
-	}
-	return hs
-}
-
-func breakerHosts(h *breaker.Hosts) []string {
-	var hs []string
-	for _, s := range h.States() {
-		if s.Key != "" {
-			hs = append(hs, s.Key)
-		}
 	}
 	return hs
 }
@@ -58,16 +48,16 @@ func TestSetTargetsKeepsAddsAndRemoves(t *testing.T) {
 	a, b, c := gatewaytest.NewServer(gatewaytest.Healthy), gatewaytest.NewServer(gatewaytest.Healthy), gatewaytest.NewServer(gatewaytest.Healthy)
 	defer closeAll(a, b, c)
 	p := newTestPool(t, a, b)
-	hosts := withHosts(t, p, breaker.Settings{})
+	hosts := withHealth(t, p)
 	front := poolFront(t, p)
 	for range 20 {
 		res, _ := get(t, front.Client(), front.URL)
 		require.Equal(t, http.StatusOK, res.StatusCode)
 	}
-	keptBefore := p.targets().byHost[hostOf(t, b)]
-	requestsBefore := keptBefore.requests.Load()
+	requestsBefore := requestsOf(p, hostOf(t, b))
 	require.Positive(t, requestsBefore)
-	require.ElementsMatch(t, []string{hostOf(t, a), hostOf(t, b)}, breakerHosts(hosts))
+	joinedBefore := joinedOf(p, hostOf(t, b))
+	require.ElementsMatch(t, []string{hostOf(t, a), hostOf(t, b)}, hosts.known())
 
 	ch, err := p.SetTargets(targetsOf(t, b, c))
 	require.NoError(t, err)
@@ -76,12 +66,11 @@ func TestSetTargetsKeepsAddsAndRemoves(t *testing.T) {
 	assert.Equal(t, []string{hostOf(t, b)}, ch.Kept)
 	assert.Equal(t, 2, ch.Hosts)
 
-	kept := p.targets().byHost[hostOf(t, b)]
-	assert.Same(t, keptBefore, kept, "a kept host keeps its upstream: latency and counts")
-	assert.Equal(t, requestsBefore, kept.requests.Load())
-	assert.Equal(t, "warming", hosts.HostState(hostOf(t, c)), "a host joining a serving pool warms up")
-	assert.Equal(t, "serving", hosts.HostState(hostOf(t, b)))
-	assert.ElementsMatch(t, []string{hostOf(t, b), hostOf(t, c)}, breakerHosts(hosts), "the removed host's state is freed")
+	assert.Equal(t, requestsBefore, requestsOf(p, hostOf(t, b)), "a kept host keeps its counts and latency")
+	assert.Equal(t, joinedBefore, joinedOf(p, hostOf(t, b)))
+	assert.Equal(t, pool.StateWarming, hosts.HostState(hostOf(t, c)), "a host joining a serving pool warms up")
+	assert.Equal(t, pool.StateServing, hosts.HostState(hostOf(t, b)))
+	assert.ElementsMatch(t, []string{hostOf(t, b), hostOf(t, c)}, hosts.known(), "the removed host's state is freed")
 	assert.Equal(t, []string{hostOf(t, b), hostOf(t, c)}, statusHosts(p))
 
 	aSeen := a.Requests()
@@ -102,12 +91,12 @@ func TestSetTargetsRejectsDuplicatesAndKeepsTheSet(t *testing.T) {
 	a, b := gatewaytest.NewServer(gatewaytest.Healthy), gatewaytest.NewServer(gatewaytest.Healthy)
 	defer closeAll(a, b)
 	p := newTestPool(t, a)
-	before := p.targets()
-	_, err := p.SetTargets(append(targetsOf(t, a, b), Target{URL: mustURL(t, strings.Replace(b.URL, "127.0.0.1", "127.0.0.1", 1)+"/other")}))
-	require.ErrorContains(t, err, "appears twice")
-	_, err = p.SetTargets([]Target{{URL: mustURL(t, "ftp://127.0.0.1:1")}})
+	_, err := p.SetTargets(append(targetsOf(t, a, b), pool.Target{URL: mustURL(t, b.URL+"/other")}))
+	require.ErrorContains(t, err, "is the same host")
+	require.ErrorContains(t, err, "pool: SetTargets: static: target 2")
+	_, err = p.SetTargets([]pool.Target{{URL: mustURL(t, "ftp://127.0.0.1:1")}})
 	require.ErrorContains(t, err, "scheme")
-	assert.Same(t, before, p.targets(), "a rejected change leaves the set")
+	assert.Equal(t, []string{hostOf(t, a)}, statusHosts(p), "a rejected change leaves the set")
 	assert.Zero(t, p.Discovery().Changes)
 }
 
@@ -115,28 +104,28 @@ func TestSetTargetsReorderIsNoChange(t *testing.T) {
 	a, b := gatewaytest.NewServer(gatewaytest.Healthy), gatewaytest.NewServer(gatewaytest.Healthy)
 	defer closeAll(a, b)
 	p := newTestPool(t, a, b)
-	before := p.targets()
+	before := statusHosts(p)
 	ch, err := p.SetTargets(targetsOf(t, b, a))
 	require.NoError(t, err)
 	assert.Empty(t, ch.Added)
 	assert.Empty(t, ch.Removed)
-	assert.Same(t, before, p.targets())
+	assert.Equal(t, before, statusHosts(p), "the set and its order are kept")
 	assert.Zero(t, p.Discovery().Changes)
 }
 
 func TestEmptyPoolFirstHostsDoNotWarm(t *testing.T) {
 	a := gatewaytest.NewServer(gatewaytest.Healthy)
 	defer a.Close()
-	p := Empty()
+	p := pool.Empty()
 	p.Logger = quietLogger
-	hosts := withHosts(t, p, breaker.Settings{})
+	hosts := withHealth(t, p)
 	front := poolFront(t, p)
 	res, _ := get(t, front.Client(), front.URL)
 	assert.Equal(t, http.StatusServiceUnavailable, res.StatusCode, "an empty pool answers no_upstream")
 
 	_, err := p.SetTargets(targetsOf(t, a))
 	require.NoError(t, err)
-	assert.Equal(t, "serving", hosts.HostState(hostOf(t, a)), "the first hosts of an empty pool take traffic at once")
+	assert.Equal(t, pool.StateServing, hosts.HostState(hostOf(t, a)), "the first hosts of an empty pool take traffic at once")
 	res, _ = get(t, front.Client(), front.URL)
 	assert.Equal(t, http.StatusOK, res.StatusCode)
 }
@@ -167,10 +156,10 @@ func TestRemovedHostFinishesInFlight(t *testing.T) {
 	other := gatewaytest.NewServer(gatewaytest.Healthy)
 	defer other.Close()
 
-	p, err := New(mustURL(t, slow.URL))
+	p, err := pool.New(mustURL(t, slow.URL))
 	require.NoError(t, err)
 	p.Logger = quietLogger
-	withHosts(t, p, breaker.Settings{})
+	withHealth(t, p)
 	front := poolFront(t, p)
 	c := front.Client()
 
@@ -208,8 +197,8 @@ func TestSetTargetsLogsOneLinePerChange(t *testing.T) {
 	var mu sync.Mutex
 	p := newTestPool(t, a)
 	p.Logger = slog.New(slog.NewTextHandler(&lockedWriter{w: &buf, mu: &mu}, nil))
-	var changes []Change
-	p.OnChange = func(c Change) { changes = append(changes, c) }
+	var changes []pool.Change
+	p.OnChange = func(c pool.Change) { changes = append(changes, c) }
 	_, err := p.SetTargets(targetsOf(t, a, b))
 	require.NoError(t, err)
 	_, err = p.SetTargets(targetsOf(t, a, b)) // no change: no line
@@ -224,7 +213,7 @@ func TestSetTargetsLogsOneLinePerChange(t *testing.T) {
 	assert.Contains(t, lines[0], "added=1 removed=0 kept=1 hosts=2")
 	assert.Contains(t, lines[1], "added=0 removed=1 kept=1 hosts=1")
 	require.Len(t, changes, 2)
-	assert.Equal(t, StaticSource, changes[1].Source)
+	assert.Equal(t, pool.StaticSource, changes[1].Source)
 }
 
 type lockedWriter struct {
@@ -236,4 +225,22 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+func requestsOf(p *pool.Pool, host string) int64 {
+	for _, s := range p.Status() {
+		if s.Upstream == host {
+			return s.Requests
+		}
+	}
+	return -1
+}
+
+func joinedOf(p *pool.Pool, host string) time.Time {
+	for _, s := range p.Status() {
+		if s.Upstream == host {
+			return s.Joined
+		}
+	}
+	return time.Time{}
 }
