@@ -546,7 +546,12 @@ func runDiscovery(ctx context.Context, sc discScenario, stack string, sp discSpe
 
 // stateSize returns the hosts in st's pool, its breakers and its limiters.
 func stateSize(st *proxykit.Stack) [3]int {
-	n := [3]int{len(st.Pool.Status()), len(st.Hosts.States()) - 1} // States ends with the overflow breaker
+	n := [3]int{len(st.Pool.Status())}
+	for _, b := range st.Hosts.States() {
+		if b.Key != "" && !b.Overflow {
+			n[1]++
+		}
+	}
 	if st.Limiter != nil {
 		n[2] = len(st.Limiter.Status())
 	}
