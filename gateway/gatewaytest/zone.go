@@ -31,6 +31,7 @@ type Zone struct {
 	mu      sync.Mutex
 	addrs   map[string][]netip.Addr
 	srvs    map[string][]SRV
+	failing map[string]bool
 	down    atomic.Bool
 	queries atomic.Int64
 	wg      sync.WaitGroup
@@ -42,7 +43,7 @@ func NewZone() *Zone {
 	if err != nil {
 		panic("gatewaytest: cannot listen on loopback UDP: " + err.Error())
 	}
-	z := &Zone{Addr: c.LocalAddr().String(), conn: c, addrs: map[string][]netip.Addr{}, srvs: map[string][]SRV{}}
+	z := &Zone{Addr: c.LocalAddr().String(), conn: c, addrs: map[string][]netip.Addr{}, srvs: map[string][]SRV{}, failing: map[string]bool{}}
 	z.wg.Add(1)
 	go z.serve()
 	return z
@@ -70,6 +71,15 @@ func (z *Zone) SetSRV(name string, recs ...SRV) {
 	z.mu.Lock()
 	z.srvs[fqdn(name)] = append([]SRV(nil), recs...)
 	z.mu.Unlock()
+}
+
+// SetFailing makes the Zone answer queries for name with SERVFAIL (a
+// server failure, which a resolver reports as temporary), or answer them
+// again.
+func (z *Zone) SetFailing(name string, failing bool) {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	z.failing[fqdn(name)] = failing
 }
 
 // SetDown makes the Zone drop every query (down) or answer again.
@@ -117,9 +127,14 @@ func (z *Zone) answer(q []byte) []byte {
 	z.mu.Lock()
 	addrs, hasAddrs := z.addrs[name]
 	srvs, hasSRV := z.srvs[name]
+	failing := z.failing[name]
 	z.mu.Unlock()
 	rh := dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired, RecursionAvailable: true}
-	if !hasAddrs && !hasSRV {
+	switch {
+	case failing:
+		rh.RCode = dnsmessage.RCodeServerFailure
+		addrs, srvs = nil, nil
+	case !hasAddrs && !hasSRV:
 		rh.RCode = dnsmessage.RCodeNameError
 	}
 	b := dnsmessage.NewBuilder(nil, rh)

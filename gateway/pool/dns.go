@@ -69,7 +69,16 @@ type DNSOptions struct {
 //   - srv+http://_service._proto.name/prefix (or srv+https): the name's
 //     SRV records; each address of each record's target is a host, at the
 //     record's port, with its weight (shown in the status view; the
-//     balancer does not use it). No port in the URL.
+//     balancer does not use it). No port in the URL. Every record is
+//     used whatever its priority: backup records (a higher priority
+//     number) take traffic beside the primaries, so publish only the
+//     records that should serve.
+//
+// An SRV target that DNS says has no address is left out; a target whose
+// lookup fails otherwise (a timeout, a server failure) fails the whole
+// refresh, so the last good answer stays rather than a healthy host
+// leaving for a transient error. One DNSSource may be followed by several
+// pools; each gets every answer.
 //
 // Each address is a host of its own in the health model, the balancer, the
 // limiter and the status view, so retries and hedges go to another
@@ -93,8 +102,13 @@ type DNSSource struct {
 	mu       sync.Mutex
 	st       SourceStatus
 	lastGood time.Time
-	sent     []Target // the last set given to update
-	dropped  bool     // past MaxStale: the hosts were removed
+}
+
+// dnsWatch is what one Watch call has given its update function, so that
+// one DNSSource can be followed by several pools.
+type dnsWatch struct {
+	sent    []Target // the last set given to update
+	dropped bool     // past MaxStale: the hosts were removed
 }
 
 // IsDiscoveryURL reports whether u names a [DNSSource] (scheme dns+http,
@@ -256,25 +270,34 @@ func (d *DNSSource) resolveAddrs(ctx context.Context, name string, port uint16, 
 }
 
 // resolveSRV returns a target for each address of each SRV record's
-// target. A record target that does not resolve is left out; it is an
-// error only when none resolves.
+// target. A record target the DNS says has no address (NXDOMAIN, or no
+// A/AAAA record) is left out: it is gone. Any other failure to resolve
+// one (a timeout, a server failure) fails the whole answer, so that the
+// last good answer is kept rather than a healthy host dropped for a
+// transient error.
 func (d *DNSSource) resolveSRV(ctx context.Context) ([]Target, error) {
 	_, recs, err := d.res.LookupSRV(ctx, "", "", d.name)
 	if err != nil {
 		return nil, fmt.Errorf("resolve SRV %s: %w", d.name, err)
 	}
 	var ts []Target
-	var first error
+	var gone error
 	for _, r := range recs {
 		if r.Target == "." || r.Port == 0 {
 			continue // "." is "no service here" (RFC 2782)
 		}
-		if ts, err = d.resolveAddrs(ctx, r.Target, r.Port, int(r.Weight), ts); err != nil && first == nil {
-			first = err
+		if ts, err = d.resolveAddrs(ctx, r.Target, r.Port, int(r.Weight), ts); err != nil {
+			var dnsErr *net.DNSError
+			if !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
+				return nil, err
+			}
+			if gone == nil {
+				gone = err
+			}
 		}
 	}
-	if len(ts) == 0 && first != nil {
-		return nil, first
+	if len(ts) == 0 && gone != nil {
+		return nil, gone
 	}
 	return ts, nil
 }
@@ -285,13 +308,14 @@ func (d *DNSSource) resolveSRV(ctx context.Context) ([]Target, error) {
 func (d *DNSSource) Watch(ctx context.Context, update func([]Target) error) error {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	var f dnsWatch
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timer.C:
 		}
-		d.refresh(ctx, update)
+		d.refresh(ctx, &f, update)
 		wait := time.Duration(float64(d.o.Refresh) * (0.9 + 0.2*rand.Float64()))
 		d.mu.Lock()
 		d.st.Next = time.Now().Add(wait)
@@ -302,28 +326,27 @@ func (d *DNSSource) Watch(ctx context.Context, update func([]Target) error) erro
 
 // refresh resolves once and applies the answer, or keeps the last good
 // one.
-func (d *DNSSource) refresh(ctx context.Context, update func([]Target) error) {
+func (d *DNSSource) refresh(ctx context.Context, f *dnsWatch, update func([]Target) error) {
 	ts, err := d.Resolve(ctx)
 	if ctx.Err() != nil {
 		return // stopping: not DNS's failure
 	}
 	now := time.Now()
 	if err != nil {
-		d.failed(now, err, update)
+		d.failed(now, err, f, update)
 		return
 	}
-	d.mu.Lock()
-	wasStale, same := d.st.Stale, !d.dropped && slices.EqualFunc(ts, d.sent, sameTarget)
-	d.mu.Unlock()
-	if !same {
+	if f.dropped || !slices.EqualFunc(ts, f.sent, sameTarget) {
 		if err := update(ts); err != nil {
-			d.failed(now, err, update)
+			d.failed(now, err, f, update)
 			return
 		}
 	}
+	f.sent, f.dropped = ts, false
 	d.mu.Lock()
+	wasStale := d.st.Stale
 	d.st.Hosts, d.st.Updated, d.st.Stale, d.st.Error = len(ts), now, false, ""
-	d.sent, d.lastGood, d.dropped = ts, now, false
+	d.lastGood = now
 	d.mu.Unlock()
 	if wasStale {
 		d.o.Logger.LogAttrs(ctx, slog.LevelInfo, "pool: discovery answers again",
@@ -333,13 +356,13 @@ func (d *DNSSource) refresh(ctx context.Context, update func([]Target) error) {
 
 // failed records a failed resolution (or a rejected answer): the first of
 // a run is logged; past MaxStale the source's hosts leave the pool.
-func (d *DNSSource) failed(now time.Time, err error, update func([]Target) error) {
+func (d *DNSSource) failed(now time.Time, err error, f *dnsWatch, update func([]Target) error) {
 	d.mu.Lock()
 	first := !d.st.Stale
 	d.st.Stale, d.st.Error = true, err.Error()
-	drop := d.o.MaxStale > 0 && !d.dropped && !d.lastGood.IsZero() && now.Sub(d.lastGood) >= d.o.MaxStale
+	drop := d.o.MaxStale > 0 && !f.dropped && !d.lastGood.IsZero() && now.Sub(d.lastGood) >= d.o.MaxStale
 	if drop {
-		d.dropped, d.st.Hosts = true, 0
+		f.dropped, d.st.Hosts = true, 0
 	}
 	last := d.lastGood
 	d.mu.Unlock()

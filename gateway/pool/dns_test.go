@@ -263,3 +263,56 @@ func TestDNSSourceMaxStale(t *testing.T) {
 	zone.SetDown(false)
 	require.Eventually(t, func() bool { return len(p.Status()) == 1 }, 5*time.Second, 10*time.Millisecond)
 }
+
+// TestDNSSourceSRVTargetFailing: an SRV target whose address lookup fails
+// transiently (SERVFAIL) keeps the whole last good answer, shown stale,
+// instead of dropping a healthy host; a target that is gone (NXDOMAIN) is
+// left out.
+func TestDNSSourceSRVTargetFailing(t *testing.T) {
+	zone := gatewaytest.NewZone()
+	defer zone.Close()
+	zone.SetAddrs("a.test", loopback4)
+	zone.SetAddrs("b.test", loopback4)
+	zone.SetSRV("_http._tcp.web.test",
+		gatewaytest.SRV{Target: "a.test", Port: 9001},
+		gatewaytest.SRV{Target: "b.test", Port: 9002},
+	)
+	src, err := pool.NewDNSSource(mustURL(t, "srv+http://_http._tcp.web.test"),
+		pool.DNSOptions{Resolver: zone.Addr, Refresh: 100 * time.Millisecond, Timeout: 500 * time.Millisecond, Logger: quietLogger})
+	require.NoError(t, err)
+	p := pool.Empty()
+	p.Logger = quietLogger
+	followed(t, p, src)
+	require.Eventually(t, func() bool { return len(p.Status()) == 2 }, 5*time.Second, 10*time.Millisecond)
+
+	zone.SetFailing("b.test", true)
+	require.Eventually(t, func() bool { return src.Status().Stale }, 5*time.Second, 10*time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // several more refreshes
+	assert.Equal(t, []string{"127.0.0.1:9001", "127.0.0.1:9002"}, statusHosts(p), "b kept while its lookup fails")
+
+	zone.SetFailing("b.test", false)
+	zone.SetSRV("_http._tcp.web.test",
+		gatewaytest.SRV{Target: "a.test", Port: 9001},
+		gatewaytest.SRV{Target: "gone.test", Port: 9002}, // NXDOMAIN
+	)
+	require.Eventually(t, func() bool { return !src.Status().Stale && len(p.Status()) == 1 }, 5*time.Second, 10*time.Millisecond,
+		"a target that is gone leaves: %v", statusHosts(p))
+}
+
+// TestDNSSourceSharedByTwoPools: each pool that follows one DNSSource gets
+// the answer, whenever it starts following.
+func TestDNSSourceSharedByTwoPools(t *testing.T) {
+	zone := gatewaytest.NewZone()
+	defer zone.Close()
+	zone.SetAddrs("backend.test", loopback4)
+	src, err := pool.NewDNSSource(mustURL(t, "dns+http://backend.test:8080"),
+		pool.DNSOptions{Resolver: zone.Addr, Refresh: 100 * time.Millisecond, Logger: quietLogger})
+	require.NoError(t, err)
+	a, b := pool.Empty(), pool.Empty()
+	a.Logger, b.Logger = quietLogger, quietLogger
+	followed(t, a, src)
+	require.Eventually(t, func() bool { return len(a.Status()) == 1 }, 5*time.Second, 10*time.Millisecond)
+	followed(t, b, src)
+	require.Eventually(t, func() bool { return len(b.Status()) == 1 }, 5*time.Second, 10*time.Millisecond,
+		"the second pool gets the answer the first already has")
+}
