@@ -102,8 +102,8 @@ type Pool struct {
 
 	setMu       sync.Mutex // serialises changes of set; guards the fields below
 	contribs    []contribution
-	unforgotten []string // hosts to tell a Forgetter (again)
-	forgotten   []string // those told at the last try
+	unforgotten []string             // hosts to tell a Forgetter (again)
+	forgottenAt map[string]time.Time // when each was first forgotten
 	forgetTimer *time.Timer
 	idleClosed  time.Time
 	idleTimer   *time.Timer

@@ -270,14 +270,31 @@ func (p *Pool) forget(set *targetSet) {
 	if !ok {
 		return
 	}
-	tried := slices.Clone(p.unforgotten)
+	now := time.Now()
 	var again []string
-	for _, h := range tried {
-		if set.byHost[h] == nil && (!f.Forget(h) || !slices.Contains(p.forgotten, h)) {
-			again = append(again, h) // held, or freed once: once more
+	for _, h := range p.unforgotten {
+		if set.byHost[h] != nil { // back in the set
+			delete(p.forgottenAt, h)
+			continue
 		}
+		if !f.Forget(h) { // held by a request: once more
+			again = append(again, h)
+			continue
+		}
+		first, ok := p.forgottenAt[h]
+		if !ok || now.Sub(first) < idleCloseEvery { // freed once: again a second later
+			if !ok {
+				if p.forgottenAt == nil {
+					p.forgottenAt = map[string]time.Time{}
+				}
+				p.forgottenAt[h] = now
+			}
+			again = append(again, h)
+			continue
+		}
+		delete(p.forgottenAt, h)
 	}
-	p.forgotten, p.unforgotten = tried, again
+	p.unforgotten = again
 	if len(again) > 0 && p.forgetTimer == nil {
 		p.forgetTimer = time.AfterFunc(idleCloseEvery, func() {
 			p.setMu.Lock()

@@ -244,3 +244,46 @@ func joinedOf(p *pool.Pool, host string) time.Time {
 	}
 	return time.Time{}
 }
+
+// forgetTimes is a Health that records when each host was forgotten.
+type forgetTimes struct {
+	mu sync.Mutex
+	at map[string][]time.Time
+}
+
+func (f *forgetTimes) Allows(string) bool           { return true }
+func (f *forgetTimes) OpenFor(string) time.Duration { return 0 }
+func (f *forgetTimes) Forget(h string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.at[h] = append(f.at[h], time.Now())
+	return true
+}
+
+// TestForgetAgainASecondLater: every removed host is forgotten at once and
+// again at least a second later, also when the set changes again in
+// between (churn), so that a request that picked it before it left cannot
+// leave its state behind.
+func TestForgetAgainASecondLater(t *testing.T) {
+	p, err := pool.New(mustURL(t, "http://127.0.0.1:1"), mustURL(t, "http://127.0.0.1:2"), mustURL(t, "http://127.0.0.1:3"))
+	require.NoError(t, err)
+	p.Logger = quietLogger
+	h := &forgetTimes{at: map[string][]time.Time{}}
+	p.Health = h
+	_, err = p.SetTargets([]pool.Target{{URL: mustURL(t, "http://127.0.0.1:2")}, {URL: mustURL(t, "http://127.0.0.1:3")}})
+	require.NoError(t, err)
+	time.Sleep(100 * time.Millisecond)
+	_, err = p.SetTargets([]pool.Target{{URL: mustURL(t, "http://127.0.0.1:3")}})
+	require.NoError(t, err)
+	for _, host := range []string{"127.0.0.1:1", "127.0.0.1:2"} {
+		require.Eventually(t, func() bool {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			at := h.at[host]
+			return len(at) >= 2 && at[len(at)-1].Sub(at[0]) >= time.Second
+		}, 10*time.Second, 10*time.Millisecond, "%s forgotten again a second after the first time", host)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	assert.NotContains(t, h.at, "127.0.0.1:3", "a kept host is never forgotten")
+}
