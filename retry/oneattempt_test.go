@@ -1,7 +1,9 @@
 package retry
 
 import (
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -44,4 +46,23 @@ func TestOneAttemptKeepsPerTryDuties(t *testing.T) {
 	got := do(t, front, newRequest(t, t.Context(), "GET", front.URL, nil))
 	assert.Equal(t, http.StatusOK, got.status)
 	assert.Equal(t, "1", <-seen, "the attempt header is set with one attempt too")
+}
+
+// TestOneAttemptKeepsNoReplay: with Attempts 1 no attempt can be retried
+// or hedged, so a repeatable request's body is streamed, never kept for a
+// replay that cannot happen.
+func TestOneAttemptKeepsNoReplay(t *testing.T) {
+	var rt *Retry
+	held := make(chan int64, 1)
+	up := gatewaytest.NewHealthy(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		held <- rt.Stats().ReplayBytes // while the request is in flight
+	}))
+	closeLater(t, up)
+	rt = mustNew(t, Options{Attempts: 1, PerTryTimeout: 5 * time.Second})
+	front := serve(t, rt.Wrap(newProxy(t, ordered(t, up))))
+	body := strings.Repeat("x", 64<<10)
+	got := do(t, front, newRequest(t, t.Context(), http.MethodPut, front.URL, strings.NewReader(body)))
+	assert.Equal(t, http.StatusOK, got.status)
+	assert.Zero(t, <-held, "no replay buffer held for a request that cannot be retried")
 }

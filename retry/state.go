@@ -103,11 +103,11 @@ func (st *state) serve(rt *Retry, next http.Handler, w http.ResponseWriter, r *h
 	if r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		// ReverseProxy sends no body when ContentLength is 0, so neither
 		// is one streamed here. A body that can only be retried unread
-		// (a non-repeatable request) is not kept at all, unless it may
-		// be hedged.
+		// (a non-repeatable request, or any with Attempts 1) is not kept
+		// at all, unless it may be hedged.
 		st.hasBody = true
 		limit := rt.cfg.maxReplay
-		if !st.repeatable && !st.h.on {
+		if (!st.repeatable || rt.cfg.attempts <= 1) && !st.h.on {
 			limit = 0
 		}
 		st.body.reset(r.Body, &rt.replayMem, limit, r.ContentLength)
