@@ -10,13 +10,15 @@ import (
 	"time"
 
 	"github.com/proxykit/proxykit/gateway"
+	"github.com/proxykit/proxykit/gateway/pool"
 	"github.com/proxykit/proxykit/retry"
 )
 
 // Monitor is middleware for the outermost position of a proxy stack. It
 // sees every request's final outcome, counts outcomes by status and failure
 // class, counts retries (wire [Monitor.ObserveRetry] into the retry
-// layer's hook), and writes the one log line for each failed request:
+// layer's hook) and changes of the upstream set (wire
+// [Monitor.ObserveUpstreamChange] into the pool's OnChange), and writes the one log line for each failed request:
 // failures travel outward along the ResponseWriter chain ([gateway.RecordFailure]),
 // so the inner layers leave logging to it.
 //
@@ -59,6 +61,11 @@ type Monitor struct {
 	hedges   [3]atomic.Int64 // sent, won, denied
 	byStatus [6]atomic.Int64 // index status/100; 0 holds "nothing written"
 	byClass  [classSlots]atomic.Int64
+
+	upChanges atomic.Int64
+	upAdded   atomic.Int64
+	upRemoved atomic.Int64
+	upChanged atomic.Int64 // unix nanoseconds of the last change; 0: none
 
 	states sync.Pool // of *monitorState
 }
@@ -222,6 +229,21 @@ func (m *Monitor) ObserveHedge(e retry.HedgeEvent, attempt int, delay time.Durat
 	}
 }
 
+// ObserveUpstreamChange counts one change of the upstream set, and the
+// hosts it added and removed. Its signature fits the pool's OnChange hook
+// (pool.Pool.OnChange, proxykit.Config.OnUpstreamChange); it runs once per
+// change, never on the request path.
+func (m *Monitor) ObserveUpstreamChange(ch pool.Change) {
+	m.upChanges.Add(1)
+	m.upAdded.Add(int64(len(ch.Added)))
+	m.upRemoved.Add(int64(len(ch.Removed)))
+	at := ch.Time
+	if at.IsZero() {
+		at = m.now()
+	}
+	m.upChanged.Store(at.UnixNano())
+}
+
 // Snapshot is a Monitor's counters at one moment.
 type Snapshot struct {
 	// Since is when the Monitor first wrapped a handler.
@@ -244,6 +266,15 @@ type Snapshot struct {
 	// Failures counts failed requests by class name; every class is
 	// present, with zero counts included.
 	Failures map[string]int64 `json:"failures"`
+	// UpstreamChanges counts the changes of the upstream set reported
+	// through ObserveUpstreamChange (discovery answers that changed it,
+	// Stack.SetUpstreams); UpstreamsAdded and UpstreamsRemoved count the
+	// hosts they added and removed; UpstreamsChanged is the time of the
+	// last (absent if none).
+	UpstreamChanges  int64     `json:"upstream_changes"`
+	UpstreamsAdded   int64     `json:"upstreams_added"`
+	UpstreamsRemoved int64     `json:"upstreams_removed"`
+	UpstreamsChanged time.Time `json:"upstreams_changed,omitzero"`
 }
 
 // Snapshot returns the current counters.
@@ -262,6 +293,13 @@ func (m *Monitor) Snapshot() Snapshot {
 		HedgesDenied: m.hedges[2].Load(),
 		ByStatus:     make(map[string]int64, 6),
 		Failures:     make(map[string]int64, len(classes)),
+
+		UpstreamChanges:  m.upChanges.Load(),
+		UpstreamsAdded:   m.upAdded.Load(),
+		UpstreamsRemoved: m.upRemoved.Load(),
+	}
+	if ns := m.upChanged.Load(); ns != 0 {
+		s.UpstreamsChanged = time.Unix(0, ns)
 	}
 	families := [...]string{"none", "1xx", "2xx", "3xx", "4xx", "5xx"}
 	for k := range m.byStatus {
