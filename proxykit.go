@@ -171,8 +171,10 @@ type Config struct {
 	// OnUpstreamChange, if set, is called after each change of the set
 	// of upstream hosts (a discovery answer, Stack.SetUpstreams), one at
 	// a time, with the hosts added, removed and kept (see
-	// [pool.Pool.OnChange]): the hook for metrics of the set. Each change
-	// is also logged at INFO.
+	// [pool.Pool.OnChange]): the hook for metrics of the set. It runs
+	// after the Monitor has counted the change
+	// ([status.Monitor.ObserveUpstreamChange]); each change is also logged
+	// at INFO.
 	OnUpstreamChange func(pool.Change)
 
 	// Logger receives every layer's logs. Nil means slog.Default().
@@ -320,6 +322,7 @@ func New(cfg Config) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
+	monitor := &status.Monitor{Logger: failureLogger, OnFailure: cfg.OnFailure, OnRequest: cfg.OnRequest}
 	var p *pool.Pool
 	if len(cfg.Upstreams) > 0 {
 		if p = pool.Empty(); len(static) > 0 {
@@ -331,7 +334,13 @@ func New(cfg Config) (*Stack, error) {
 				return nil, fmt.Errorf("proxykit: Config.Upstreams: %w", err)
 			}
 		}
-		p.Policy, p.Health, p.Logger, p.OnChange = cfg.Policy, hosts, logger, cfg.OnUpstreamChange
+		p.Policy, p.Health, p.Logger, p.OnChange = cfg.Policy, hosts, logger, monitor.ObserveUpstreamChange
+		if user := cfg.OnUpstreamChange; user != nil {
+			p.OnChange = func(ch pool.Change) {
+				monitor.ObserveUpstreamChange(ch)
+				user(ch)
+			}
+		}
 		if lim != nil {
 			// Draining hosts are skipped, hosts at their limit passed over.
 			p.Health = lim.Health(hosts)
@@ -344,7 +353,6 @@ func New(cfg Config) (*Stack, error) {
 		}
 	}
 
-	monitor := &status.Monitor{Logger: failureLogger, OnFailure: cfg.OnFailure, OnRequest: cfg.OnRequest}
 	ro := cfg.Retry
 	if ro.Logger == nil {
 		ro.Logger = logger
