@@ -25,6 +25,16 @@ const (
 	// gauge: a [pool.State] (serving, warming, resting, trial, out,
 	// draining, drained), the word the status view and the logs use.
 	UpstreamStateKey = attribute.Key("proxykit.upstream.state")
+	// UpstreamSourceKey is where a host came from, on the
+	// proxykit.upstream.state and proxykit.upstream.hosts gauges and the
+	// proxykit.upstream.changes counter: pool.StaticSource ("static") or
+	// the discovery source's name (its URL, as
+	// "dns+http://backend:8080", user info redacted), as
+	// pool.HostStatus.Source and the status view show it.
+	UpstreamSourceKey = attribute.Key("proxykit.upstream.source")
+	// UpstreamChangeKey is the direction of a change of the upstream set
+	// on proxykit.upstream.changes: "added" or "removed".
+	UpstreamChangeKey = attribute.Key("proxykit.upstream.change")
 	// BreakerStateKey and BreakerPreviousStateKey are a breaker
 	// transition's new and old states: "closed", "half_open" or "open".
 	BreakerStateKey         = attribute.Key("proxykit.breaker.state")

@@ -53,6 +53,7 @@ func Example() {
 	// proxykit.upstream.state {state}
 	// http.client.active_requests {request}
 	// proxykit.retry.budget.denials {retry}
+	// proxykit.upstream.hosts {host}
 }
 
 // Wiring by hand: Apply before proxykit.New, Instrument after.

@@ -3,8 +3,8 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"slices"
 
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/proxykit/proxykit"
@@ -23,8 +23,9 @@ import (
 //     resends net/http makes behind the retry policy's back only when it
 //     sees one.)
 //   - It admits the pool's targets to the upstream attributes first.
-//   - It registers the observers: proxykit.upstream.state and
-//     http.client.active_requests per pool target, and
+//   - It registers the observers: proxykit.upstream.state (with each
+//     host's source) and http.client.active_requests per pool target,
+//     proxykit.upstream.hosts per source, and
 //     proxykit.retry.budget.denials.
 //
 // The returned Registration unregisters the observers.
@@ -43,7 +44,7 @@ func (t *Telemetry) Instrument(st *proxykit.Stack) (metric.Registration, error) 
 	return t.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		t.observe(st, o)
 		return nil
-	}, t.hostState, t.active, t.denials)
+	}, t.hostState, t.active, t.denials, t.hosts)
 }
 
 // observe reports a stack's states.
@@ -52,14 +53,18 @@ func (t *Telemetry) observe(st *proxykit.Stack, o metric.Observer) {
 		o.ObserveInt64(t.denials, st.Retry.Stats().BudgetExhausted)
 	}
 	seen := map[*upstream]bool{}
-	report := func(name string, state pool.State, inFlight int64, hasInFlight bool) {
+	report := func(name, source string, state pool.State, inFlight int64, hasInFlight bool) {
 		up := t.ups.named(name)
 		if up == nil || up == t.ups.other || seen[up] {
 			return // one observation per attribute set
 		}
 		seen[up] = true
+		base := slices.Clip(up.kvs)
+		if source != "" {
+			base = append(base, t.sources.attr(source))
+		}
 		for _, s := range upstreamStates {
-			kvs := append(append(make([]attribute.KeyValue, 0, len(up.kvs)+1), up.kvs...), UpstreamStateKey.String(string(s)))
+			kvs := append(slices.Clip(base), UpstreamStateKey.String(string(s)))
 			v := int64(0)
 			if s == state {
 				v = 1
@@ -71,9 +76,11 @@ func (t *Telemetry) observe(st *proxykit.Stack, o metric.Observer) {
 		}
 	}
 	if st.Pool != nil {
-		for _, h := range st.Pool.Status() {
-			report(h.Upstream, h.State, h.InFlight, true)
+		hosts := st.Pool.Status()
+		for _, h := range hosts {
+			report(h.Upstream, h.Source, h.State, h.InFlight, true)
 		}
+		t.observeSources(st.Pool, hosts, o)
 		return
 	}
 	if st.Hosts == nil {
@@ -83,7 +90,7 @@ func (t *Telemetry) observe(st *proxykit.Stack, o metric.Observer) {
 		if s.Overflow || !isHostPort(s.Key) {
 			continue
 		}
-		report(s.Key, s.HostState, 0, false)
+		report(s.Key, "", s.HostState, 0, false)
 	}
 }
 

@@ -48,6 +48,9 @@ func join(parts ...[]attribute.KeyValue) []attribute.KeyValue {
 
 func kv(kvs ...attribute.KeyValue) []attribute.KeyValue { return kvs }
 
+// staticSource is proxykit.upstream.source of a host given in Config.Upstreams.
+var staticSource = attribute.String("proxykit.upstream.source", "static")
+
 // TestSuccess: one request through a healthy upstream records exactly the
 // request, the attempt and the observed states, with the semantic
 // conventions' names, units, buckets and attributes.
@@ -69,6 +72,7 @@ func TestSuccess(t *testing.T) {
 		"http.client.request.duration",
 		"http.server.request.duration",
 		"proxykit.retry.budget.denials",
+		"proxykit.upstream.hosts",
 		"proxykit.upstream.state",
 	}, names(ms), "nothing failed, retried or changed state")
 	for name, want := range map[string]struct{ unit, kind string }{
@@ -77,6 +81,7 @@ func TestSuccess(t *testing.T) {
 		"http.client.active_requests":   {"{request}", "updowncounter"},
 		"proxykit.retry.budget.denials": {"{retry}", "counter"},
 		"proxykit.upstream.state":       {"{state}", "gauge"},
+		"proxykit.upstream.hosts":       {"{host}", "gauge"},
 	} {
 		m := ms[name]
 		assert.Equal(t, want.unit, m.Unit, name)
@@ -113,9 +118,10 @@ func TestSuccess(t *testing.T) {
 		if s == "serving" {
 			v = 1
 		}
-		states[enc(join(upAttrs, kv(attribute.String("proxykit.upstream.state", s)))...)] = v
+		states[enc(join(upAttrs, kv(staticSource, attribute.String("proxykit.upstream.state", s)))...)] = v
 	}
 	assert.Equal(t, states, points(t, rm, "proxykit.upstream.state"))
+	assert.Equal(t, map[string]int64{enc(staticSource): 1}, points(t, rm, "proxykit.upstream.hosts"))
 }
 
 // TestFailureClasses: each failure class reachable on loopback, one
@@ -380,8 +386,8 @@ func TestBreakerTransitionAndNoUpstream(t *testing.T) {
 	state := nonZero(points(t, rm, "proxykit.upstream.state"))
 	require.Len(t, state, 1, "one state at a time: %v", state)
 	assert.Contains(t, []string{
-		enc(join(deadAttrs, kv(attribute.String("proxykit.upstream.state", "out")))...),
-		enc(join(deadAttrs, kv(attribute.String("proxykit.upstream.state", "half_open")))...),
+		enc(join(deadAttrs, kv(staticSource, attribute.String("proxykit.upstream.state", "out")))...),
+		enc(join(deadAttrs, kv(staticSource, attribute.String("proxykit.upstream.state", "half_open")))...),
 	}, slices.Collect(maps.Keys(state))[0])
 }
 

@@ -88,7 +88,9 @@ type Options struct {
 	// MaxUpstreams caps the distinct upstreams that get their own
 	// server.address and server.port on metrics; further ones are
 	// recorded as server.address="_OTHER". A stack's pool targets are
-	// admitted first. 0 means DefaultMaxUpstreams.
+	// admitted first. It caps the distinct values of
+	// proxykit.upstream.source the same way (sources beyond it are
+	// "_OTHER"). 0 means DefaultMaxUpstreams.
 	MaxUpstreams int
 }
 
@@ -111,13 +113,16 @@ type Telemetry struct {
 	hostState      metric.Int64ObservableGauge
 	active         metric.Int64ObservableUpDownCounter
 	denials        metric.Int64ObservableCounter
+	changes        metric.Int64Counter
+	hosts          metric.Int64ObservableGauge
 	meter          metric.Meter
 
-	epoch  time.Time // for since
-	ups    *upstreams
-	server optCache // http.server.request.duration
-	client optCache // http.client.request.duration
-	misc   optCache // the counters
+	epoch   time.Time // for since
+	ups     *upstreams
+	sources *sourceNames // values of proxykit.upstream.source
+	server  optCache     // http.server.request.duration
+	client  optCache     // http.client.request.duration
+	misc    optCache     // the counters
 
 	clientStart []trace.SpanStartOption
 	public      func(*http.Request) bool // nil: every request is public
@@ -154,6 +159,7 @@ func New(o Options) (*Telemetry, error) {
 		epoch:       time.Now(),
 		prop:        prop,
 		ups:         newUpstreams(limit),
+		sources:     newSourceNames(limit),
 		clientStart: []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindClient)},
 		hedged:      retry.IsHedge,
 		public:      o.PublicEndpointFn,
@@ -212,6 +218,12 @@ func New(o Options) (*Telemetry, error) {
 	t.denials, err = m.Int64ObservableCounter("proxykit.retry.budget.denials",
 		metric.WithUnit("{retry}"), metric.WithDescription("Retries the retry budget refused."))
 	check(err)
+	t.changes, err = m.Int64Counter("proxykit.upstream.changes",
+		metric.WithUnit("{host}"), metric.WithDescription("Hosts that joined (added) or left (removed) the pool's set of upstreams, by source."))
+	check(err)
+	t.hosts, err = m.Int64ObservableGauge("proxykit.upstream.hosts",
+		metric.WithUnit("{host}"), metric.WithDescription("Hosts in the pool's set of upstreams, by source."))
+	check(err)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -235,9 +247,10 @@ func (t *Telemetry) NewStack(cfg proxykit.Config) (*proxykit.Stack, error) {
 
 // Apply sets cfg's hooks to record telemetry, keeping any hook already
 // set (it runs after ours): OnRequest (http.server.request.duration,
-// proxykit.requests.without_upstream), Retry.OnRetry (proxykit.retries)
-// and Breaker.OnStateChange (proxykit.breaker.transitions). Apply a
-// Config once: twice counts twice.
+// proxykit.requests.without_upstream), Retry.OnRetry (proxykit.retries),
+// Breaker.OnStateChange (proxykit.breaker.transitions) and
+// OnUpstreamChange (proxykit.upstream.changes). Apply a Config once: twice
+// counts twice.
 func (t *Telemetry) Apply(cfg *proxykit.Config) {
 	if user := cfg.OnRequest; user != nil {
 		cfg.OnRequest = func(r *http.Request, status int, f *gateway.Failure, elapsed time.Duration) {
@@ -263,6 +276,7 @@ func (t *Telemetry) Apply(cfg *proxykit.Config) {
 	} else {
 		cfg.Breaker.OnStateChange = t.ObserveBreaker
 	}
+	t.applyUpstreamChange(cfg)
 }
 
 // ObserveRequest records one finished request: its signature is
