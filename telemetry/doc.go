@@ -47,8 +47,16 @@
 //	    server.address, server.port
 //	proxykit.upstream.state        gauge (observed): 1 for each upstream's
 //	                               current state, 0 for the others
-//	    proxykit.upstream.state    serving, warming, resting, half_open, out
+//	    proxykit.upstream.state    serving, warming, resting, trial, out,
+//	                               draining, drained
 //	    server.address, server.port
+//	    proxykit.upstream.source   where the host came from: static, or the
+//	                               discovery source (dns+http://backend:8080)
+//	proxykit.upstream.changes      counter: hosts that joined or left the set
+//	    proxykit.upstream.source
+//	    proxykit.upstream.change   added or removed
+//	proxykit.upstream.hosts        gauge (observed): hosts in the set
+//	    proxykit.upstream.source
 //	proxykit.requests.without_upstream  counter: requests answered without reaching an upstream
 //	    error.type                 no_upstream or open
 //
