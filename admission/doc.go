@@ -113,12 +113,13 @@
 // [Limiter.Health] passes over a host at its limit for one with headroom,
 // so the queue and shedding are for when no host has any.
 //
-// The limiter does not catch every overload. An excess of less than about
-// 15% of a host's capacity (a host offered 1.05× or 1.1× what it can
-// answer) grows its queue too slowly for the test above, and is never
-// limited, however long it lasts: such a queue shows in the host's
-// latency and, at worst, in its timeouts, which the host-health model
-// judges. A slow host is caught later than a fast one, after about two to
+// The limiter does not catch every overload. An excess of a few percent
+// of a host's capacity (up to about 10–15%) grows its queue too slowly for
+// the test above, and is never limited, however long it lasts: in a
+// simulation of 8 workers × 10 ms offered 1.05× their capacity, 1,600
+// requests were in flight after 20 s, a wait of about 2 s. Such a queue
+// shows in the host's latency and, at worst, in its timeouts, which the
+// host-health model judges. A slow host is caught later than a fast one, after about two to
 // four of its latencies (a host of 600 ms offered 1.5× its capacity:
 // about 2 s). Bursts at a slow host that come within about four of its
 // latencies of each other, each answered in full, can look like a queue
