@@ -54,6 +54,7 @@ type controller struct {
 	n         int
 	inflight  int64   // at the close of the last window
 	rate      float64 // answers per ns while no backlog grew; 0: unknown
+	kept      bool    // the host kept pace once: its in-flight did not grow over a latency (two slots at least)
 	frozen    int64   // ns the rate has been held while in-flight grew
 	p90       float64 // ns
 	quietFrom int64   // while congested: since when it kept pace at its limit (0: it does not)
@@ -76,8 +77,9 @@ type controller struct {
 	answers    float64 // answers per ns, lately
 	restart    bool    // judge latency only by requests sent from now on (read and reset by the host)
 
-	little  float64 // the limit by Little's law at the start of the congestion
-	holding bool    // the limit is held at what was in flight for a window
+	little   float64 // the limit by Little's law at the start of the congestion
+	adjusted int64   // when the gradient last changed the limit (ns)
+	holding  bool    // the limit is held at what was in flight for a window
 
 	last int64 // the last window's median latency, for Status
 }
@@ -133,7 +135,7 @@ func (c *controller) threshold(b int64) int64 {
 }
 
 // enforced returns the limit to enforce now: unlimited unless congested,
-// a quarter of the limit while probing.
+// the probe's limit (at most half the limit) while probing.
 func (c *controller) enforced() int64 {
 	if !c.congested {
 		return unlimited
@@ -150,7 +152,8 @@ func (c *controller) enforced() int64 {
 func (c *controller) record(w window) int64 {
 	growth := w.inflight - c.inflight
 	c.inflight = w.inflight
-	if w.dur > quietGap*c.window {
+	span := c.span()
+	if w.dur > quietGap*span {
 		// Nothing was answered for a while: what came before, this long
 		// window too, says nothing of the host's pace now.
 		c.n, c.frozen = 0, 0
@@ -161,28 +164,57 @@ func (c *controller) record(w window) int64 {
 	} else {
 		c.answers += (r - c.answers) * answersWeight
 	}
-	if c.n == maxHorizon {
-		copy(c.hist[:], c.hist[1:])
-		c.n--
+	if last := &c.hist[max(0, c.n-1)]; c.n > 0 && span > c.window && last.dur < span {
+		// A slow host's slot spans several windows (see span).
+		last.dur, last.left, last.growth = last.dur+max(1, w.dur), last.left+w.left, last.growth+growth
+	} else {
+		if c.n == maxHorizon {
+			copy(c.hist[:], c.hist[1:])
+			c.n--
+		}
+		c.hist[c.n] = pace{dur: max(1, w.dur), left: w.left, growth: growth}
+		c.n++
 	}
-	c.hist[c.n] = pace{dur: max(1, w.dur), left: w.left, growth: growth}
-	c.n++
+	last := c.hist[c.n-1]
+	if span > c.window && last.dur < span {
+		return growth // the slot is still filling: its pace is not known yet
+	}
+	// A host without a p90 yet takes its first: its first requests found
+	// no queue of its own, whatever came after them.
+	if !c.congested && c.p90 == 0 && w.p90 > 0 {
+		c.p90 = float64(w.p90)
+	}
+	// Whether the host kept up is judged over the last of its latencies
+	// (a window, for a host faster than one): a slow host answers a few
+	// requests at a time, and a slot with answers in it says nothing of
+	// its pace on its own.
+	m := max(1, int(math.Ceil(c.p90/float64(span))))
+	var grew, grewTwo int64 // over the last latency; over it and at least two slots
+	for i := 1; i <= min(c.n, max(2, m)); i++ {
+		if i <= m {
+			grew += c.hist[c.n-i].growth
+		}
+		grewTwo += c.hist[c.n-i].growth
+	}
+	if !c.congested && c.p90 > 0 && c.n >= 2 && grewTwo <= 0 {
+		c.kept = true
+	}
 	// The pace is what the host answered while it kept up. While its
 	// in-flight grows the pace is held (a slower dependency answers
 	// nothing for one latency: that is no new pace), for at most
 	// paceHold, so that a host that is slower for good gets its pace.
-	if growth > 0 && c.frozen < int64(paceHold) && c.rate > 0 {
-		c.frozen += w.dur
+	if grew > 0 && c.frozen < int64(paceHold) && c.rate > 0 {
+		c.frozen += last.dur
 	} else if !c.congested {
 		c.frozen = 0
-		r := float64(w.left) / float64(max(1, w.dur))
+		r := float64(last.left) / float64(last.dur)
 		if c.rate == 0 {
 			c.rate = r
 		} else {
 			c.rate += (r - c.rate) * ewmaWeight
 		}
 	}
-	if !c.congested && w.p90 > 0 && growth <= 0 {
+	if !c.congested && w.p90 > 0 && grew <= 0 {
 		if c.p90 == 0 {
 			c.p90 = float64(w.p90)
 		} else {
@@ -210,9 +242,13 @@ func (c *controller) record(w window) int64 {
 // answered one latency later, within the recent half: it brings more
 // answers. Only a queue grows while answers stay flat.
 func (c *controller) behind() (bool, float64) {
+	span := c.span()
+	if c.n == 0 || span > c.window && c.hist[c.n-1].dur < span {
+		return false, 0 // the last slot is still filling
+	}
 	k := 2
 	if c.p90 > 0 {
-		k = max(k, int(math.Ceil(2*c.p90/float64(c.window))))
+		k = max(k, int(math.Ceil(2*c.p90/float64(span))))
 	}
 	k += k & 1
 	for h := k; h <= c.n; h += 2 {
@@ -228,6 +264,14 @@ func (c *controller) behind() (bool, float64) {
 	return false, 0
 }
 
+// span is the least duration of one slot of the backlog history: a
+// Window, or for a host whose p90 is longer than slotsPerLatency Windows,
+// a slotsPerLatency-th of its p90, so that the history's maxHorizon slots
+// cover maxHorizon/slotsPerLatency of its latencies however slow it is.
+func (c *controller) span() int64 {
+	return max(c.window, int64(c.p90/slotsPerLatency))
+}
+
 func (c *controller) sum(from, to int) pace {
 	var s pace
 	for _, p := range c.hist[from:to] {
@@ -241,10 +285,13 @@ func (c *controller) sum(from, to int) pace {
 // fallingBehind reports whether, over s, arrivals exceeded answers by
 // backlogShare of the answers while answers kept the host's pace (a host
 // that answers nothing has no pace to keep: a hung host is the host-health
-// model's, not the limiter's).
+// model's, not the limiter's). A host that never kept pace (overloaded
+// from its first request) has no pace of its own: the one noted meanwhile
+// is of its first answers, which come all at once; its growing in-flight
+// and flat answers are the test.
 func (c *controller) fallingBehind(s pace) bool {
 	return s.growth > 0 && s.left > 0 && float64(s.growth) >= backlogShare*float64(s.left) &&
-		float64(s.left) >= paceShare*c.rate*float64(s.dur)
+		(!c.kept || float64(s.left) >= paceShare*c.rate*float64(s.dur))
 }
 
 // update applies one closed window w at now.
@@ -327,11 +374,16 @@ func (c *controller) update(now int64, w window) event {
 	switch {
 	case s == 0:
 		// Too few answers to judge latency.
+	case now-c.adjusted < b:
+		// The last change of the limit has not shown in the latency of a
+		// slow host yet (a baseline latency has not passed since): the
+		// limit changes at most once a round trip, as TCP's window does.
 	case s > thr:
 		g := max(minGradient, float64(thr)/float64(s))
 		c.limit = max(c.minLimit, c.limit*g)
-		c.quietFrom = 0
+		c.quietFrom, c.adjusted = 0, now
 	default:
+		c.adjusted = now
 		// At the limit without queueing: there may be room. A host that
 		// keeps pace this way for keepPace is no longer congested.
 		c.limit += math.Sqrt(c.limit)
@@ -348,8 +400,8 @@ func (c *controller) update(now int64, w window) event {
 	return evNone
 }
 
-// probe applies a window of a probe. The probe holds the host to a
-// quarter of its limit until what was in flight over it has drained, and
+// probe applies a window of a probe. The probe holds the host to at most
+// half its limit (see startProbe) until what was in flight over it has drained, and
 // then measures the requests sent from then on: their latency has no queue
 // of the old limit in it. Latency within the threshold there confirms the
 // baseline (and keeps it from expiring); lower latency lowers it, and a
@@ -358,7 +410,9 @@ func (c *controller) update(now int64, w window) event {
 // proves nothing either way, and leaves the baseline to expire: a host
 // that got slower for good is relearned within 2·baselineBucket.
 func (c *controller) probe(now int64, w window) event {
-	timedOut := now-c.probeStart >= int64(probeMax)
+	// A slow host needs a few latencies to drain and answer enough to
+	// measure.
+	timedOut := now-c.probeStart >= max(int64(probeMax), int64(probeLatencies*c.p90))
 	if !c.measuring {
 		if w.inflight <= c.enforced() {
 			c.measuring, c.restart = true, true

@@ -38,14 +38,21 @@
 //     answers stay flat while its in-flight grows, window after window.
 //   - Every Window (50 ms, by time) the Limiter notes how many requests
 //     the host answered (or failed), and how many were in flight. It keeps
-//     the last 20 windows, and the host's pace (answers a second) and
-//     typical latency (the p90 of its latency samples) while it kept up.
+//     the last 20 slots of these, and the host's pace (answers a second)
+//     and typical latency (the p90 of its latency samples) while it kept
+//     up. A slot is a window, or for a host whose p90 is longer than 7
+//     windows (350 ms), as many windows as make a seventh of its p90: the
+//     history covers about three of the host's latencies however slow it
+//     is, in a fixed 20 slots.
 //   - The host falls behind when, over a horizon of at least two of its
 //     latencies split in halves, in each half its in-flight grew by at least
 //     15% of its answers while it answered at least 90% of its pace of
 //     before; the recent half brought no more than 10% more answers than
 //     the older one (more concurrency, no more throughput); and its
-//     in-flight at least doubled, by 8 or more.
+//     in-flight at least doubled, by 8 or more. A host that never kept
+//     pace — overloaded from its first request, as when the gateway
+//     restarts at peak — has no pace of before: for it, in-flight that
+//     grows while answers stay flat is enough.
 //   - None of the healthy shapes passes that test. A host that gets slower
 //     answers nothing new for one latency: a half that covers that lag
 //     answers under 90% of the pace (and the growth a half needs then is
@@ -76,10 +83,13 @@
 //     queue) adjusts the limit as Envoy's and Gradient's gradient does:
 //     above Tolerance × baseline (and at least MinQueueDelay above it) the
 //     limit is multiplied by threshold/latency (at least ½); within it, the
-//     limit grows by its square root.
+//     limit grows by its square root. The limit changes at most once a
+//     baseline latency, so that a slow host's latency shows one change
+//     before the next.
 //   - While congested, after five windows and then every 5 s, a probe holds
 //     the host to what carries its answers at half the baseline (at most
-//     half its limit) until what was in flight drained, and measures the
+//     half its limit) until what was in flight drained (for at most 1 s
+//     or five of the host's p90s), and measures the
 //     requests sent from then on: latency within the threshold confirms
 //     the baseline, lower latency lowers it, and a much lower one calls for
 //     another probe soon. A baseline that no probe confirms for 5–10 s
@@ -103,9 +113,17 @@
 // [Limiter.Health] passes over a host at its limit for one with headroom,
 // so the queue and shedding are for when no host has any.
 //
-// An excess of less than about 15% of a host's capacity grows its queue
-// too slowly for the test above; such a queue shows in the host's latency
-// and, at worst, in its timeouts, which the host-health model judges. A
+// The limiter does not catch every overload. An excess of a few percent
+// of a host's capacity (up to about 10–15%) grows its queue too slowly for
+// the test above, and is never limited, however long it lasts: in a
+// simulation of 8 workers × 10 ms offered 1.05× their capacity, 1,600
+// requests were in flight after 20 s, a wait of about 2 s. Such a queue
+// shows in the host's latency and, at worst, in its timeouts, which the
+// host-health model judges. A slow host is caught later than a fast one, after about two to
+// four of its latencies (a host of 600 ms offered 1.5× its capacity:
+// about 2 s). Bursts at a slow host that come within about four of its
+// latencies of each other, each answered in full, can look like a queue
+// to the test. A
 // host close to its capacity under random arrivals has real queues in its
 // bursts, and the limit sheds what finds more than Tolerance allows: in a
 // simulation of 8 workers × 10 ms with Poisson arrivals, none at 75% busy,

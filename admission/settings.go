@@ -23,7 +23,8 @@ const (
 
 // The control law's fixed constants (see doc.go for the reasons).
 const (
-	maxHorizon        = 20               // windows of backlog history (1 s at the default Window)
+	maxHorizon        = 20               // slots of backlog history (1 s at the default Window)
+	slotsPerLatency   = 7                // a slow host's slot spans at least this share of its p90
 	minBacklog        = 8                // the least in-flight growth that can show a host fell behind
 	backlogShare      = 0.15             // in-flight growth, as a share of the answers, that shows falling behind
 	paceShare         = 0.9              // answers kept at least this share of the host's pace meanwhile
@@ -41,6 +42,7 @@ const (
 	probeAfter        = 5                // congested windows before the first probe
 	probeEvery        = 5 * time.Second  // probes while congestion lasts
 	probeMax          = time.Second      // a probe that measured nothing by then ends
+	probeLatencies    = 5                // nor before this many of the host's p90s
 	probeLower        = 0.75             // a probe this far under the baseline calls for another soon
 	baselineBucket    = 5 * time.Second  // the baseline is the minimum over two of these
 	lowShare          = 0.75             // the share of the limit a negative priority may fill
@@ -72,7 +74,8 @@ type Settings struct {
 	// Window is how often a host's pace is noted and its limit updated, by
 	// time (a window closes at the first request or answer after it ends;
 	// latency samples carry over until a window has four). The backlog
-	// history is the last 20 windows. Default 50 ms.
+	// history is the last 20 windows (for a host slower than seven
+	// windows, the last 20 slots of a seventh of its p90). Default 50 ms.
 	Window time.Duration
 
 	// MinLimit is the least concurrency a congested host is allowed.
