@@ -33,6 +33,7 @@ package errorpage
 
 import (
 	"bytes"
+	"crypto/rand"
 	"html/template"
 	"io/fs"
 	"log/slog"
@@ -396,7 +397,7 @@ func requestID(r *http.Request) string {
 	if id := gateway.RequestIDOf(r); id != "" {
 		return id
 	}
-	return gateway.NewRequestID()
+	return rand.Text() // the form gateway.RequestID mints: 26 characters of base32
 }
 
 // Write writes the error response for f to w, negotiated on r's Accept

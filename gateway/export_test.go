@@ -12,3 +12,10 @@ func NewInterceptor(w http.ResponseWriter, d Decider) *Interceptor {
 	i.Reset(w, d)
 	return i
 }
+
+// RetryAfterSeconds and NewRequestID are exported for the external tests
+// only.
+var (
+	RetryAfterSeconds = retryAfterSeconds
+	NewRequestID      = newRequestID
+)

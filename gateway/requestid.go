@@ -38,7 +38,7 @@ func RequestID(next http.Handler) http.Handler {
 		}
 		vals := r.Header[RequestIDHeader]
 		if len(vals) != 1 || !validRequestID(vals[0]) {
-			vals = []string{NewRequestID()}
+			vals = []string{newRequestID()}
 			r.Header[RequestIDHeader] = vals
 		}
 		if conn := r.Header["Connection"]; len(conn) > 0 {
@@ -118,6 +118,6 @@ func validRequestID(id string) bool {
 	return true
 }
 
-// NewRequestID returns a new random request ID: 26 characters of base32,
+// newRequestID returns a new random request ID: 26 characters of base32,
 // 128 bits from crypto/rand.
-func NewRequestID() string { return rand.Text() }
+func newRequestID() string { return rand.Text() }

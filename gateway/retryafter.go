@@ -46,9 +46,9 @@ func ParseRetryAfter(v string, now time.Time) (time.Duration, bool) {
 	return d, true
 }
 
-// RetryAfterSeconds formats d as a Retry-After delay in whole seconds,
+// retryAfterSeconds formats d as a Retry-After delay in whole seconds,
 // rounded up, and at least 1: "0" would invite an immediate retry storm.
-func RetryAfterSeconds(d time.Duration) string {
+func retryAfterSeconds(d time.Duration) string {
 	s := (d + time.Second - 1) / time.Second
 	if s < 1 {
 		s = 1
