@@ -209,11 +209,15 @@ func TestTotalOutage(t *testing.T) {
 	}
 
 	// While open: 503 + Retry-After at once; only probes reach upstreams.
+	// Counted, not timed: on a busy machine fewer requests fit in the open
+	// periods, but each one is either a fast 503 or a half-open probe.
 	var fast []time.Duration
+	answered := 0
 	deadline := time.Now().Add(4 * open)
-	for time.Now().Before(deadline) {
+	for time.Now().Before(deadline) || answered < 50 {
 		start := time.Now()
 		res := get(t, c, front.URL)
+		answered++
 		if res.StatusCode == http.StatusServiceUnavailable {
 			fast = append(fast, time.Since(start))
 			assert.NotEmpty(t, res.Header.Get("Retry-After"))
@@ -231,7 +235,7 @@ func TestTotalOutage(t *testing.T) {
 	}
 	assert.Positive(t, probes, "open periods end in probes")
 	require.NotEmpty(t, fast)
-	assert.Greater(t, len(fast), 10*int(probes), "nearly every request is answered without the upstreams")
+	assert.Equal(t, answered, len(fast)+int(probes), "every request but the probes is answered without the upstreams")
 	sort.Slice(fast, func(i, j int) bool { return fast[i] < fast[j] })
 	t.Logf("%d fast 503s, %d probes; client-observed latency p50 %v, p99 %v", len(fast), probes,
 		fast[len(fast)/2], fast[len(fast)*99/100])
