@@ -536,7 +536,12 @@ func TestStackHostileHeaders(t *testing.T) {
 			assert.Equal(t, "application/problem+json", res.Header.Get("Content-Type"), "%s: text/html lies beyond the bound", name)
 			assert.NotContains(t, body, "x-junk", name)
 			assert.Less(t, len(body), 16<<10, name)
-			assert.Less(t, took, 5*time.Second, name)
+			// Bounded work is shown by the content type above (negotiation
+			// stopped before text/html); the time bound only catches work
+			// that grows with the entries (quadratic in 100k: minutes), at
+			// 10× what net/http's own parsing of these headers takes under
+			// -race on a busy machine.
+			assert.Less(t, took, 30*time.Second, name)
 			t.Logf("%s: %v", name, took)
 		}
 		checkLogs(t)
