@@ -381,7 +381,10 @@ func TestDeadPoolFastFail(t *testing.T) {
 
 // TestOneFailingRoute: one host, one route answering 502 (its database
 // is down) at half of the traffic: the host stays in service and every
-// other route is served.
+// other route is served. On a starved machine the limiter may shed a few
+// requests (the host does answer slower then); those are told apart by
+// their class, and a host taken out by the failing route would fail most
+// of them with another.
 func TestOneFailingRoute(t *testing.T) {
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/bad" {
@@ -394,16 +397,23 @@ func TestOneFailingRoute(t *testing.T) {
 	stop := make(chan struct{})
 	time.AfterFunc(2*time.Second, func() { close(stop) })
 	samples := load(t, r.front.URL, 4*time.Millisecond, stop, "/bad", "/a", "/bad", "/b")
-	others, ok := 0, 0
+	others, ok, shed := 0, 0, 0
 	for _, s := range samples {
-		if s.path != "/bad" {
-			others++
-			if s.status == http.StatusOK {
-				ok++
-			}
+		if s.path == "/bad" {
+			continue
+		}
+		others++
+		switch {
+		case s.status == http.StatusOK:
+			ok++
+		case s.class == gateway.ClassOverloaded.String():
+			shed++
+		default:
+			assert.Fail(t, "another route failed", "%s: %d %s", s.path, s.status, s.class)
 		}
 	}
-	t.Logf("%d requests; other routes served %d of %d; host %s", len(samples), ok, others, r.st.Hosts.HostState(r.ups[0].Addr))
-	assert.Equal(t, others, ok)
+	t.Logf("%d requests; other routes served %d of %d (%d shed by the limiter); host %s", len(samples), ok, others, shed, r.st.Hosts.HostState(r.ups[0].Addr))
+	assert.Positive(t, ok)
+	assert.LessOrEqual(t, shed*20, others, "at most a stall's few shed (5%%)")
 	assert.Equal(t, pool.StateServing, r.st.Hosts.HostState(r.ups[0].Addr))
 }
