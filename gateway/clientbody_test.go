@@ -163,11 +163,14 @@ func TestStalledUploadIs408(t *testing.T) {
 // many idle periods, is never cut; and a response that takes several idle
 // periods after the body ended still arrives (the deadline is cleared at
 // the body's end, so net/http's background read cannot cancel the
-// request).
+// request). The gap between chunks is a tenth of the idle timeout, so a
+// busy machine's scheduling delays do not pass for a stalled client; the
+// upload still lasts three idle periods, so a deadline set once for the
+// whole body would cut it.
 func TestMovingUploadOutlastsIdleTimeout(t *testing.T) {
-	const idle = 150 * time.Millisecond
+	const idle = 500 * time.Millisecond
 	ended := make(chan error, 1)
-	s := gatewaytest.NewHealthy(bodyReader(ended, 3*idle))
+	s := gatewaytest.NewHealthy(bodyReader(ended, 2*idle))
 	defer s.Close()
 	capt, front := stalledProxy(t, s.URL, idle)
 
@@ -175,11 +178,11 @@ func TestMovingUploadOutlastsIdleTimeout(t *testing.T) {
 	require.NoError(t, err)
 	defer c.Close()
 	require.NoError(t, c.SetDeadline(time.Now().Add(20*time.Second)))
-	const chunks, chunk = 24, "0123456789"
+	const chunks, chunk = 30, "0123456789"
 	_, err = io.WriteString(c, "PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: "+
 		strconv.Itoa(chunks*len(chunk))+"\r\n\r\n")
 	require.NoError(t, err)
-	for range chunks { // 24 × 50 ms: 1.2 s, 8 idle periods
+	for range chunks { // 30 × 50 ms: 1.5 s, 3 idle periods
 		_, err = io.WriteString(c, chunk)
 		require.NoError(t, err)
 		time.Sleep(50 * time.Millisecond)
