@@ -149,7 +149,7 @@ func TestStackRejectsMalformedDiscoveryName(t *testing.T) {
 
 // TestStackDiscoveryOneAddressRefuses: one of ten addresses behind a name
 // refuses connections: every request, POSTs included, is served by the
-// other nine, and that one address alone is out.
+// other nine, and that one address alone is not serving.
 func TestStackDiscoveryOneAddressRefuses(t *testing.T) {
 	zone := gatewaytest.NewZone()
 	defer zone.Close()
@@ -173,7 +173,10 @@ func TestStackDiscoveryOneAddressRefuses(t *testing.T) {
 	bad := gateway.UpstreamName(mustParse(servers[3].URL))
 	for _, s := range st.Pool.Status() {
 		if s.Upstream == bad {
-			assert.Contains(t, []pool.State{pool.StateOut, pool.StateResting, pool.StateTrial}, s.State)
+			// Never serving: its rest is timed, so on a busy machine it may
+			// have ended during the run, leaving the host warming (back,
+			// not yet proven) with no request sent it since.
+			assert.Contains(t, []pool.State{pool.StateOut, pool.StateResting, pool.StateTrial, pool.StateWarming}, s.State)
 		} else {
 			assert.Contains(t, []pool.State{pool.StateServing, pool.StateWarming}, s.State, s.Upstream)
 		}
