@@ -210,7 +210,7 @@ func New(o Options) (*Telemetry, error) {
 		metric.WithUnit("{request}"), metric.WithDescription("Requests answered without reaching an upstream: no_upstream (none available) or open (its breaker is open)."))
 	check(err)
 	t.hostState, err = m.Int64ObservableGauge("proxykit.upstream.state",
-		metric.WithUnit("{state}"), metric.WithDescription("1 for each upstream's current state (serving, warming, resting, half_open, out), 0 for the others."))
+		metric.WithUnit("{state}"), metric.WithDescription("1 for each upstream's current state (serving, warming, resting, trial, out, draining, drained), 0 for the others."))
 	check(err)
 	t.active, err = m.Int64ObservableUpDownCounter("http.client.active_requests",
 		metric.WithUnit("{request}"), metric.WithDescription("Number of active HTTP requests, per upstream."))

@@ -658,13 +658,8 @@ func bareFollower(resolver string, refresh time.Duration) (http.Handler, func())
 func openMixed(ctx context.Context, base string, rate float64, d time.Duration, postEvery int) loadgen.Result {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}}
 	defer client.CloseIdleConnections()
-	type sample struct {
-		latency time.Duration
-		status  int
-		class   string
-	}
 	n := int(rate * d.Seconds())
-	samples := make([]sample, n)
+	samples := make([]loadgen.Sample, n)
 	interval := time.Duration(float64(time.Second) / rate)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -677,46 +672,34 @@ func openMixed(ctx context.Context, base string, rate float64, d time.Duration, 
 		go func() {
 			defer wg.Done()
 			s := &samples[i]
+			s.Start = time.Now()
+			defer func() { s.End = time.Now() }()
 			method, body := http.MethodGet, io.Reader(nil)
 			if i%postEvery == 0 {
 				method, body = http.MethodPost, strings.NewReader("order "+strconv.Itoa(i))
 			}
 			req, err := http.NewRequestWithContext(ctx, method, base+"/orders", body)
 			if err != nil {
-				s.class = "client_error"
+				s.Class = "client_error"
 				return
 			}
 			req.Header.Set(loadgen.LoadIDHeader, strconv.Itoa(i))
 			req.Header.Set("Accept", "application/json")
-			t0 := time.Now()
 			res, err := client.Do(req)
 			if err != nil {
-				s.class, s.latency = "client_error", time.Since(t0)
+				s.Class = "client_error"
 				return
 			}
-			s.status = res.StatusCode
+			s.Status = res.StatusCode
 			if res.StatusCode >= 400 {
-				s.class = problemClass(res)
+				s.Class = loadgen.ClassOf(res)
 			}
 			_, _ = io.Copy(io.Discard, res.Body)
 			res.Body.Close()
-			s.latency = time.Since(t0)
 		}()
 	}
 	wg.Wait()
-	out := loadgen.Result{ByStatus: map[int]int{}, Failures: map[string]int{}, Elapsed: time.Since(start)}
-	for _, s := range samples {
-		out.Requests++
-		out.ByStatus[s.status]++
-		if s.status >= 200 && s.status < 400 {
-			out.Succeeded++
-		} else {
-			out.Failures[s.class]++
-		}
-		out.Latencies = append(out.Latencies, s.latency)
-	}
-	slices.Sort(out.Latencies)
-	return out
+	return loadgen.OpenResult{Start: start, Samples: samples}.Result()
 }
 
 // sleepCtx sleeps d, or less when ctx ends first (then false).

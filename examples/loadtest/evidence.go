@@ -8,7 +8,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 	"log"
 	"log/slog"
@@ -253,23 +252,11 @@ func upload(ctx context.Context, u string) loadgen.Sample {
 	defer res.Body.Close()
 	s.Status = res.StatusCode
 	if !s.OK() {
-		s.Class = problemClass(res)
+		s.Class = loadgen.ClassOf(res)
 	}
 	_, _ = io.Copy(io.Discard, res.Body)
 	s.End = time.Now()
 	return s
-}
-
-// problemClass reads the class of a problem+json body, or gives the status.
-func problemClass(res *http.Response) string {
-	var p struct {
-		Class string `json:"class"`
-	}
-	if strings.HasPrefix(res.Header.Get("Content-Type"), "application/problem+json") &&
-		json.NewDecoder(io.LimitReader(res.Body, 64<<10)).Decode(&p) == nil && p.Class != "" {
-		return p.Class
-	}
-	return strconv.Itoa(res.StatusCode)
 }
 
 // runConnCap runs conncap through one stack: the upstream's connections

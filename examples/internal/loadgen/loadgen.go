@@ -145,7 +145,7 @@ func Run(ctx context.Context, url string, opts Options) Result {
 				} else {
 					s.status = res.StatusCode
 					if res.StatusCode >= 400 {
-						s.class = classOf(res)
+						s.class = ClassOf(res)
 					}
 					_, _ = io.Copy(io.Discard, res.Body)
 					res.Body.Close()
@@ -192,9 +192,9 @@ func Run(ctx context.Context, url string, opts Options) Result {
 	return r
 }
 
-// classOf reads the failure class from a problem+json body, or falls back
+// ClassOf reads the failure class from a problem+json body, or falls back
 // to the status.
-func classOf(res *http.Response) string {
+func ClassOf(res *http.Response) string {
 	if strings.HasPrefix(res.Header.Get("Content-Type"), "application/problem+json") {
 		var p struct {
 			Class string `json:"class"`

@@ -214,7 +214,7 @@ func send(client *http.Client, url, id string, s *Sample) {
 	s.Status = res.StatusCode
 	s.RetryAfter = res.Header.Get("Retry-After") != ""
 	if res.StatusCode >= 400 {
-		s.Class = classOf(res)
+		s.Class = ClassOf(res)
 	}
 	if _, err := io.Copy(io.Discard, res.Body); err != nil && s.OK() {
 		s.Status, s.Class = 0, "client_error" // cut short: not served
