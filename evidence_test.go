@@ -20,23 +20,6 @@ import (
 	"github.com/proxykit/proxykit/retry"
 )
 
-// trickle is a request body that keeps moving slowly: one byte every
-// interval, n bytes in all.
-type trickle struct {
-	n     int
-	every time.Duration
-}
-
-func (b *trickle) Read(p []byte) (int, error) {
-	if b.n == 0 {
-		return 0, io.EOF
-	}
-	time.Sleep(b.every)
-	p[0] = 'x'
-	b.n--
-	return 1, nil
-}
-
 // bodyCounter answers every request, after reading its body whole, with
 // the number of bytes read.
 var bodyCounter = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -160,7 +143,7 @@ func TestSlowUploadIsTheClients(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					req, err := http.NewRequest("POST", front.URL+"/upload", &trickle{n: 10, every: 300 * time.Millisecond})
+					req, err := http.NewRequest("POST", front.URL+"/upload", gatewaytest.SlowBody(10, 300*time.Millisecond))
 					if !assert.NoError(t, err) {
 						return
 					}

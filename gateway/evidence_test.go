@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -19,23 +18,6 @@ import (
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
 )
-
-// drip is a request body that keeps moving slowly: one byte every
-// interval, n bytes in all.
-type drip struct {
-	n     int
-	every time.Duration
-}
-
-func (b *drip) Read(p []byte) (int, error) {
-	if b.n == 0 {
-		return 0, io.EOF
-	}
-	time.Sleep(b.every)
-	p[0] = 'x'
-	b.n--
-	return 1, nil
-}
 
 // roundTripFailure sends req through gt and returns its Failure.
 func roundTripFailure(t *testing.T, gt *gateway.Transport, req *http.Request) *gateway.Failure {
@@ -64,7 +46,7 @@ func TestDeadlineWhileBodyArrivesIsTheClients(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "POST", up.URL+"/upload", &drip{n: 20, every: 100 * time.Millisecond})
+	req, err := http.NewRequestWithContext(ctx, "POST", up.URL+"/upload", gatewaytest.SlowBody(20, 100*time.Millisecond))
 	require.NoError(t, err)
 	req.ContentLength = 20
 	f := roundTripFailure(t, gt, req)

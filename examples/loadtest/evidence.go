@@ -160,22 +160,6 @@ func buildEvidence(stack string, target *url.URL, base *http.Transport, ro retry
 	return st.Handler, st.Close, nil
 }
 
-// trickle is a request body that moves one byte every interval.
-type trickle struct {
-	n     int
-	every time.Duration
-}
-
-func (b *trickle) Read(p []byte) (int, error) {
-	if b.n == 0 {
-		return 0, io.EOF
-	}
-	time.Sleep(b.every)
-	p[0] = 'x'
-	b.n--
-	return 1, nil
-}
-
 // runSlowUpload runs slowupload through one stack.
 func runSlowUpload(ctx context.Context, stack string) (loadgen.Row, error) {
 	var ledger loadgen.Ledger
@@ -235,7 +219,7 @@ func runSlowUpload(ctx context.Context, stack string) (loadgen.Row, error) {
 func upload(ctx context.Context, u string) loadgen.Sample {
 	s := loadgen.Sample{Stream: 1, Start: time.Now()}
 	defer func() { s.End = time.Now() }()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, &trickle{n: uploadBytes, every: uploadEvery})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, gatewaytest.SlowBody(uploadBytes, uploadEvery))
 	if err != nil {
 		s.Class = "client_error"
 		return s
