@@ -21,23 +21,7 @@ func TestControlSlowHostOverload(t *testing.T) {
 				s.run(5 * time.Second)
 				assert.False(t, s.congested, "half its capacity: not limited")
 				s.streams[0].Rate = f * capacity
-				var caught time.Duration
-				var before int64
-				for i := range 20000 {
-					s.step(0)
-					if caught == 0 && s.c.congested {
-						caught = time.Duration(i+1) * time.Millisecond
-					}
-					if i == 9999 {
-						before = s.served
-					}
-				}
-				goodput := float64(s.served-before) / 10 / capacity
-				t.Logf("caught after %v, shed %d, in flight %d, limit %d, goodput %.2f of capacity", caught, s.shed, s.inflight(), s.c.enforced(), goodput)
-				assert.True(t, s.congested, "the overload was caught")
-				assert.Positive(t, s.shed)
-				assert.LessOrEqual(t, s.inflight(), int64(100), "in flight stays bounded")
-				assert.GreaterOrEqual(t, goodput, 0.6, "the host stays busy")
+				requireCaught(t, s, capacity)
 			})
 		}
 	}
@@ -53,23 +37,7 @@ func TestControlOverloadFromStart(t *testing.T) {
 			t.Run(fmt.Sprintf("%v %.1fx", svc, f), func(t *testing.T) {
 				capacity := 8 / svc.Seconds()
 				s := newHostSim(t, 8, &stream{Rate: f * capacity, Service: svc})
-				var caught time.Duration
-				var before int64
-				for i := range 20000 {
-					s.step(0)
-					if caught == 0 && s.c.congested {
-						caught = time.Duration(i+1) * time.Millisecond
-					}
-					if i == 9999 {
-						before = s.served
-					}
-				}
-				goodput := float64(s.served-before) / 10 / capacity
-				t.Logf("caught after %v, shed %d, in flight %d, limit %d, goodput %.2f of capacity", caught, s.shed, s.inflight(), s.c.enforced(), goodput)
-				assert.True(t, s.congested, "the overload was caught")
-				assert.Positive(t, s.shed)
-				assert.LessOrEqual(t, s.inflight(), int64(100), "in flight stays bounded")
-				assert.GreaterOrEqual(t, goodput, 0.6, "the host stays busy")
+				requireCaught(t, s, capacity)
 			})
 		}
 	}
@@ -105,4 +73,28 @@ func TestControlSlowHostHealthyShapes(t *testing.T) {
 			assert.False(t, s.congested, "never congested")
 		})
 	}
+}
+
+// requireCaught runs s for 20 s of simulated time and checks that the
+// overload was caught: shedding, in flight bounded, and the host kept busy
+// (goodput over the last 10 s at least 0.6 of capacity).
+func requireCaught(t *testing.T, s *hostSim, capacity float64) {
+	t.Helper()
+	var caught time.Duration
+	var before int64
+	for i := range 20000 {
+		s.step(0)
+		if caught == 0 && s.c.congested {
+			caught = time.Duration(i+1) * time.Millisecond
+		}
+		if i == 9999 {
+			before = s.served
+		}
+	}
+	goodput := float64(s.served-before) / 10 / capacity
+	t.Logf("caught after %v, shed %d, in flight %d, limit %d, goodput %.2f of capacity", caught, s.shed, s.inflight(), s.c.enforced(), goodput)
+	assert.True(t, s.congested, "the overload was caught")
+	assert.Positive(t, s.shed)
+	assert.LessOrEqual(t, s.inflight(), int64(100), "in flight stays bounded")
+	assert.GreaterOrEqual(t, goodput, 0.6, "the host stays busy")
 }
