@@ -234,10 +234,12 @@ func TestStackChurn(t *testing.T) {
 	// The SRV answer rotates over servers 0-4 (two at a time), and the
 	// static upstreams switch between server 5 and hosts that exist only
 	// in the set (drained, never sent to: they stand for churned hosts
-	// whose state must be freed).
+	// whose state must be freed). They sit on 127.0.0.2, where no test
+	// server listens, so a phantom's port can never be a real server's
+	// ephemeral port (that would make SetUpstreams refuse a duplicate).
 	for i := range 200 {
 		setSRV(t, zone, "_http._tcp.web.test", servers[i%5], servers[(i+1)%5])
-		phantom := mustParse(fmt.Sprintf("http://127.0.0.1:%d", 40000+i))
+		phantom := mustParse(fmt.Sprintf("http://127.0.0.2:%d", 40000+i))
 		st.Limiter.Watch(phantom)
 		require.NoError(t, st.Limiter.Drain(phantom.Host))
 		require.NoError(t, st.SetUpstreams([]*url.URL{mustParse(servers[5].URL), phantom}))
