@@ -260,6 +260,7 @@ func (i *Interceptor) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err == nil {
 		if i.state == statePending {
 			i.observeCommit()
+			i.status = http.StatusSwitchingProtocols // ReverseProxy hijacks only to upgrade
 		}
 		i.state = stateHijacked
 	}
@@ -277,7 +278,10 @@ func (i *Interceptor) observeCommit() {
 // Unwrap returns the underlying writer, for http.ResponseController.
 func (i *Interceptor) Unwrap() http.ResponseWriter { return i.w }
 
-// Status returns the final status decided on, or 0 if none was written.
+// Status returns the final status decided on; 101 (Switching Protocols)
+// when the handler took the connection over before writing one, as
+// ReverseProxy does to upgrade after the upstream's 101; or 0 if none was
+// written.
 func (i *Interceptor) Status() int { return i.status }
 
 // Failure returns the Failure recorded for the response, or nil.
@@ -292,9 +296,6 @@ func (i *Interceptor) Committed() bool {
 
 // Discarded reports whether the response was discarded.
 func (i *Interceptor) Discarded() bool { return i.state == stateDiscarded }
-
-// Hijacked reports whether the connection was hijacked (an upgrade).
-func (i *Interceptor) Hijacked() bool { return i.state == stateHijacked }
 
 // Forwarded reports whether, on Pass, the Failure was handed to an enclosing
 // FailureRecorder. If not, the caller is the outermost layer to see it.

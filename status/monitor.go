@@ -123,11 +123,8 @@ func (m *Monitor) finish(w http.ResponseWriter, r *http.Request, i *gateway.Inte
 	if f != nil && f.Class == gateway.ClassCanceled {
 		status = 0 // nothing reached the client
 	}
-	switch {
-	case i.Hijacked():
-		status = http.StatusSwitchingProtocols // ReverseProxy hijacks only to upgrade
-	case f == nil && status == 0:
-		status = http.StatusOK // net/http's implicit 200
+	if f == nil && status == 0 {
+		status = http.StatusOK // net/http's implicit 200 (a hijack is 101: Interceptor.Status)
 	}
 	if s := status / 100; s >= 1 && s <= 5 {
 		m.byStatus[s].Add(1)

@@ -128,6 +128,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -225,6 +226,8 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	concurrency := fs.Int("concurrency", 16, "concurrent clients of the fault scenarios")
 	only := fs.String("scenario", "all", "scenarios to run, comma-separated: names, or all, faults, restart")
 	markdown := fs.Bool("markdown", false, "print a Markdown table")
+	onlyStacks := fs.String("stacks", "", "stacks to run, comma-separated (default: each scenario's own)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run (generator, proxy and upstreams) to this file")
 	tl := defaultTimeline
 	fs.Float64Var(&tl.rate, "rate", tl.rate, "restart scenarios: requests per second, open-loop")
 	fs.Uint64Var(&tl.seed, "seed", tl.seed, "restart scenarios: seed of the Poisson arrivals")
@@ -273,7 +276,59 @@ func run(ctx context.Context, args []string, out, errOut io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if chosen, err = keepStacks(chosen, *onlyStacks); err != nil {
+		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	return runJobs(ctx, chosen, *markdown, out, errOut)
+}
+
+// keepStacks narrows each job to the stacks named in list (comma-separated;
+// "" keeps them all). A name no chosen job runs is an error, so that a typo
+// does not pass for an empty run.
+func keepStacks(chosen []job, list string) ([]job, error) {
+	if list == "" {
+		return chosen, nil
+	}
+	want := map[string]bool{}
+	for n := range strings.SplitSeq(list, ",") {
+		want[strings.TrimSpace(n)] = true
+	}
+	used := map[string]bool{}
+	var kept []job
+	for _, j := range chosen {
+		all := j.stacks
+		if all == nil {
+			all = []string{"bare", "proxykit"}
+		}
+		var stacks []string
+		for _, s := range all {
+			if want[s] {
+				stacks = append(stacks, s)
+				used[s] = true
+			}
+		}
+		if stacks != nil {
+			j.stacks = stacks
+			kept = append(kept, j)
+		}
+	}
+	for n := range want {
+		if !used[n] {
+			return nil, fmt.Errorf("-stacks: no chosen scenario runs stack %q", n)
+		}
+	}
+	return kept, nil
 }
 
 // jobs lists every scenario, fault scenarios first.
