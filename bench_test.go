@@ -33,6 +33,11 @@ func (w *discardWriter) Header() http.Header         { return w.h }
 func (w *discardWriter) WriteHeader(s int)           { w.status = s }
 func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 
+// Like net/http's own ResponseWriter, it takes connection deadlines (which
+// ClientBodyTimeout sets on every request with a body).
+func (w *discardWriter) SetReadDeadline(time.Time) error  { return nil }
+func (w *discardWriter) SetWriteDeadline(time.Time) error { return nil }
+
 var quiet = slog.New(slog.DiscardHandler)
 
 // layers builds the stack one layer at a time over an in-memory upstream.

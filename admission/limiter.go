@@ -238,10 +238,10 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		// request gives its slot back until its body was sent whole, and
 		// its latency is measured from then. So slow or stalled uploads
 		// neither fill the limit nor look like a host falling behind.
-		body = &timedBody{ReadCloser: req.Body, h: h}
-		out := *req // RoundTrip must not modify req
-		out.Body = body
-		req = &out
+		out := &timedRequest{req: *req, body: timedBody{ReadCloser: req.Body, h: h}} // RoundTrip must not modify req
+		body = &out.body
+		out.req.Body = body
+		req = &out.req
 		h.giveBack()
 	}
 	// A busy host without a limit needs only a share of its requests
@@ -641,6 +641,13 @@ func (h *host) logEvent(ev event, w window) {
 	case evRelearned:
 		lg.LogAttrs(context.Background(), slog.LevelInfo, "admission: upstream congested for long with latency never near its baseline: measuring the baseline anew", attrs...)
 	}
+}
+
+// timedRequest is the copy of a request with a body that the limiter
+// sends on, with its timed body: one allocation.
+type timedRequest struct {
+	req  http.Request
+	body timedBody
 }
 
 // timedBody is a request body that takes its request's slot back when it

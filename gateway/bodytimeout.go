@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"sync"
@@ -35,7 +36,7 @@ const defaultClientBodyIdle = 30 * time.Second
 // upgrades, server-sent event streams) are passed through untouched;
 // responses are never bounded, so long downloads are unaffected.
 //
-// It sets the deadline through http.ResponseController, so every
+// It sets the deadline as http.ResponseController does, so every
 // ResponseWriter wrapper between it and the server must support that
 // (Unwrap); where SetReadDeadline is not supported it does nothing. The
 // deadline replaces any set by http.Server.ReadTimeout for the body. A
@@ -55,21 +56,48 @@ func ClientBodyTimeout(next http.Handler, idle time.Duration) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		b := &idleBody{rc: r.Body, w: w, idle: idle}
-		if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(idle)); err != nil {
+		if err := setReadDeadline(w, time.Now().Add(idle)); err != nil {
 			next.ServeHTTP(w, r) // no deadlines through this writer
 			return
 		}
-		defer b.stop() // w is not ours once the handler returned
 		// A shallow copy carries the wrapped body: the server's own
 		// request keeps its body, whose type net/http reads after the
 		// handler (a client still waiting for 100 Continue is not read
 		// from, only its connection closed; an unread rest is
-		// discarded under the deadline).
-		in := *r
-		in.Body = b
-		next.ServeHTTP(w, &in)
+		// discarded under the deadline). Copy and body are one
+		// allocation.
+		in := &idleRequest{req: *r, body: idleBody{rc: r.Body, w: w, idle: idle}}
+		in.req.Body = &in.body
+		defer in.body.stop() // w is not ours once the handler returned
+		next.ServeHTTP(w, &in.req)
 	})
+}
+
+// idleRequest is the request the layers behind ClientBodyTimeout see, with
+// its body.
+type idleRequest struct {
+	req  http.Request
+	body idleBody
+}
+
+// errNoReadDeadline: no writer in the chain sets read deadlines.
+var errNoReadDeadline = errors.New("gateway: the ResponseWriter does not support read deadlines")
+
+// setReadDeadline does what http.ResponseController's SetReadDeadline
+// does — the first writer down the Unwrap chain that sets read deadlines
+// sets it — without allocating a controller, since it runs on every read
+// of a moving body.
+func setReadDeadline(w http.ResponseWriter, t time.Time) error {
+	for {
+		switch v := w.(type) {
+		case interface{ SetReadDeadline(time.Time) error }:
+			return v.SetReadDeadline(t)
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = v.Unwrap()
+		default:
+			return errNoReadDeadline
+		}
+	}
 }
 
 // idleBody pushes its connection's read deadline forward while it is read.
@@ -98,7 +126,7 @@ func (b *idleBody) Read(p []byte) (int, error) {
 	case n > 0:
 		b.mu.Lock()
 		if !b.stopped {
-			_ = http.NewResponseController(b.w).SetReadDeadline(time.Now().Add(b.idle))
+			_ = setReadDeadline(b.w, time.Now().Add(b.idle))
 		}
 		b.mu.Unlock()
 	}
@@ -120,7 +148,7 @@ func (b *idleBody) clear() {
 	defer b.mu.Unlock()
 	if !b.stopped {
 		b.stopped = true
-		_ = http.NewResponseController(b.w).SetReadDeadline(time.Time{})
+		_ = setReadDeadline(b.w, time.Time{})
 	}
 }
 
