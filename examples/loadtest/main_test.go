@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -35,7 +37,7 @@ func TestBadFlags(t *testing.T) {
 	var out, errs strings.Builder
 	for _, args := range [][]string{{"-scenario", "nope"}, {"-duration", "0s"}, {"-concurrency", "0"}, {"-x"},
 		{"-rate", "0"}, {"-outage", "0s"}, {"-after", "-1s"}, {"-overload-rate", "0"},
-		{"-stall-requests", "0"}, {"-stall-clients", "0"}} {
+		{"-stall-requests", "0"}, {"-stall-clients", "0"}, {"-scenario", "happy", "-stacks", "nope"}} {
 		assert.Error(t, run(context.Background(), args, &out, &errs), "%v", args)
 	}
 }
@@ -103,6 +105,41 @@ func TestChoose(t *testing.T) {
 	assert.Equal(t, []string{"refuse1", "badroute"}, names("badroute, refuse1"), "in table order")
 	_, err := choose("restart1,nope", all)
 	assert.ErrorContains(t, err, `"nope"`)
+}
+
+// TestKeepStacks: -stacks narrows each chosen scenario to the stacks named
+// (scenarios that run none of them drop out), and a name that no chosen
+// scenario runs is an error rather than an empty table.
+func TestKeepStacks(t *testing.T) {
+	all := jobs(time.Second, 1, defaultTimeline, defaultOverload, defaultStall)
+	chosen, err := choose("happy,overload,dead1", all)
+	require.NoError(t, err)
+	kept, err := keepStacks(chosen, "proxykit, naive")
+	require.NoError(t, err)
+	got := map[string][]string{}
+	for _, j := range kept {
+		got[j.name] = j.stacks
+	}
+	assert.Equal(t, map[string][]string{"happy": {"naive", "proxykit"}, "overload": {"proxykit"}, "dead1": {"proxykit"}}, got)
+	same, err := keepStacks(chosen, "")
+	require.NoError(t, err)
+	assert.Equal(t, len(chosen), len(same))
+	_, err = keepStacks(chosen, "proxykit,kit-typo")
+	assert.ErrorContains(t, err, `"kit-typo"`)
+}
+
+// TestCPUProfile: -cpuprofile writes a profile of the run, and -stacks
+// leaves the other stacks out of the table.
+func TestCPUProfile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "run.cpu")
+	var out, errs strings.Builder
+	err := run(context.Background(), []string{"-scenario", "refuse1", "-stacks", "proxykit", "-duration", "200ms", "-concurrency", "2", "-cpuprofile", path}, &out, &errs)
+	require.NoError(t, err)
+	assert.Contains(t, out.String(), "proxykit")
+	assert.NotContains(t, out.String(), "bare", "only the stack asked for")
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Positive(t, fi.Size(), "a profile was written")
 }
 
 // TestFigureColumns: a run with a restart scenario prints the figure
