@@ -124,7 +124,10 @@ func (m *Monitor) finish(w http.ResponseWriter, r *http.Request, i *gateway.Inte
 		status = 0 // nothing reached the client
 	}
 	if f == nil && status == 0 {
-		status = http.StatusOK // net/http's implicit 200 (a hijack is 101: Interceptor.Status)
+		// net/http's implicit 200. A hijack is 101 (Interceptor.Status);
+		// an upgrade whose 101 could not be written because the client
+		// left is the client's 499 below, as any request whose client left.
+		status = http.StatusOK
 	}
 	if s := status / 100; s >= 1 && s <= 5 {
 		m.byStatus[s].Add(1)

@@ -321,3 +321,60 @@ func TestMonitorAbortAfterClientLeft(t *testing.T) {
 	assert.EqualValues(t, 1, m.Snapshot().Failures["reset"])
 	assert.Contains(t, buf.String(), `"level":"WARN"`)
 }
+
+// TestMonitorUpgradeOutcomes: an upgrade is counted as 101; an upgrade whose
+// 101 could not be written because the client went away (ReverseProxy then
+// calls its ErrorHandler after the hijack, which classes the failure
+// canceled) is the client's 499, as any request whose client left.
+func TestMonitorUpgradeOutcomes(t *testing.T) {
+	type call struct {
+		status int
+		class  string
+	}
+	calls := make(chan call, 2)
+	m := &status.Monitor{Logger: slog.New(slog.DiscardHandler), OnRequest: func(r *http.Request, st int, f *gateway.Failure, _ time.Duration) {
+		c := call{status: st}
+		if f != nil {
+			c.class = f.Class.String()
+		}
+		calls <- c
+	}}
+	errorHandler := gateway.NewErrorHandler(slog.New(slog.DiscardHandler))
+	srv := httptest.NewServer(m.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _, err := http.NewResponseController(w).Hijack()
+		if !assert.NoError(t, err) {
+			return
+		}
+		defer c.Close()
+		if r.URL.Path == "/left" {
+			ctx, cancel := context.WithCancel(r.Context())
+			cancel() // the client went away before the 101 was written
+			errorHandler(w, r.WithContext(ctx), errors.New("response flush: write: broken pipe"))
+			return
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	})))
+	defer srv.Close()
+	for _, path := range []string{"/ok", "/left"} {
+		req, err := http.NewRequest("GET", srv.URL+path, nil)
+		require.NoError(t, err)
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", "echo")
+		if res, err := srv.Client().Do(req); err == nil {
+			res.Body.Close()
+		}
+		select {
+		case c := <-calls:
+			if path == "/ok" {
+				assert.Equal(t, call{status: http.StatusSwitchingProtocols}, c, "an upgrade is 101")
+			} else {
+				assert.Equal(t, call{status: 499, class: "canceled"}, c, "the client left before its 101")
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no OnRequest", path)
+		}
+	}
+	snap := m.Snapshot()
+	assert.EqualValues(t, 1, snap.ByStatus["1xx"])
+	assert.EqualValues(t, 1, snap.Failures["canceled"])
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"math"
 	"os"
 	"path/filepath"
@@ -134,6 +135,12 @@ func TestCPUProfile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "run.cpu")
 	var out, errs strings.Builder
 	err := run(context.Background(), []string{"-scenario", "refuse1", "-stacks", "proxykit", "-duration", "200ms", "-concurrency", "2", "-cpuprofile", path}, &out, &errs)
+	if f := flag.Lookup("test.cpuprofile"); f != nil && f.Value.String() != "" {
+		// The test binary is being profiled (go test -cpuprofile): one
+		// profile at a time, and the run must say so.
+		assert.ErrorContains(t, err, "already in use")
+		return
+	}
 	require.NoError(t, err)
 	assert.Contains(t, out.String(), "proxykit")
 	assert.NotContains(t, out.String(), "bare", "only the stack asked for")
