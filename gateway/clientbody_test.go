@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"log/slog"
@@ -242,4 +243,59 @@ func TestExpectContinueFailureAnsweredAtOnce(t *testing.T) {
 	took := time.Since(start)
 	assert.Equal(t, http.StatusBadGateway, res.StatusCode)
 	assert.Less(t, took, idle/2, "answered without waiting for the unsent body")
+}
+
+// deadlineWriter takes read deadlines, as net/http's ResponseWriter does,
+// and counts them.
+type deadlineWriter struct {
+	discardWriter
+	set, cleared int
+}
+
+func (w *deadlineWriter) SetReadDeadline(t time.Time) error {
+	if t.IsZero() {
+		w.cleared++
+	} else {
+		w.set++
+	}
+	return nil
+}
+
+// unwrapWriter stands for a layer's ResponseWriter wrapper between the
+// timeout and the server.
+type unwrapWriter struct{ http.ResponseWriter }
+
+func (u unwrapWriter) Unwrap() http.ResponseWriter { return u.ResponseWriter }
+
+// TestClientBodyTimeoutCost: through a wrapper that only unwraps, the
+// deadline reaches the connection's writer when the body starts, after
+// every read that brings data, and is cleared at its end; and the whole
+// timeout costs one allocation per request with a body (the request copy
+// with its wrapped body), however many reads: setting a deadline
+// allocates nothing.
+func TestClientBodyTimeoutCost(t *testing.T) {
+	data := []byte(strings.Repeat("x", 4096))
+	buf := make([]byte, 1024) // four reads with data, one EOF
+	drain := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for {
+			if _, err := r.Body.Read(buf); err != nil {
+				return
+			}
+		}
+	})
+	br := bytes.NewReader(nil)
+	req := httptest.NewRequest("POST", "/", io.NopCloser(br))
+	req.ContentLength = int64(len(data))
+	dw := &deadlineWriter{discardWriter: discardWriter{h: http.Header{}}}
+	w := unwrapWriter{dw}
+	run := func(h http.Handler) func() {
+		return func() { br.Reset(data); h.ServeHTTP(w, req) }
+	}
+	run(gateway.ClientBodyTimeout(drain, time.Minute))()
+	assert.Equal(t, 1+4, dw.set, "at the start, then after each read with data")
+	assert.Equal(t, 1, dw.cleared, "cleared at the end of the body")
+
+	bare := testing.AllocsPerRun(100, run(drain))
+	wrapped := testing.AllocsPerRun(100, run(gateway.ClientBodyTimeout(drain, time.Minute)))
+	assert.Equal(t, 1.0, wrapped-bare, "one allocation per request with a body")
 }
