@@ -476,13 +476,11 @@ func runDiscovery(ctx context.Context, sc discScenario, stack string, sp discSpe
 	default:
 		return loadgen.Row{}, fmt.Errorf("unknown stack %q", stack)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	front, stop, err := serveOn(handler)
 	if err != nil {
 		return loadgen.Row{}, err
 	}
-	srv := &http.Server{Handler: handler, ErrorLog: log.New(io.Discard, "", 0)}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
+	defer stop()
 
 	if sc.quiesce {
 		f.snapshot(&figs.gBefore, &figs.heapBefore)
@@ -495,7 +493,7 @@ func runDiscovery(ctx context.Context, sc discScenario, stack string, sp discSpe
 		defer close(done)
 		sc.timeline(tctx, f, sp, figs)
 	}()
-	res := openMixed(ctx, "http://"+ln.Addr().String(), sp.rate, length, 5)
+	res := openMixed(ctx, front, sp.rate, length, 5)
 	cancel()
 	<-done
 	if sc.quiesce {

@@ -12,7 +12,6 @@ import (
 	"log"
 	"log/slog"
 	"math"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -111,17 +110,6 @@ func checkConnCap(kit loadgen.Row) string {
 	charged := kit.Failures["connect_timeout"] + kit.Failures["open"] + kit.Failures["no_upstream"]
 	return join(want(kit.Failures["overloaded"] > 0 && charged == 0, "the waits answered as overloaded, never charged to the host"),
 		want(kit.Figures.ServedAfter == 100, "every GET served once a connection is free"))
-}
-
-// serveOn serves h on a new loopback listener and returns its base URL.
-func serveOn(h http.Handler) (string, func(), error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	srv := &http.Server{Handler: h, ErrorLog: log.New(io.Discard, "", 0)}
-	go func() { _ = srv.Serve(ln) }()
-	return "http://" + ln.Addr().String(), func() { _ = srv.Close() }, nil
 }
 
 // buildEvidence returns the handler of an evidence scenario's stack over

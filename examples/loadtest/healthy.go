@@ -10,7 +10,6 @@ import (
 	"io"
 	"log"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -137,14 +136,12 @@ func serveStack(stack string, targets []*url.URL) (string, func(), error) {
 		}
 		handler, cleanup = st.Handler, st.Close
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	front, stop, err := serveOn(handler)
 	if err != nil {
 		cleanup()
 		return "", nil, err
 	}
-	srv := &http.Server{Handler: handler, ErrorLog: log.New(io.Discard, "", 0)}
-	go func() { _ = srv.Serve(ln) }()
-	return "http://" + ln.Addr().String(), func() { _ = srv.Close(); cleanup() }, nil
+	return front, func() { stop(); cleanup() }, nil
 }
 
 // runHealthy runs one healthy scenario through one stack.

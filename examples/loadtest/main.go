@@ -471,24 +471,33 @@ func runOne(ctx context.Context, sc scenario, stackName string, d time.Duration,
 		return loadgen.Row{}, err
 	}
 	defer cleanup()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	front, stop, err := serveOn(handler)
 	if err != nil {
 		return loadgen.Row{}, err
 	}
-	srv := &http.Server{Handler: handler, ErrorLog: log.New(io.Discard, "", 0)}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
+	defer stop()
 
 	d = max(d, sc.minDuration)
 	if sc.recover != nil {
 		t := time.AfterFunc(sc.recoverAt, func() { sc.recover(ups) })
 		defer t.Stop()
 	}
-	res := loadgen.Run(ctx, "http://"+ln.Addr().String()+"/", loadgen.Options{
+	res := loadgen.Run(ctx, front+"/", loadgen.Options{
 		Concurrency: conc, Duration: d, PostRatio: sc.post, Timeout: 10 * time.Second,
 	})
 	return loadgen.Row{Scenario: sc.name, Stack: stackName, Result: res,
 		Upstream: ledger.Total(), Duplicates: ledger.Duplicates()}, nil
+}
+
+// serveOn serves h on a new loopback listener and returns its base URL.
+func serveOn(h http.Handler) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: h, ErrorLog: log.New(io.Discard, "", 0)}
+	go func() { _ = srv.Serve(ln) }()
+	return "http://" + ln.Addr().String(), func() { _ = srv.Close() }, nil
 }
 
 // build returns the handler for a stack: the naive proxy most code runs,

@@ -12,7 +12,6 @@ import (
 	"io"
 	"log"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -83,15 +82,13 @@ func runOverload(ctx context.Context, stack string, sp overloadSpec) (loadgen.Ro
 		return loadgen.Row{}, err
 	}
 	defer cleanup()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	front, stop, err := serveOn(handler)
 	if err != nil {
 		return loadgen.Row{}, err
 	}
-	srv := &http.Server{Handler: handler, ErrorLog: log.New(io.Discard, "", 0)}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
+	defer stop()
 
-	res := loadgen.RunOpen(ctx, "http://"+ln.Addr().String(), loadgen.OpenOptions{
+	res := loadgen.RunOpen(ctx, front, loadgen.OpenOptions{
 		Streams:  []loadgen.Stream{{Path: "/", Rate: sp.rate}},
 		Duration: sp.length,
 		Timeout:  sp.tryLimit + time.Second,

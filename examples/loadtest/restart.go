@@ -9,9 +9,7 @@ package main
 import (
 	"context"
 	"io"
-	"log"
 	"math"
-	"net"
 	"net/http"
 	"net/url"
 	"time"
@@ -120,15 +118,13 @@ func newRig(stack string, n int, h http.Handler) (*rig, error) {
 		return nil, err
 	}
 	r.stop = append(r.stop, cleanup)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	front, stop, err := serveOn(handler)
 	if err != nil {
 		r.close()
 		return nil, err
 	}
-	srv := &http.Server{Handler: handler, ErrorLog: log.New(io.Discard, "", 0)}
-	go func() { _ = srv.Serve(ln) }()
-	r.stop = append(r.stop, func() { _ = srv.Close() })
-	r.url = "http://" + ln.Addr().String()
+	r.stop = append(r.stop, stop)
+	r.url = front
 	return r, nil
 }
 

@@ -9,10 +9,6 @@ package main
 
 import (
 	"context"
-	"io"
-	"log"
-	"net"
-	"net/http"
 	"net/url"
 	"time"
 
@@ -120,14 +116,12 @@ func runStall(ctx context.Context, name, stack string, sp stallSpec, ratio float
 		return loadgen.Row{}, err
 	}
 	defer cleanup()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	served, stop, err := serveOn(handler)
 	if err != nil {
 		return loadgen.Row{}, err
 	}
-	srv := &http.Server{Handler: handler, ErrorLog: log.New(io.Discard, "", 0)}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
-	front := "http://" + ln.Addr().String() + "/"
+	defer stop()
+	front := served + "/"
 	load := func(n int) loadgen.Result {
 		return loadgen.Run(ctx, front, loadgen.Options{Concurrency: sp.clients, MaxRequests: n,
 			Duration: 10 * time.Minute, Timeout: 10 * time.Second})
