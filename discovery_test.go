@@ -42,6 +42,22 @@ func setSRV(t testing.TB, zone *gatewaytest.Zone, name string, servers ...*gatew
 	zone.SetSRV(name, recs...)
 }
 
+// srvFleet starts n healthy servers and a loopback DNS zone whose
+// _http._tcp.web.test SRV record lists them all (some tests publish
+// another answer afterwards); both close when the test ends.
+func srvFleet(t testing.TB, n int) (*gatewaytest.Zone, []*gatewaytest.Server) {
+	t.Helper()
+	zone := gatewaytest.NewZone()
+	t.Cleanup(zone.Close)
+	servers := make([]*gatewaytest.Server, n)
+	for i := range servers {
+		servers[i] = gatewaytest.NewServer(gatewaytest.Healthy)
+		t.Cleanup(servers[i].Close)
+	}
+	setSRV(t, zone, "_http._tcp.web.test", servers...)
+	return zone, servers
+}
+
 // sendMixed sends n requests, one in five a POST, and counts the non-2xx.
 func sendMixed(t testing.TB, c *http.Client, base string, n int) (failed int) {
 	t.Helper()
@@ -64,14 +80,7 @@ func sendMixed(t testing.TB, c *http.Client, base string, n int) (failed int) {
 }
 
 func TestStackDiscoveryUpstream(t *testing.T) {
-	zone := gatewaytest.NewZone()
-	defer zone.Close()
-	servers := make([]*gatewaytest.Server, 3)
-	for i := range servers {
-		servers[i] = gatewaytest.NewServer(gatewaytest.Healthy)
-		defer servers[i].Close()
-	}
-	setSRV(t, zone, "_http._tcp.web.test", servers...)
+	zone, servers := srvFleet(t, 3)
 	changes := make(chan pool.Change, 10)
 	st, err := New(Config{
 		Upstreams:        []*url.URL{mustParse("srv+http://_http._tcp.web.test")},
@@ -151,15 +160,8 @@ func TestStackRejectsMalformedDiscoveryName(t *testing.T) {
 // refuses connections: every request, POSTs included, is served by the
 // other nine, and that one address alone is not serving.
 func TestStackDiscoveryOneAddressRefuses(t *testing.T) {
-	zone := gatewaytest.NewZone()
-	defer zone.Close()
-	servers := make([]*gatewaytest.Server, 10)
-	for i := range servers {
-		servers[i] = gatewaytest.NewServer(gatewaytest.Healthy)
-		defer servers[i].Close()
-	}
+	zone, servers := srvFleet(t, 10)
 	require.NoError(t, servers[3].SetFault(gatewaytest.Refused))
-	setSRV(t, zone, "_http._tcp.web.test", servers...)
 	st, err := New(Config{
 		Upstreams: []*url.URL{mustParse("srv+http://_http._tcp.web.test")},
 		Discovery: pool.DNSOptions{Resolver: zone.Addr},
@@ -188,14 +190,8 @@ func TestStackDiscoveryOneAddressRefuses(t *testing.T) {
 // (run with -race), and state and goroutines return to the size of the
 // final set.
 func TestStackChurn(t *testing.T) {
-	zone := gatewaytest.NewZone()
-	defer zone.Close()
-	servers := make([]*gatewaytest.Server, 6)
-	for i := range servers {
-		servers[i] = gatewaytest.NewServer(gatewaytest.Healthy)
-		defer servers[i].Close()
-	}
-	setSRV(t, zone, "_http._tcp.web.test", servers[0], servers[1])
+	zone, servers := srvFleet(t, 6)
+	setSRV(t, zone, "_http._tcp.web.test", servers[0], servers[1]) // server 5 is a static upstream
 	st, err := New(Config{
 		Upstreams: []*url.URL{mustParse("srv+http://_http._tcp.web.test"), mustParse(servers[5].URL)},
 		Discovery: pool.DNSOptions{Resolver: zone.Addr, Refresh: 100 * time.Millisecond},
@@ -275,14 +271,7 @@ func TestStackChurn(t *testing.T) {
 // served from the last good answer, the failure is logged once, and the
 // status view shows the answer stale.
 func TestStackDNSDown(t *testing.T) {
-	zone := gatewaytest.NewZone()
-	defer zone.Close()
-	servers := make([]*gatewaytest.Server, 3)
-	for i := range servers {
-		servers[i] = gatewaytest.NewServer(gatewaytest.Healthy)
-		defer servers[i].Close()
-	}
-	setSRV(t, zone, "_http._tcp.web.test", servers...)
+	zone, _ := srvFleet(t, 3)
 	logs := &syncBuffer{}
 	st, err := New(Config{
 		Upstreams: []*url.URL{mustParse("srv+http://_http._tcp.web.test")},
