@@ -38,6 +38,31 @@ func (a answer) roundTrip(r *http.Request) (*http.Response, error) {
 	return &http.Response{StatusCode: a.status, Body: http.NoBody, Request: r}, nil
 }
 
+// clockedPerHost returns PerHost(s), closed when the test ends, on a
+// clock the test moves: now, from the wall clock's present.
+func clockedPerHost(t *testing.T, s Settings) (*Hosts, *atomic.Int64) {
+	t.Helper()
+	h, err := PerHost(s)
+	require.NoError(t, err)
+	t.Cleanup(h.Close)
+	now := new(atomic.Int64)
+	now.Store(time.Now().UnixNano())
+	h.set.clock = now.Load
+	return h, now
+}
+
+// resetOnPOST is an upstream that resets every POST and answers every
+// other request 200; up counts what reaches it.
+func resetOnPOST(up *atomic.Int64) http.RoundTripper {
+	return fakeRT(func(r *http.Request) (*http.Response, error) {
+		up.Add(1)
+		if r.Method == "POST" {
+			return answer{class: gateway.ClassReset}.roundTrip(r)
+		}
+		return answer{status: 200}.roundTrip(r)
+	})
+}
+
 // do sends one request of method to host through rt and returns whether
 // the fake upstream saw it.
 func do(t *testing.T, rt http.RoundTripper, method, host string, seen *atomic.Int64) bool {
@@ -188,12 +213,7 @@ func TestHalfOpenAnswerIsEnough(t *testing.T) {
 		{"out 503s, back with 502s", answer{status: http.StatusServiceUnavailable}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h, err := PerHost(Settings{Logger: quietLog, Health: HostHealth{NoProbes: true, RestAfter: -1}})
-			require.NoError(t, err)
-			defer h.Close()
-			var now atomic.Int64
-			now.Store(time.Now().UnixNano())
-			h.set.clock = now.Load
+			h, now := clockedPerHost(t, Settings{Logger: quietLog, Health: HostHealth{NoProbes: true, RestAfter: -1}})
 			a := tc.first
 			rt := h.Transport(fakeRT(func(r *http.Request) (*http.Response, error) { return a.roundTrip(r) }))
 			for range 2 * defaultMinRequests {
@@ -266,12 +286,7 @@ func TestNeverDialsAHostKnownOut(t *testing.T) {
 	}
 
 	t.Run("no probes: by time", func(t *testing.T) {
-		h, err := PerHost(Settings{Logger: quietLog, Health: HostHealth{NoProbes: true}})
-		require.NoError(t, err)
-		defer h.Close()
-		var now atomic.Int64
-		now.Store(time.Now().UnixNano())
-		h.set.clock = now.Load
+		h, now := clockedPerHost(t, Settings{Logger: quietLog, Health: HostHealth{NoProbes: true}})
 		var up atomic.Int64
 		rt := h.Transport(fakeRT(func(r *http.Request) (*http.Response, error) {
 			up.Add(1)
@@ -293,13 +308,9 @@ func TestNeverDialsAHostKnownOut(t *testing.T) {
 // is tried at once (a POST-only workload is never starved).
 func TestHalfOpenIdempotentFirst(t *testing.T) {
 	setup := func(t *testing.T) (*Hosts, http.RoundTripper, *atomic.Int64, *atomic.Int64) {
-		h, err := PerHost(Settings{Logger: quietLog, ConsecutiveFailures: 1,
+		h, now := clockedPerHost(t, Settings{Logger: quietLog, ConsecutiveFailures: 1,
 			Health: HostHealth{NoProbes: true, RestAfter: -1}})
-		require.NoError(t, err)
-		t.Cleanup(h.Close)
-		var now, up atomic.Int64
-		now.Store(time.Now().UnixNano())
-		h.set.clock = now.Load
+		var up atomic.Int64
 		rt := h.Transport(fakeRT(func(r *http.Request) (*http.Response, error) {
 			up.Add(1)
 			if r.URL.Host == "b:80" && r.Header.Get("Fail") != "" {
@@ -310,11 +321,11 @@ func TestHalfOpenIdempotentFirst(t *testing.T) {
 		do(t, rt, "GET", "a:80", &up)
 		req := httptest.NewRequest("GET", "http://b:80/", nil)
 		req.Header.Set("Fail", "1")
-		_, err = rt.RoundTrip(req)
+		_, err := rt.RoundTrip(req)
 		require.Error(t, err)
 		require.Equal(t, pool.StateOut, h.HostState("b:80"))
 		now.Add(int64(time.Minute)) // the open period is over
-		return h, rt, &now, &up
+		return h, rt, now, &up
 	}
 	postTo := func(host string) *http.Request {
 		return httptest.NewRequest("POST", "http://"+host+"/", strings.NewReader("x"))
@@ -490,20 +501,9 @@ func TestHostHealthValidate(t *testing.T) {
 // from 10% over SlowStart instead of taking its full share — and another
 // burst of failures — the moment its rest ends.
 func TestRestThenWarm(t *testing.T) {
-	h, err := PerHost(Settings{Logger: quietLog, Health: HostHealth{NoProbes: true}})
-	require.NoError(t, err)
-	defer h.Close()
-	var now atomic.Int64
-	now.Store(time.Now().UnixNano())
-	h.set.clock = now.Load
+	h, now := clockedPerHost(t, Settings{Logger: quietLog, Health: HostHealth{NoProbes: true}})
 	var up atomic.Int64
-	rt := h.Transport(fakeRT(func(r *http.Request) (*http.Response, error) {
-		up.Add(1)
-		if r.Method == "POST" {
-			return answer{class: gateway.ClassReset}.roundTrip(r)
-		}
-		return answer{status: 200}.roundTrip(r)
-	}))
+	rt := h.Transport(resetOnPOST(&up))
 	do(t, rt, "GET", "svc:80", &up)
 	assert.Equal(t, 1.0, h.Share("svc:80"))
 	do(t, rt, "POST", "svc:80", &up)
@@ -527,13 +527,8 @@ func TestRestThenWarm(t *testing.T) {
 // now (its next probe at the earliest), never the end of an open period
 // already past, and no next probe in the past; it is out, one word.
 func TestStatusTimesAhead(t *testing.T) {
-	h, err := PerHost(Settings{Logger: quietLog, Timeout: time.Second})
-	require.NoError(t, err)
-	defer h.Close()
+	h, now := clockedPerHost(t, Settings{Logger: quietLog, Timeout: time.Second})
 	h.set.prober.dial = func(context.Context, string, string) (net.Conn, error) { return nil, errors.New("still down") }
-	var now atomic.Int64
-	now.Store(time.Now().UnixNano())
-	h.set.clock = now.Load
 	var up atomic.Int64
 	rt := h.Transport(fakeRT(func(r *http.Request) (*http.Response, error) {
 		up.Add(1)
@@ -560,20 +555,9 @@ func TestStatusTimesAhead(t *testing.T) {
 func TestSpellLinesRationed(t *testing.T) {
 	var logs gatewaytest.SafeBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	h, err := PerHost(Settings{Logger: logger, Health: HostHealth{NoProbes: true, SlowStart: -1}})
-	require.NoError(t, err)
-	defer h.Close()
-	var now atomic.Int64
-	now.Store(time.Now().UnixNano())
-	h.set.clock = now.Load
+	h, now := clockedPerHost(t, Settings{Logger: logger, Health: HostHealth{NoProbes: true, SlowStart: -1}})
 	var up atomic.Int64
-	rt := h.Transport(fakeRT(func(r *http.Request) (*http.Response, error) {
-		up.Add(1)
-		if r.Method == "POST" {
-			return answer{class: gateway.ClassReset}.roundTrip(r)
-		}
-		return answer{status: 200}.roundTrip(r)
-	}))
+	rt := h.Transport(resetOnPOST(&up))
 	spell := func() {
 		do(t, rt, "POST", "svc:80", &up) // a reset: it rests
 		require.Equal(t, pool.StateResting, h.HostState("svc:80"))

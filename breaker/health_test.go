@@ -231,12 +231,7 @@ func TestProbeRateWhileDown(t *testing.T) {
 // TestSlowStartShare: a host that returns ramps from 10% to its full share
 // over SlowStart, on the injected clock; off with a negative SlowStart.
 func TestSlowStartShare(t *testing.T) {
-	h, err := PerHost(Settings{Logger: quietLog, ConsecutiveFailures: 1, Health: HostHealth{NoProbes: true, RestAfter: -1}})
-	require.NoError(t, err)
-	defer h.Close()
-	var now atomic.Int64
-	now.Store(time.Now().UnixNano())
-	h.set.clock = now.Load
+	h, now := clockedPerHost(t, Settings{Logger: quietLog, ConsecutiveFailures: 1, Health: HostHealth{NoProbes: true, RestAfter: -1}})
 	fail := true
 	rt := h.Transport(fakeRT(func(r *http.Request) (*http.Response, error) {
 		if fail {
