@@ -412,29 +412,8 @@ func TestDrainOnlyHost(t *testing.T) {
 // back at the 101 and still works both ways; the drain count follows it
 // to its close.
 func TestUpgradeReleasesSlot(t *testing.T) {
-	up := gatewaytest.NewHealthy(gatewaytest.EchoUpgrade(false))
-	defer up.Close()
-	u, _ := url.Parse(up.URL)
-	lim, err := admission.New(admission.Settings{Logger: discard})
-	require.NoError(t, err)
-	proxy := &httputil.ReverseProxy{
-		Rewrite:      func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
-		Transport:    lim.Transport(&gateway.Transport{}),
-		ErrorHandler: gateway.NewErrorHandler(discard),
-	}
-	front := httptest.NewServer(proxy)
-	defer front.Close()
-	conn, err := net.Dial("tcp", front.Listener.Addr().String())
-	require.NoError(t, err)
-	defer conn.Close()
-	require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
-	_, err = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-	require.NoError(t, err)
-	br := bufio.NewReader(conn)
-	res, err := http.ReadResponse(br, nil)
-	require.NoError(t, err)
-	require.Equal(t, 101, res.StatusCode)
-	_, err = io.WriteString(conn, "hello\n")
+	lim, conn, br := upgradeThrough(t, gatewaytest.EchoUpgrade(false), &gateway.Transport{})
+	_, err := io.WriteString(conn, "hello\n")
 	require.NoError(t, err)
 	line, err := br.ReadString('\n')
 	require.NoError(t, err)
@@ -466,6 +445,36 @@ func ExampleLimiter_Drain() {
 
 var _ = errors.Is
 
+// upgradeThrough serves upstream behind a ReverseProxy whose transport is
+// base under a new Limiter, and upgrades a raw client connection through
+// it to "echo": the Limiter, the connection (the 101 read) and its reader.
+// Everything closes when the test ends.
+func upgradeThrough(t *testing.T, upstream http.Handler, base http.RoundTripper) (*admission.Limiter, net.Conn, *bufio.Reader) {
+	t.Helper()
+	up := gatewaytest.NewHealthy(upstream)
+	t.Cleanup(up.Close)
+	u, _ := url.Parse(up.URL)
+	lim, err := admission.New(admission.Settings{Logger: discard})
+	require.NoError(t, err)
+	front := httptest.NewServer(&httputil.ReverseProxy{
+		Rewrite:      func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
+		Transport:    lim.Transport(base),
+		ErrorHandler: gateway.NewErrorHandler(discard),
+	})
+	t.Cleanup(front.Close)
+	conn, err := net.Dial("tcp", front.Listener.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
+	_, err = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	require.NoError(t, err)
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	require.Equal(t, 101, res.StatusCode)
+	return lim, conn, br
+}
+
 // halfCloseEcho is an upstream that accepts an upgrade, reads until its
 // client half-closes, and then answers with what it read and closes.
 func halfCloseEcho() http.Handler {
@@ -485,31 +494,10 @@ func halfCloseEcho() http.Handler {
 // (a WebSocket close, a tunnel's EOF) reaches the upstream through the
 // limiter, and the upstream's answer after it still reaches the client.
 func TestUpgradeHalfClose(t *testing.T) {
-	up := gatewaytest.NewHealthy(halfCloseEcho())
-	defer up.Close()
-	u, _ := url.Parse(up.URL)
-	lim, err := admission.New(admission.Settings{Logger: discard})
-	require.NoError(t, err)
 	tr := &http.Transport{}
 	defer tr.CloseIdleConnections()
-	proxy := &httputil.ReverseProxy{
-		Rewrite:      func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
-		Transport:    lim.Transport(tr),
-		ErrorHandler: gateway.NewErrorHandler(discard),
-	}
-	front := httptest.NewServer(proxy)
-	defer front.Close()
-	conn, err := net.Dial("tcp", front.Listener.Addr().String())
-	require.NoError(t, err)
-	defer conn.Close()
-	require.NoError(t, conn.SetDeadline(time.Now().Add(10*time.Second)))
-	_, err = io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-	require.NoError(t, err)
-	br := bufio.NewReader(conn)
-	res, err := http.ReadResponse(br, nil)
-	require.NoError(t, err)
-	require.Equal(t, 101, res.StatusCode)
-	_, err = io.WriteString(conn, "bye")
+	lim, conn, br := upgradeThrough(t, halfCloseEcho(), tr)
+	_, err := io.WriteString(conn, "bye")
 	require.NoError(t, err)
 	require.NoError(t, conn.(*net.TCPConn).CloseWrite())
 	rest, err := io.ReadAll(br)
