@@ -128,7 +128,7 @@ func TestFaultTable(t *testing.T) {
 		{name: "refused", setup: server(gatewaytest.NewServer(gatewaytest.Refused), nil),
 			class: gateway.ClassRefused, status: 502, sent: boolp(false), requests: 0},
 		{name: "dns", setup: func(t *testing.T) (env, func() int64) {
-			d := gatewaytest.NewDNSServer()
+			d := gatewaytest.NewZone()
 			t.Cleanup(func() {
 				assert.Positive(t, d.Queries(), "the loopback DNS responder must have answered")
 				d.Close()

@@ -156,7 +156,7 @@ func TestFailureClasses(t *testing.T) {
 		{name: "refused", setup: server(gatewaytest.NewServer(gatewaytest.Refused), nil),
 			class: gateway.ClassRefused, serverStatus: 502},
 		{name: "dns", setup: func(t *testing.T) setup {
-			d := gatewaytest.NewDNSServer()
+			d := gatewaytest.NewZone()
 			t.Cleanup(d.Close)
 			tr := gateway.NewHTTPTransport()
 			tr.DialContext = d.DialContext

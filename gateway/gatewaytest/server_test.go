@@ -102,8 +102,8 @@ func TestSlowHeaders(t *testing.T) {
 	assert.GreaterOrEqual(t, time.Since(start), 50*time.Millisecond)
 }
 
-func TestDNSServerAnswersNXDOMAIN(t *testing.T) {
-	d := gatewaytest.NewDNSServer()
+func TestEmptyZoneAnswersNXDOMAIN(t *testing.T) {
+	d := gatewaytest.NewZone()
 	defer d.Close()
 	_, err := d.Resolver().LookupHost(t.Context(), gatewaytest.UnresolvableHost)
 	var dnsErr *net.DNSError

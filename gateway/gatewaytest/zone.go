@@ -1,14 +1,21 @@
 package gatewaytest
 
 import (
+	"context"
 	"net"
 	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
 )
+
+// UnresolvableHost is a name under the reserved .invalid TLD (RFC 6761).
+// With the resolver of a Zone that does not hold it (an empty one), it
+// fails with NXDOMAIN at once, offline.
+const UnresolvableHost = "upstream.proxykit.invalid"
 
 // SRV is one SRV record of a [Zone].
 type SRV struct {
@@ -20,8 +27,9 @@ type SRV struct {
 // Zone is a DNS server on 127.0.0.1 (UDP) that answers A, AAAA and SRV
 // queries from records set at run time, for service-discovery tests: a
 // name it holds is answered (with TTL 1 s; an empty NOERROR answer for a
-// type it has no record of), any other name NXDOMAIN. SetDown makes it
-// stop answering, as a DNS server that went away. It is safe for
+// type it has no record of), any other name NXDOMAIN; so an empty Zone
+// makes name-resolution failures deterministic and offline. SetDown makes
+// it stop answering, as a DNS server that went away. It is safe for
 // concurrent use.
 type Zone struct {
 	// Addr is "127.0.0.1:PORT": a resolver address (pool.DNSOptions).
@@ -87,6 +95,24 @@ func (z *Zone) SetDown(down bool) { z.down.Store(down) }
 
 // Queries returns how many queries the Zone answered.
 func (z *Zone) Queries() int64 { return z.queries.Load() }
+
+// Resolver returns a pure-Go resolver that sends every query to z.
+func (z *Zone) Resolver() *net.Resolver {
+	return &net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var nd net.Dialer
+			return nd.DialContext(ctx, "udp", z.Addr)
+		},
+	}
+}
+
+// DialContext dials like a net.Dialer (5 s timeout) that resolves names
+// with z. Use it as an http.Transport's DialContext.
+func (z *Zone) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	nd := net.Dialer{Timeout: 5 * time.Second, Resolver: z.Resolver()}
+	return nd.DialContext(ctx, network, addr)
+}
 
 // Close stops the Zone.
 func (z *Zone) Close() {
