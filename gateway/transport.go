@@ -496,12 +496,12 @@ type trackedBody struct {
 	rc     io.ReadCloser
 	closed atomic.Bool
 
-	// When the last read began and ended, and when the body's end was
-	// read (Unix nanoseconds), and whether a read is in progress: the
-	// transport waits on the client then. A body has one reader at a time
-	// (the transport's write loop).
-	readFrom, readTo, ended atomic.Int64
-	reading                 atomic.Bool
+	// When the last read ended and when the body's end was read (Unix
+	// nanoseconds), and whether a read is in progress: the transport
+	// waits on the client then. A body has one reader at a time (the
+	// transport's write loop).
+	readTo, ended atomic.Int64
+	reading       atomic.Bool
 
 	mu  sync.Mutex
 	err error // the first read error other than io.EOF
@@ -509,7 +509,6 @@ type trackedBody struct {
 
 func (b *trackedBody) reset() {
 	b.rc = nil
-	b.readFrom.Store(0)
 	b.readTo.Store(0)
 	b.ended.Store(0)
 	b.reading.Store(false)
@@ -518,7 +517,6 @@ func (b *trackedBody) reset() {
 }
 
 func (b *trackedBody) Read(p []byte) (int, error) {
-	b.readFrom.Store(time.Now().UnixNano())
 	b.reading.Store(true)
 	n, err := b.rc.Read(p)
 	now := time.Now().UnixNano()
@@ -557,7 +555,7 @@ const arrivingSlack = 10 * time.Millisecond
 // deadline or at most arrivingSlack before it. (net/http may return from
 // a canceled RoundTrip only once the read in progress returned.)
 func (b *trackedBody) arriving(ctx context.Context) bool {
-	if b.rc == nil || b.readFrom.Load() == 0 {
+	if b.rc == nil {
 		return false
 	}
 	dl, ok := ctx.Deadline()
