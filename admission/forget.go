@@ -1,5 +1,7 @@
 package admission
 
+import "maps"
+
 // Forget frees the limiter state of host (its canonical name, host:port),
 // which has left a pool's set, so that memory stays bounded under constant
 // churn of the set. Requests already holding or waiting for one of its
@@ -17,20 +19,11 @@ func (l *Limiter) Forget(name string) bool {
 	if h == nil {
 		return true
 	}
-	m := make(map[string]*host, len(old))
-	for k, v := range old {
-		if v != h {
-			m[k] = v
-		}
-	}
+	m := maps.Clone(old)
+	maps.DeleteFunc(m, func(_ string, v *host) bool { return v == h })
 	l.hosts.Store(&m)
-	oldBare := *l.bare.Load()
-	b := make(map[bareKey]*host, len(oldBare))
-	for k, v := range oldBare {
-		if v != h {
-			b[k] = v
-		}
-	}
+	b := maps.Clone(*l.bare.Load())
+	maps.DeleteFunc(b, func(_ bareKey, v *host) bool { return v == h })
 	l.bare.Store(&b)
 	return true
 }

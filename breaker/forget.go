@@ -1,6 +1,9 @@
 package breaker
 
-import "slices"
+import (
+	"maps"
+	"slices"
+)
 
 // Forget frees the state of host, a canonical name ([gateway.UpstreamName]),
 // which has left a pool's set: its breaker, health, probes and checks. It
@@ -21,12 +24,8 @@ func (h *Hosts) Forget(host string) bool {
 	if !e.pins.CompareAndSwap(0, evicted) {
 		return false
 	}
-	m := make(map[string]*entry, len(old))
-	for k, v := range old {
-		if v != e {
-			m[k] = v
-		}
-	}
+	m := maps.Clone(old)
+	maps.DeleteFunc(m, func(_ string, v *entry) bool { return v == e })
 	if i := slices.Index(s.ring, e); i >= 0 {
 		last := len(s.ring) - 1
 		s.ring[i] = s.ring[last]
