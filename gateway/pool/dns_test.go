@@ -1,4 +1,4 @@
-package pool_test
+package pool
 
 import (
 	"bytes"
@@ -18,7 +18,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
-	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 var (
@@ -26,7 +25,7 @@ var (
 	loopback6 = netip.MustParseAddr("::1")
 )
 
-func targetHosts(ts []pool.Target) []string {
+func targetHosts(ts []Target) []string {
 	hs := make([]string, len(ts))
 	for i, t := range ts {
 		hs[i] = t.URL.Host
@@ -38,7 +37,7 @@ func TestDNSSourceResolvesEachAddress(t *testing.T) {
 	zone := gatewaytest.NewZone()
 	defer zone.Close()
 	zone.SetAddrs("backend.test", loopback4, loopback6)
-	src, err := pool.NewDNSSource(mustURL(t, "dns+http://backend.test:8080/api?v=1"), pool.DNSOptions{Resolver: zone.Addr})
+	src, err := NewDNSSource(mustURL(t, "dns+http://backend.test:8080/api?v=1"), DNSOptions{Resolver: zone.Addr})
 	require.NoError(t, err)
 	ts, err := src.Resolve(context.Background())
 	require.NoError(t, err)
@@ -51,7 +50,7 @@ func TestDNSSourceResolvesEachAddress(t *testing.T) {
 	}
 
 	// The default port is the scheme's.
-	src, err = pool.NewDNSSource(mustURL(t, "dns+https://backend.test"), pool.DNSOptions{Resolver: zone.Addr})
+	src, err = NewDNSSource(mustURL(t, "dns+https://backend.test"), DNSOptions{Resolver: zone.Addr})
 	require.NoError(t, err)
 	ts, err = src.Resolve(context.Background())
 	require.NoError(t, err)
@@ -69,7 +68,7 @@ func TestDNSSourceSRV(t *testing.T) {
 		gatewaytest.SRV{Target: "b.test", Port: 9003, Weight: 30, Priority: 1},
 		gatewaytest.SRV{Target: "gone.test", Port: 9004}, // NXDOMAIN: left out
 	)
-	src, err := pool.NewDNSSource(mustURL(t, "srv+http://_http._tcp.web.test"), pool.DNSOptions{Resolver: zone.Addr})
+	src, err := NewDNSSource(mustURL(t, "srv+http://_http._tcp.web.test"), DNSOptions{Resolver: zone.Addr})
 	require.NoError(t, err)
 	ts, err := src.Resolve(context.Background())
 	require.NoError(t, err)
@@ -101,12 +100,12 @@ func TestNewDNSSourceRejectsMalformed(t *testing.T) {
 		if err != nil {
 			continue // not even a URL: the caller's parse fails first
 		}
-		_, err = pool.NewDNSSource(u, pool.DNSOptions{})
+		_, err = NewDNSSource(u, DNSOptions{})
 		assert.Error(t, err, raw)
 	}
-	_, err := pool.NewDNSSource(mustURL(t, "dns+http://backend.test:80"), pool.DNSOptions{Resolver: "no-port"})
+	_, err := NewDNSSource(mustURL(t, "dns+http://backend.test:80"), DNSOptions{Resolver: "no-port"})
 	assert.ErrorContains(t, err, "resolver address")
-	_, err = pool.NewDNSSource(mustURL(t, "dns+http://backend.test:80"), pool.DNSOptions{Refresh: -1})
+	_, err = NewDNSSource(mustURL(t, "dns+http://backend.test:80"), DNSOptions{Refresh: -1})
 	assert.Error(t, err)
 }
 
@@ -142,7 +141,7 @@ type writerFunc func([]byte) (int, error)
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 // followed starts p following src until the test ends.
-func followed(t *testing.T, p *pool.Pool, src pool.Source) {
+func followed(t *testing.T, p *Pool, src Source) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -178,17 +177,17 @@ func TestDNSSourceFollowsTheFleet(t *testing.T) {
 
 	logs := &logCounter{}
 	logger := logs.logger()
-	src, err := pool.NewDNSSource(mustURL(t, "srv+http://_http._tcp.web.test"),
-		pool.DNSOptions{Resolver: zone.Addr, Refresh: 100 * time.Millisecond, Timeout: 200 * time.Millisecond, Logger: logger})
+	src, err := NewDNSSource(mustURL(t, "srv+http://_http._tcp.web.test"),
+		DNSOptions{Resolver: zone.Addr, Refresh: 100 * time.Millisecond, Timeout: 200 * time.Millisecond, Logger: logger})
 	require.NoError(t, err)
-	p := pool.Empty()
+	p := Empty()
 	p.Logger = logger
 	hosts := withHealth(t, p)
 	front := poolFront(t, p)
 	followed(t, p, src)
 
 	require.Eventually(t, func() bool { return len(p.Status()) == 2 }, 5*time.Second, 10*time.Millisecond)
-	assert.Equal(t, pool.StateServing, hosts.HostState(hostOf(t, s[0])), "the first answer fills an empty pool without slow start")
+	assert.Equal(t, StateServing, hosts.HostState(hostOf(t, s[0])), "the first answer fills an empty pool without slow start")
 	for _, st := range p.Status() {
 		assert.Equal(t, "srv+http://_http._tcp.web.test", st.Source)
 		assert.Equal(t, 1, st.Weight)
@@ -206,7 +205,7 @@ func TestDNSSourceFollowsTheFleet(t *testing.T) {
 		h := statusHosts(p)
 		return len(h) == 2 && slices.Contains(h, hostOf(t, s[2])) && !slices.Contains(h, hostOf(t, s[0]))
 	}, 5*time.Second, 10*time.Millisecond)
-	assert.Equal(t, pool.StateWarming, hosts.HostState(hostOf(t, s[2])))
+	assert.Equal(t, StateWarming, hosts.HostState(hostOf(t, s[2])))
 	gone := s[0].Requests()
 	for range 40 {
 		res, _ := get(t, front.Client(), front.URL)
@@ -250,10 +249,10 @@ func TestDNSSourceMaxStale(t *testing.T) {
 	zone := gatewaytest.NewZone()
 	defer zone.Close()
 	zone.SetAddrs("backend.test", loopback4)
-	src, err := pool.NewDNSSource(mustURL(t, "dns+http://backend.test:8080"),
-		pool.DNSOptions{Resolver: zone.Addr, Refresh: 100 * time.Millisecond, Timeout: 100 * time.Millisecond, MaxStale: 300 * time.Millisecond, Logger: quietLogger})
+	src, err := NewDNSSource(mustURL(t, "dns+http://backend.test:8080"),
+		DNSOptions{Resolver: zone.Addr, Refresh: 100 * time.Millisecond, Timeout: 100 * time.Millisecond, MaxStale: 300 * time.Millisecond, Logger: quietLogger})
 	require.NoError(t, err)
-	p := pool.Empty()
+	p := Empty()
 	p.Logger = quietLogger
 	followed(t, p, src)
 	require.Eventually(t, func() bool { return len(p.Status()) == 1 }, 5*time.Second, 10*time.Millisecond)
@@ -277,10 +276,10 @@ func TestDNSSourceSRVTargetFailing(t *testing.T) {
 		gatewaytest.SRV{Target: "a.test", Port: 9001},
 		gatewaytest.SRV{Target: "b.test", Port: 9002},
 	)
-	src, err := pool.NewDNSSource(mustURL(t, "srv+http://_http._tcp.web.test"),
-		pool.DNSOptions{Resolver: zone.Addr, Refresh: 100 * time.Millisecond, Timeout: 500 * time.Millisecond, Logger: quietLogger})
+	src, err := NewDNSSource(mustURL(t, "srv+http://_http._tcp.web.test"),
+		DNSOptions{Resolver: zone.Addr, Refresh: 100 * time.Millisecond, Timeout: 500 * time.Millisecond, Logger: quietLogger})
 	require.NoError(t, err)
-	p := pool.Empty()
+	p := Empty()
 	p.Logger = quietLogger
 	followed(t, p, src)
 	require.Eventually(t, func() bool { return len(p.Status()) == 2 }, 5*time.Second, 10*time.Millisecond)
@@ -305,10 +304,10 @@ func TestDNSSourceSharedByTwoPools(t *testing.T) {
 	zone := gatewaytest.NewZone()
 	defer zone.Close()
 	zone.SetAddrs("backend.test", loopback4)
-	src, err := pool.NewDNSSource(mustURL(t, "dns+http://backend.test:8080"),
-		pool.DNSOptions{Resolver: zone.Addr, Refresh: 100 * time.Millisecond, Logger: quietLogger})
+	src, err := NewDNSSource(mustURL(t, "dns+http://backend.test:8080"),
+		DNSOptions{Resolver: zone.Addr, Refresh: 100 * time.Millisecond, Logger: quietLogger})
 	require.NoError(t, err)
-	a, b := pool.Empty(), pool.Empty()
+	a, b := Empty(), Empty()
 	a.Logger, b.Logger = quietLogger, quietLogger
 	followed(t, a, src)
 	require.Eventually(t, func() bool { return len(a.Status()) == 1 }, 5*time.Second, 10*time.Millisecond)

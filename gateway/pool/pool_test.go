@@ -46,23 +46,21 @@ func newTestPool(t testing.TB, servers ...*gatewaytest.Server) *Pool {
 	return p
 }
 
-// poolFront serves a ReverseProxy over pool on loopback: the wiring of the
-// package documentation, with a fresh tuned transport.
-func poolFront(t testing.TB, pool *Pool) *httptest.Server {
+// poolFront serves a ReverseProxy over p on loopback, attached as the
+// package documentation shows, with a fresh tuned transport (under its
+// Health's per-host transport, when it has one).
+func poolFront(t testing.TB, p *Pool) *httptest.Server {
 	t.Helper()
 	base := gateway.NewHTTPTransport()
 	t.Cleanup(base.CloseIdleConnections)
 	var inner http.RoundTripper = &gateway.Transport{Base: base}
-	if h, ok := pool.Health.(interface {
+	if h, ok := p.Health.(interface {
 		Transport(http.RoundTripper) http.RoundTripper
 	}); ok {
 		inner = h.Transport(inner) // a host-health model's per-host transport
 	}
-	proxy := &httputil.ReverseProxy{
-		Rewrite:      pool.Rewrite,
-		Transport:    pool.Transport(inner),
-		ErrorHandler: gateway.NewErrorHandler(quietLogger),
-	}
+	proxy := &httputil.ReverseProxy{Transport: inner, ErrorHandler: gateway.NewErrorHandler(quietLogger)}
+	require.NoError(t, p.Attach(proxy))
 	front := httptest.NewServer(proxy)
 	t.Cleanup(front.Close)
 	t.Cleanup(front.Client().CloseIdleConnections)

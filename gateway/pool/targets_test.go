@@ -1,4 +1,4 @@
-package pool_test
+package pool
 
 import (
 	"bytes"
@@ -18,15 +18,14 @@ import (
 
 	"github.com/proxykit/proxykit/gateway"
 	"github.com/proxykit/proxykit/gateway/gatewaytest"
-	"github.com/proxykit/proxykit/gateway/pool"
 )
 
 // targetsOf returns a Target for each server.
-func targetsOf(t testing.TB, servers ...*gatewaytest.Server) []pool.Target {
+func targetsOf(t testing.TB, servers ...*gatewaytest.Server) []Target {
 	t.Helper()
-	ts := make([]pool.Target, len(servers))
+	ts := make([]Target, len(servers))
 	for i, s := range servers {
-		ts[i] = pool.Target{URL: mustURL(t, s.URL)}
+		ts[i] = Target{URL: mustURL(t, s.URL)}
 	}
 	return ts
 }
@@ -36,7 +35,7 @@ func hostOf(t testing.TB, s *gatewaytest.Server) string {
 	return gateway.UpstreamName(mustURL(t, s.URL))
 }
 
-func statusHosts(p *pool.Pool) []string {
+func statusHosts(p *Pool) []string {
 	var hs []string
 	for _, s := range p.Status() {
 		hs = append(hs, s.Upstream)
@@ -68,8 +67,8 @@ func TestSetTargetsKeepsAddsAndRemoves(t *testing.T) {
 
 	assert.Equal(t, requestsBefore, requestsOf(p, hostOf(t, b)), "a kept host keeps its counts and latency")
 	assert.Equal(t, joinedBefore, joinedOf(p, hostOf(t, b)))
-	assert.Equal(t, pool.StateWarming, hosts.HostState(hostOf(t, c)), "a host joining a serving pool warms up")
-	assert.Equal(t, pool.StateServing, hosts.HostState(hostOf(t, b)))
+	assert.Equal(t, StateWarming, hosts.HostState(hostOf(t, c)), "a host joining a serving pool warms up")
+	assert.Equal(t, StateServing, hosts.HostState(hostOf(t, b)))
 	assert.ElementsMatch(t, []string{hostOf(t, b), hostOf(t, c)}, hosts.known(), "the removed host's state is freed")
 	assert.Equal(t, []string{hostOf(t, b), hostOf(t, c)}, statusHosts(p))
 
@@ -91,10 +90,10 @@ func TestSetTargetsRejectsDuplicatesAndKeepsTheSet(t *testing.T) {
 	a, b := gatewaytest.NewServer(gatewaytest.Healthy), gatewaytest.NewServer(gatewaytest.Healthy)
 	defer closeAll(a, b)
 	p := newTestPool(t, a)
-	_, err := p.SetTargets(append(targetsOf(t, a, b), pool.Target{URL: mustURL(t, b.URL+"/other")}))
+	_, err := p.SetTargets(append(targetsOf(t, a, b), Target{URL: mustURL(t, b.URL+"/other")}))
 	require.ErrorContains(t, err, "is the same host")
 	require.ErrorContains(t, err, "pool: SetTargets: static: target 2")
-	_, err = p.SetTargets([]pool.Target{{URL: mustURL(t, "ftp://127.0.0.1:1")}})
+	_, err = p.SetTargets([]Target{{URL: mustURL(t, "ftp://127.0.0.1:1")}})
 	require.ErrorContains(t, err, "scheme")
 	assert.Equal(t, []string{hostOf(t, a)}, statusHosts(p), "a rejected change leaves the set")
 	assert.Zero(t, p.Discovery().Changes)
@@ -116,7 +115,7 @@ func TestSetTargetsReorderIsNoChange(t *testing.T) {
 func TestEmptyPoolFirstHostsDoNotWarm(t *testing.T) {
 	a := gatewaytest.NewServer(gatewaytest.Healthy)
 	defer a.Close()
-	p := pool.Empty()
+	p := Empty()
 	p.Logger = quietLogger
 	hosts := withHealth(t, p)
 	front := poolFront(t, p)
@@ -125,7 +124,7 @@ func TestEmptyPoolFirstHostsDoNotWarm(t *testing.T) {
 
 	_, err := p.SetTargets(targetsOf(t, a))
 	require.NoError(t, err)
-	assert.Equal(t, pool.StateServing, hosts.HostState(hostOf(t, a)), "the first hosts of an empty pool take traffic at once")
+	assert.Equal(t, StateServing, hosts.HostState(hostOf(t, a)), "the first hosts of an empty pool take traffic at once")
 	res, _ = get(t, front.Client(), front.URL)
 	assert.Equal(t, http.StatusOK, res.StatusCode)
 }
@@ -156,7 +155,7 @@ func TestRemovedHostFinishesInFlight(t *testing.T) {
 	other := gatewaytest.NewServer(gatewaytest.Healthy)
 	defer other.Close()
 
-	p, err := pool.New(mustURL(t, slow.URL))
+	p, err := New(mustURL(t, slow.URL))
 	require.NoError(t, err)
 	p.Logger = quietLogger
 	withHealth(t, p)
@@ -197,8 +196,8 @@ func TestSetTargetsLogsOneLinePerChange(t *testing.T) {
 	var mu sync.Mutex
 	p := newTestPool(t, a)
 	p.Logger = slog.New(slog.NewTextHandler(&lockedWriter{w: &buf, mu: &mu}, nil))
-	var changes []pool.Change
-	p.OnChange = func(c pool.Change) { changes = append(changes, c) }
+	var changes []Change
+	p.OnChange = func(c Change) { changes = append(changes, c) }
 	_, err := p.SetTargets(targetsOf(t, a, b))
 	require.NoError(t, err)
 	_, err = p.SetTargets(targetsOf(t, a, b)) // no change: no line
@@ -213,7 +212,7 @@ func TestSetTargetsLogsOneLinePerChange(t *testing.T) {
 	assert.Contains(t, lines[0], "added=1 removed=0 kept=1 hosts=2")
 	assert.Contains(t, lines[1], "added=0 removed=1 kept=1 hosts=1")
 	require.Len(t, changes, 2)
-	assert.Equal(t, pool.StaticSource, changes[1].Source)
+	assert.Equal(t, StaticSource, changes[1].Source)
 }
 
 type lockedWriter struct {
@@ -227,7 +226,7 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-func requestsOf(p *pool.Pool, host string) int64 {
+func requestsOf(p *Pool, host string) int64 {
 	for _, s := range p.Status() {
 		if s.Upstream == host {
 			return s.Requests
@@ -236,7 +235,7 @@ func requestsOf(p *pool.Pool, host string) int64 {
 	return -1
 }
 
-func joinedOf(p *pool.Pool, host string) time.Time {
+func joinedOf(p *Pool, host string) time.Time {
 	for _, s := range p.Status() {
 		if s.Upstream == host {
 			return s.Joined
@@ -265,15 +264,15 @@ func (f *forgetTimes) Forget(h string) bool {
 // between (churn), so that a request that picked it before it left cannot
 // leave its state behind.
 func TestForgetAgainASecondLater(t *testing.T) {
-	p, err := pool.New(mustURL(t, "http://127.0.0.1:1"), mustURL(t, "http://127.0.0.1:2"), mustURL(t, "http://127.0.0.1:3"))
+	p, err := New(mustURL(t, "http://127.0.0.1:1"), mustURL(t, "http://127.0.0.1:2"), mustURL(t, "http://127.0.0.1:3"))
 	require.NoError(t, err)
 	p.Logger = quietLogger
 	h := &forgetTimes{at: map[string][]time.Time{}}
 	p.Health = h
-	_, err = p.SetTargets([]pool.Target{{URL: mustURL(t, "http://127.0.0.1:2")}, {URL: mustURL(t, "http://127.0.0.1:3")}})
+	_, err = p.SetTargets([]Target{{URL: mustURL(t, "http://127.0.0.1:2")}, {URL: mustURL(t, "http://127.0.0.1:3")}})
 	require.NoError(t, err)
 	time.Sleep(100 * time.Millisecond)
-	_, err = p.SetTargets([]pool.Target{{URL: mustURL(t, "http://127.0.0.1:3")}})
+	_, err = p.SetTargets([]Target{{URL: mustURL(t, "http://127.0.0.1:3")}})
 	require.NoError(t, err)
 	for _, host := range []string{"127.0.0.1:1", "127.0.0.1:2"} {
 		require.Eventually(t, func() bool {
